@@ -1,0 +1,1 @@
+"""synctrail connectors: everything that touches the outside world."""

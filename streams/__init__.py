@@ -1,0 +1,1 @@
+"""synctrail stream processing: the domain (pure functions) and the Faust app."""

@@ -1,0 +1,86 @@
+"""Every Kafka topic synctrail uses, in one place.
+
+Names are ``<prefix><name>``; the prefix comes from ``SYNCTRAIL_TOPIC_PREFIX``. Each topic names
+the JSON Schema (in ``schemas/``) of the records it carries, so the docs, the AsyncAPI document
+and the tests can all be checked against this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One synctrail topic: its suffix, record schema id and retention policy."""
+
+    name: str
+    schema: str
+    description: str
+    compacted: bool = False
+
+    def address(self, prefix: str) -> str:
+        """The full topic name for ``prefix``."""
+        return f"{prefix}{self.name}"
+
+
+SYNC_EVENTS = TopicSpec(
+    "sync-events",
+    "synctrail.sync-event/v1",
+    "Raw Argo CD sync results accepted by the bridge, one per delivery.",
+)
+DEPLOYMENTS = TopicSpec(
+    "deployments",
+    "synctrail.deployment/v1",
+    "One record per announced operation: running images and what changed.",
+)
+NOTIFICATIONS = TopicSpec(
+    "notifications",
+    "synctrail.notification/v1",
+    "Slack-ready messages (channel, text, blocks) with an idempotency key.",
+)
+METRICS = TopicSpec(
+    "metrics",
+    "synctrail.metric/v1",
+    "Metric events folded into Prometheus series by the exporter.",
+)
+VIOLATIONS = TopicSpec(
+    "violations",
+    "synctrail.violation/v1",
+    "One record per image that breaks a policy rule.",
+)
+REMEDIATIONS = TopicSpec(
+    "remediations",
+    "synctrail.remediation/v1",
+    "Rollback requests for apps that deployed a denylisted image.",
+)
+POLICY = TopicSpec(
+    "policy",
+    "synctrail.policy-rule/v1",
+    "Policy rules keyed by rule id (compacted; a null value deletes a rule).",
+    compacted=True,
+)
+DEAD_LETTERS = TopicSpec(
+    "dead-letters",
+    "synctrail.dead-letter/v1",
+    "Records that could not be processed, with the reason and the original record.",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    SYNC_EVENTS,
+    DEPLOYMENTS,
+    NOTIFICATIONS,
+    METRICS,
+    VIOLATIONS,
+    REMEDIATIONS,
+    POLICY,
+    DEAD_LETTERS,
+)
+
+
+def by_name(name: str) -> TopicSpec:
+    """Look a topic up by its unprefixed name (``deployments``)."""
+    for spec in ALL_TOPICS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"unknown topic {name!r}; known: {', '.join(t.name for t in ALL_TOPICS)}")

@@ -1,0 +1,177 @@
+"""Shared test helpers: real broker access, subprocesses, waiting on conditions with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = Path(
+    os.environ.get("SYNCTRAIL_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures")
+)
+
+T = TypeVar("T")
+
+
+def load_expected() -> list[dict[str, Any]]:
+    """The fixtures' oracle: one entry per file in delivery order."""
+    data = orjson.loads((SHARED_FIXTURES / "expected.json").read_bytes())
+    return list(data["payloads"])
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = condition()
+        if asyncio.iscoroutine(last) or isinstance(last, Awaitable):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+        await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record with its JSON value decoded (``None`` for tombstones)."""
+
+    key: str | None
+    partition: int
+    offset: int
+    value: Any
+    raw: bytes | None
+
+
+async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> list[Record]:
+    """Every record currently on ``topic`` (all partitions, from the beginning), no group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout
+
+        async def behind() -> bool:
+            return any([(await consumer.position(tp)) < end[tp] for tp in tps])
+
+        while await behind():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end in {timeout}s")
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                for m in msgs:
+                    records.append(
+                        Record(
+                            key=m.key.decode() if m.key is not None else None,
+                            partition=m.partition,
+                            offset=m.offset,
+                            value=orjson.loads(m.value) if m.value is not None else None,
+                            raw=m.value,
+                        )
+                    )
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_records(
+    bootstrap: str, topic: str, count: int, *, timeout: float = 60.0
+) -> list[Record]:
+    """Wait until ``topic`` holds at least ``count`` records and return them all."""
+
+    async def enough() -> list[Record] | None:
+        records = await read_topic(bootstrap, topic)
+        return records if len(records) >= count else None
+
+    return await wait_for(enough, timeout=timeout, interval=0.2, what=f"{count} records on {topic}")
+
+
+async def produce(
+    bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]
+) -> None:
+    """Produce (key, value) pairs with acks=all, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+class Service:
+    """A ``synctrail`` subcommand in a child process, with its own env and a log file."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "connectors.cli", *self.args],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
