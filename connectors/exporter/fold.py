@@ -1,0 +1,261 @@
+"""Fold metric events and dead letters into Prometheus series.
+
+Everything here is synchronous and free of I/O: the service feeds decoded record values in topic
+order and scrapes the registry. Replaying the same topics from the beginning into a fresh
+``Folder`` rebuilds the same series, which is how the exporter survives restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from streams.records import DEAD_LETTER_V1, METRIC_V1
+
+log = logging.getLogger(__name__)
+
+OTHER_APP = "_other"
+KINDS = ("deployment", "duplicate", "resync", "stale", "violation", "dead_letter")
+COMPONENTS = ("bridge", "worker", "slack", "exporter")
+# Received → processed: webhook deliveries usually take tens of milliseconds; a backlog or a
+# broker outage can push it to minutes, which must still land in a finite bucket.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class BoundedSet:
+    """A set that forgets its least recently added members beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, item: Hashable) -> bool:
+        """Add ``item``; False if it was already a member (it becomes the most recent)."""
+        if item in self._items:
+            self._items.move_to_end(item)
+            return False
+        self._items[item] = None
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return True
+
+    def __contains__(self, item: Hashable) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def metric_fact_key(event: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The identity of a metric event's fact, or None when it has none to deduplicate on.
+
+    The worker runs at-least-once: after a crash it may emit the same fact again with the same
+    delivery id. Events without a delivery id (retroactive violations) cannot be told apart.
+    """
+    delivery_id = event.get("delivery_id")
+    if not delivery_id:
+        return None
+    return ("metric", event.get("kind"), event.get("app"), delivery_id, event.get("rule"))
+
+
+def dead_letter_key(record: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The identity of a dead letter: its component and the source record it failed on."""
+    if record.get("source_offset") is None or record.get("source_topic") is None:
+        return None
+    return (
+        "dead_letter",
+        record.get("component"),
+        record["source_topic"],
+        record.get("source_partition"),
+        record["source_offset"],
+    )
+
+
+def valid_metric(value: Any) -> bool:
+    """True if ``value`` looks like a ``synctrail.metric/v1`` event we can fold."""
+    return (
+        isinstance(value, dict)
+        and value.get("schema") == METRIC_V1
+        and isinstance(value.get("kind"), str)
+        and isinstance(value.get("app"), str)
+        and bool(value["app"])
+    )
+
+
+def valid_dead_letter(value: Any) -> bool:
+    """True if ``value`` looks like a ``synctrail.dead-letter/v1`` record."""
+    return isinstance(value, dict) and value.get("schema") == DEAD_LETTER_V1
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+class Folder:
+    """The exporter's series and the bounded memory needed to fold events into them."""
+
+    def __init__(self, max_apps: int = 500, dedupe_window: int = 100_000) -> None:
+        self.max_apps = max_apps
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._apps: set[str] = set()
+        self._folded = BoundedSet(dedupe_window)
+        self._seen = BoundedSet(dedupe_window)
+        self._last_deploy: dict[str, float] = {}
+        r = self.registry
+        self.deployments = Counter(
+            "synctrail_deployments_total",
+            "Announced operations (deployments), by app and Argo CD project.",
+            ["app", "project"],
+            registry=r,
+        )
+        self.image_changes = Counter(
+            "synctrail_image_changes_total",
+            "Images added, removed or changed by deployments.",
+            ["app"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "synctrail_duplicate_deliveries_total",
+            "Repeated webhook deliveries of an operation that were suppressed.",
+            ["app"],
+            registry=r,
+        )
+        self.violations = Counter(
+            "synctrail_policy_violations_total",
+            "Policy violations detected, by app and rule (denylist, unexpected).",
+            ["app", "rule"],
+            registry=r,
+        )
+        self.last_deploy = Gauge(
+            "synctrail_last_deploy_timestamp_seconds",
+            "Unix time of the app's latest deployment.",
+            ["app"],
+            registry=r,
+        )
+        self.app_images = Gauge(
+            "synctrail_app_images",
+            "Images the app runs after its latest deployment or resync.",
+            ["app"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "synctrail_end_to_end_latency_seconds",
+            "Webhook received by the bridge → deployment emitted by the worker.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "synctrail_dead_letters_total",
+            "Records dead-lettered, by the component that gave up on them.",
+            ["component"],
+            registry=r,
+        )
+        self.apps_folded = Counter(
+            "synctrail_exporter_apps_folded_total",
+            'Distinct apps beyond the app cap, reported as app="_other".',
+            registry=r,
+        )
+        self.events = Counter(
+            "synctrail_exporter_events_total",
+            "Metric events folded, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.records = Counter(
+            "synctrail_exporter_records_total",
+            "Records read, by topic and outcome (folded, replay, invalid, unknown_kind).",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        for kind in KINDS:
+            self.events.labels(kind)
+        for component in COMPONENTS:
+            self.dead_letters.labels(component)
+
+    @property
+    def tracked_apps(self) -> int:
+        """Apps that have a label of their own (at most ``max_apps``)."""
+        return len(self._apps)
+
+    def app_label(self, app: str) -> str:
+        """The ``app`` label for ``app``: itself while under the cap, else ``_other``."""
+        if app in self._apps:
+            return app
+        if len(self._apps) < self.max_apps:
+            self._apps.add(app)
+            return app
+        if self._folded.add(app):
+            self.apps_folded.inc()
+        return OTHER_APP
+
+    def fold_metric(self, value: Any) -> str:
+        """Fold one ``<prefix>metrics`` record value; returns the outcome it was counted as."""
+        outcome = self._fold_metric(value)
+        self.records.labels("metrics", outcome).inc()
+        return outcome
+
+    def _fold_metric(self, value: Any) -> str:
+        if not valid_metric(value):
+            return "invalid"
+        kind = value["kind"]
+        if kind not in KINDS:
+            return "unknown_kind"
+        key = metric_fact_key(value)
+        if key is not None and not self._seen.add(key):
+            return "replay"
+        app = self.app_label(value["app"])
+        self.events.labels(kind).inc()
+        if kind == "deployment":
+            self._deployment(app, value)
+        elif kind == "resync":
+            self._images(app, value)
+        elif kind == "duplicate":
+            self.duplicates.labels(app).inc()
+        elif kind == "violation":
+            self.violations.labels(app, str(value.get("rule") or "unknown")).inc()
+        # "stale" and "dead_letter" events only count in synctrail_exporter_events_total:
+        # dead letters are counted from <prefix>dead-letters, which every component writes.
+        return "folded"
+
+    def _deployment(self, app: str, event: dict[str, Any]) -> None:
+        self.deployments.labels(app, str(event.get("project") or "")).inc()
+        changes = _number(event.get("image_changes"))
+        # Touch the series even at zero so "no image changed" is a visible 0, not a gap.
+        self.image_changes.labels(app).inc(max(changes or 0.0, 0.0))
+        timestamp = _number(event.get("timestamp"))
+        if timestamp is not None and timestamp > self._last_deploy.get(app, float("-inf")):
+            # max(), not last-written: replays and reordered partitions never move it back.
+            self._last_deploy[app] = timestamp
+            self.last_deploy.labels(app).set(timestamp)
+        latency = _number(event.get("latency_seconds"))
+        if latency is not None and latency >= 0:
+            self.latency.observe(latency)
+        self._images(app, event)
+
+    def _images(self, app: str, event: dict[str, Any]) -> None:
+        running = _number(event.get("running_images"))
+        # The folded bucket mixes many apps: a per-app image count means nothing there.
+        if running is not None and app != OTHER_APP:
+            self.app_images.labels(app).set(running)
+
+    def fold_dead_letter(self, value: Any) -> str:
+        """Fold one ``<prefix>dead-letters`` record value; returns its outcome."""
+        outcome = self._fold_dead_letter(value)
+        self.records.labels("dead-letters", outcome).inc()
+        return outcome
+
+    def _fold_dead_letter(self, value: Any) -> str:
+        if not valid_dead_letter(value):
+            return "invalid"
+        key = dead_letter_key(value)
+        if key is not None and not self._seen.add(key):
+            return "replay"
+        component = value.get("component")
+        self.dead_letters.labels(component if component in COMPONENTS else "other").inc()
+        return "folded"

@@ -1,0 +1,300 @@
+"""The metrics exporter: folding rules (pure) and the process on the real embedded broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.broker import EmbeddedBroker, free_port
+from connectors.exporter.fold import OTHER_APP, BoundedSet, Folder
+from streams.records import DEAD_LETTER_V1, METRIC_V1
+from tests.compose.metrics_text import Samples, http_status, scrape
+from tests.support import Service, produce, wait_for
+
+
+def metric(kind: str, app: str, delivery_id: str | None, **fields: Any) -> dict[str, Any]:
+    """A ``synctrail.metric/v1`` event as the worker writes it."""
+    event: dict[str, Any] = {
+        "schema": METRIC_V1,
+        "kind": kind,
+        "app": app,
+        "project": fields.pop("project", "default"),
+        "timestamp": fields.pop("timestamp", 1_790_000_000.0),
+        "delivery_id": delivery_id,
+    }
+    event.update(fields)
+    return event
+
+
+def deployment(app: str, delivery_id: str, **fields: Any) -> dict[str, Any]:
+    fields.setdefault("latency_seconds", 0.2)
+    fields.setdefault("running_images", 2)
+    fields.setdefault("image_changes", 1)
+    fields.setdefault("phase", "Succeeded")
+    fields.setdefault("initial", False)
+    return metric("deployment", app, delivery_id, **fields)
+
+
+def dead_letter(component: str, offset: int | None) -> dict[str, Any]:
+    return {
+        "schema": DEAD_LETTER_V1,
+        "component": component,
+        "reason": "could not parse",
+        "error_type": "ValueError",
+        "source_topic": "synctrail.sync-events",
+        "source_partition": 0 if offset is not None else None,
+        "source_offset": offset,
+        "key": "argocd/guestbook",
+        "original": None,
+        "original_text": "{not json",
+        "failed_at": "2026-11-27T10:00:00Z",
+    }
+
+
+def folded(folder: Folder) -> Samples:
+    from prometheus_client import generate_latest
+
+    return Samples.parse(generate_latest(folder.registry).decode())
+
+
+# --- folding rules, no broker -------------------------------------------------------------
+
+
+def test_a_deployment_counts_its_app_images_changes_latency_and_time():
+    folder = Folder()
+    folder.fold_metric(deployment("argocd/web", "d1", image_changes=3, timestamp=100.0))
+    folder.fold_metric(deployment("argocd/web", "d2", image_changes=0, timestamp=200.0))
+    s = folded(folder)
+    assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 2
+    assert s.value("synctrail_image_changes_total", app="argocd/web") == 3
+    assert s.value("synctrail_last_deploy_timestamp_seconds", app="argocd/web") == 200.0
+    assert s.value("synctrail_app_images", app="argocd/web") == 2
+    assert s.value("synctrail_end_to_end_latency_seconds_count") == 2
+    assert s.value("synctrail_end_to_end_latency_seconds_bucket", le="0.25") == 2
+
+
+def test_last_deploy_never_moves_back_to_an_older_event():
+    folder = Folder()
+    folder.fold_metric(deployment("argocd/web", "new", timestamp=500.0))
+    folder.fold_metric(deployment("argocd/web", "old", timestamp=100.0))
+    assert folded(folder).value("synctrail_last_deploy_timestamp_seconds", app="argocd/web") == 500
+
+
+def test_duplicates_violations_and_resyncs_land_in_their_series():
+    folder = Folder()
+    folder.fold_metric(metric("duplicate", "argocd/web", "d1"))
+    folder.fold_metric(metric("violation", "argocd/web", "d2", rule="denylist"))
+    folder.fold_metric(metric("violation", "argocd/web", "d2", rule="unexpected"))
+    folder.fold_metric(metric("resync", "argocd/web", "d3", running_images=5))
+    folder.fold_metric(metric("stale", "argocd/web", "d4"))
+    s = folded(folder)
+    assert s.value("synctrail_duplicate_deliveries_total", app="argocd/web") == 1
+    assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="denylist") == 1
+    assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="unexpected") == 1
+    assert s.value("synctrail_app_images", app="argocd/web") == 5
+    assert s.value("synctrail_exporter_events_total", kind="stale") == 1
+    assert s.series("synctrail_deployments_total") == {}
+
+
+def test_a_replayed_fact_is_folded_once():
+    folder = Folder()
+    event = deployment("argocd/web", "d1", image_changes=2)
+    assert folder.fold_metric(event) == "folded"
+    assert folder.fold_metric(dict(event, latency_seconds=9.0)) == "replay"
+    s = folded(folder)
+    assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 1
+    assert s.value("synctrail_image_changes_total", app="argocd/web") == 2
+    assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="replay") == 1
+
+
+def test_events_without_a_delivery_id_are_never_deduplicated():
+    folder = Folder()
+    folder.fold_metric(metric("violation", "argocd/web", None, rule="denylist"))
+    folder.fold_metric(metric("violation", "argocd/web", None, rule="denylist"))
+    s = folded(folder)
+    assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="denylist") == 2
+
+
+def test_apps_beyond_the_cap_fold_into_other_and_are_counted_once_each():
+    folder = Folder(max_apps=2)
+    for i, app in enumerate(("ns/a", "ns/b", "ns/c", "ns/d", "ns/c")):
+        folder.fold_metric(deployment(app, f"delivery-{i}"))
+    s = folded(folder)
+    apps = s.label_values("synctrail_deployments_total", "app")
+    assert apps == {"ns/a", "ns/b", OTHER_APP}
+    assert s.value("synctrail_deployments_total", app=OTHER_APP, project="default") == 3
+    assert s.value("synctrail_exporter_apps_folded_total") == 2
+    # A per-app image count over many apps means nothing: _other gets none.
+    assert s.value("synctrail_app_images", app=OTHER_APP) is None
+
+
+def test_dead_letters_count_by_component_and_replays_of_one_source_record_once():
+    folder = Folder()
+    folder.fold_dead_letter(dead_letter("worker", 7))
+    folder.fold_dead_letter(dead_letter("worker", 7))  # the worker retried the same input
+    folder.fold_dead_letter(dead_letter("bridge", None))
+    folder.fold_dead_letter(dead_letter("bridge", None))
+    folder.fold_dead_letter(dict(dead_letter("mystery", 1)))
+    s = folded(folder)
+    assert s.value("synctrail_dead_letters_total", component="worker") == 1
+    assert s.value("synctrail_dead_letters_total", component="bridge") == 2
+    assert s.value("synctrail_dead_letters_total", component="other") == 1
+    assert s.value("synctrail_dead_letters_total", component="slack") == 0
+
+
+def test_records_that_are_not_metric_events_are_counted_as_invalid_not_folded():
+    folder = Folder()
+    assert folder.fold_metric(None) == "invalid"
+    assert folder.fold_metric({"schema": "synctrail.metric/v1", "kind": "deployment"}) == "invalid"
+    assert folder.fold_metric(metric("teleport", "ns/a", "x")) == "unknown_kind"
+    s = folded(folder)
+    assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="invalid") == 2
+    assert s.series("synctrail_deployments_total") == {}
+
+
+def test_bounded_set_forgets_the_oldest_beyond_its_capacity():
+    seen = BoundedSet(2)
+    assert seen.add("a") and seen.add("b") and not seen.add("a")
+    assert seen.add("c")  # evicts "b", the least recently seen
+    assert "b" not in seen and "a" in seen and len(seen) == 2
+
+
+# --- the process, on the real broker --------------------------------------------------------
+
+ExporterFactory = Callable[..., Service]
+
+
+@pytest.fixture
+async def exporters(
+    broker: EmbeddedBroker, topics: str, tmp_path: Path
+) -> AsyncIterator[ExporterFactory]:
+    """Start ``synctrail exporter`` processes on this test's topics; all stopped at the end."""
+    started: list[Service] = []
+
+    def start(port: int, **env: str) -> Service:
+        service = Service(
+            ["exporter"],
+            {
+                "SYNCTRAIL_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "SYNCTRAIL_TOPIC_PREFIX": topics,
+                "SYNCTRAIL_EXPORTER_PORT": str(port),
+                "SYNCTRAIL_LOG_LEVEL": "INFO",
+                **env,
+            },
+            tmp_path / f"exporter-{len(started)}.log",
+        ).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+async def until_ready(service: Service, port: int) -> Samples:
+    """Wait for /readyz, then return a scrape of /metrics."""
+
+    async def ready() -> bool:
+        assert service.process is not None and service.process.poll() is None, service.log()
+        return await http_status(f"http://127.0.0.1:{port}/readyz") == 200
+
+    await wait_for(ready, timeout=30, interval=0.1, what="exporter /readyz")
+    return await scrape(f"http://127.0.0.1:{port}/metrics")
+
+
+async def produce_json(bootstrap: str, topic: str, values: list[dict[str, Any]]) -> None:
+    await produce(bootstrap, topic, [(v.get("app", "k").encode(), orjson.dumps(v)) for v in values])
+
+
+HISTORY = [
+    deployment("argocd/web", "d1", image_changes=2, timestamp=1000.0, latency_seconds=0.04),
+    deployment("argocd/web", "d2", image_changes=1, timestamp=2000.0, latency_seconds=0.3),
+    deployment("argocd/api", "d3", project="payments", image_changes=4, timestamp=1500.0),
+    metric("duplicate", "argocd/web", "d4"),
+    metric("violation", "argocd/api", "d3", rule="denylist"),
+    # The worker crashed after emitting d2 and emitted it again: one fact, not two.
+    deployment("argocd/web", "d2", image_changes=1, timestamp=2000.0, latency_seconds=0.9),
+]
+
+
+def assert_history_folded(s: Samples) -> None:
+    assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 2
+    assert s.value("synctrail_deployments_total", app="argocd/api", project="payments") == 1
+    assert s.value("synctrail_image_changes_total", app="argocd/web") == 3
+    assert s.value("synctrail_image_changes_total", app="argocd/api") == 4
+    assert s.value("synctrail_duplicate_deliveries_total", app="argocd/web") == 1
+    assert s.value("synctrail_policy_violations_total", app="argocd/api", rule="denylist") == 1
+    assert s.value("synctrail_last_deploy_timestamp_seconds", app="argocd/web") == 2000.0
+    assert s.value("synctrail_last_deploy_timestamp_seconds", app="argocd/api") == 1500.0
+    assert s.value("synctrail_end_to_end_latency_seconds_count") == 3
+    assert s.value("synctrail_dead_letters_total", component="worker") == 1
+    assert s.value("synctrail_exporter_ready") == 1
+
+
+async def test_exporter_serves_series_folded_from_the_metrics_topic(broker, topics, exporters):
+    await produce_json(broker.bootstrap, f"{topics}metrics", HISTORY)
+    await produce_json(broker.bootstrap, f"{topics}dead-letters", [dead_letter("worker", 3)])
+    port = free_port()
+    service = exporters(port)
+    assert_history_folded(await until_ready(service, port))
+    assert await http_status(f"http://127.0.0.1:{port}/healthz") == 200
+
+    # Live events after start are folded too.
+    await produce_json(broker.bootstrap, f"{topics}metrics", [deployment("argocd/web", "d9")])
+
+    async def third_deploy() -> bool:
+        s = await scrape(f"http://127.0.0.1:{port}/metrics")
+        return s.value("synctrail_deployments_total", app="argocd/web", project="default") == 3
+
+    await wait_for(third_deploy, timeout=15, what="a live deployment folded")
+    assert service.stop() == 0, service.log()  # SIGTERM is a clean exit
+
+
+async def test_a_restarted_exporter_rebuilds_the_same_series_from_kafka(broker, topics, exporters):
+    await produce_json(broker.bootstrap, f"{topics}metrics", HISTORY)
+    await produce_json(broker.bootstrap, f"{topics}dead-letters", [dead_letter("worker", 3)])
+    port = free_port()
+    first = exporters(port)
+    before = await until_ready(first, port)
+    assert_history_folded(before)
+    assert first.stop() == 0, first.log()
+
+    second = exporters(port)
+    after = await until_ready(second, port)
+    assert_history_folded(after)
+    folded_names = [n for n, _, _ in before.items if not n.startswith(("process_", "python_"))]
+    for name in folded_names:
+        assert after.series(name) == before.series(name), name
+
+
+async def test_exporter_caps_apps_and_counts_the_folded_ones(broker, topics, exporters):
+    apps = ["argocd/a", "argocd/b", "argocd/c", "argocd/d"]
+    await produce_json(
+        broker.bootstrap,
+        f"{topics}metrics",
+        [deployment(app, f"{app}-1") for app in apps] + [deployment("argocd/c", "c-2")],
+    )
+    port = free_port()
+    s = await until_ready(exporters(port, SYNCTRAIL_EXPORTER_MAX_APPS="2"), port)
+    series = s.series("synctrail_deployments_total")
+    named = {dict(labels)["app"] for labels in series} - {OTHER_APP}
+    assert len(named) == 2 and named <= set(apps)
+    assert sum(series.values()) == 5
+    assert s.value("synctrail_exporter_apps_folded_total") == 2
+    assert s.value("synctrail_deployments_total", app=OTHER_APP, project="default") in {2, 3}
+
+
+async def test_duplicate_delivery_ids_on_the_topic_are_not_double_counted(
+    broker, topics, exporters
+):
+    event = deployment("argocd/web", "same-delivery", image_changes=5)
+    await produce_json(broker.bootstrap, f"{topics}metrics", [event, event, event])
+    port = free_port()
+    s = await until_ready(exporters(port), port)
+    assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 1
+    assert s.value("synctrail_image_changes_total", app="argocd/web") == 5
+    assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="replay") == 2
