@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replay-dead-letters", help="send dead-lettered records back to their source topic"
     )
     dead.add_argument("--dry-run", action="store_true", help="only print what would be sent")
+    dead.add_argument(
+        "--from-beginning", action="store_true", help="ignore earlier runs' progress, replay all"
+    )
     return parser
 
 

@@ -1,0 +1,209 @@
+"""``synctrail replay-dead-letters``: send dead-lettered records back to their source topic.
+
+Reads ``<prefix>dead-letters`` up to the end offsets seen at start. A dead letter is replayed
+when its ``source_topic`` is one of synctrail's own topics (never the dead-letter topic itself)
+and it carries the original record (``original`` JSON, or ``original_text``); the original goes
+back to that topic with its original key, so it lands on the same partition as before and
+keeps its app's order from then on. Everything else is listed and skipped.
+
+Progress is committed under a consumer group (``SYNCTRAIL_DEAD_LETTER_REPLAY_GROUP``) once
+every replayed record is acknowledged, so the next run replays only newer dead letters;
+``--from-beginning`` ignores that progress, ``--dry-run`` prints and commits nothing.
+Replaying is safe to repeat: the worker suppresses repeated deliveries and the Slack connector
+never posts the same idempotency key twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import Field
+
+from streams.records import DEAD_LETTER_V1, dumps
+from streams.settings import CommonSettings
+from streams.topics import ALL_TOPICS, DEAD_LETTERS
+
+_PREVIEW_CHARS = 160
+
+
+class DeadLetterReplaySettings(CommonSettings):
+    """`synctrail replay-dead-letters`."""
+
+    dead_letter_replay_group: str = Field(
+        "synctrail-dead-letter-replay",
+        description="Consumer group that records how far replay-dead-letters has got.",
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one dead letter: ``send`` ``value`` to ``topic``, or skip it.
+
+    ``outcome`` is ``send`` or the skip category counted in the summary; ``reason`` is the
+    dead letter's own failure reason when sending, else why it is skipped.
+    """
+
+    outcome: str
+    reason: str
+    topic: str | None = None
+    key: bytes | None = None
+    value: bytes | None = None
+
+    @property
+    def send(self) -> bool:
+        return self.outcome == "send"
+
+
+def replayable_topics(prefix: str) -> set[str]:
+    """synctrail's topics that a dead letter may be sent back to."""
+    return {spec.address(prefix) for spec in ALL_TOPICS if spec is not DEAD_LETTERS}
+
+
+def decide(dead_letter: Any, prefix: str) -> Decision:
+    """Decide whether a dead letter can be replayed, and build the record to send."""
+    if not isinstance(dead_letter, dict) or dead_letter.get("schema") != DEAD_LETTER_V1:
+        return Decision("not_a_dead_letter", "not a synctrail.dead-letter/v1 record")
+    topic = dead_letter.get("source_topic")
+    if not topic:
+        return Decision("no_source_topic", "no source topic (e.g. rejected at the bridge)")
+    if topic not in replayable_topics(prefix):
+        return Decision("foreign_topic", f"source topic {topic} is not a synctrail topic", topic)
+    original, text = dead_letter.get("original"), dead_letter.get("original_text")
+    if original is not None:
+        value = dumps(original)
+    elif isinstance(text, str):
+        value = text.encode()
+    else:
+        return Decision("no_original", "the original record was not kept", topic)
+    key = dead_letter.get("key")
+    return Decision(
+        "send",
+        str(dead_letter.get("reason") or ""),
+        topic,
+        key.encode() if isinstance(key, str) else None,
+        value,
+    )
+
+
+def describe(decision: Decision, partition: int, offset: int, dry_run: bool) -> str:
+    """One line per dead letter: where it came from and what happens to it."""
+    where = f"dead-letters[{partition}]@{offset}"
+    if not decision.send:
+        return f"skip {where}: {decision.reason}"
+    verb = "would send" if dry_run else "send"
+    key = decision.key.decode(errors="replace") if decision.key is not None else "-"
+    assert decision.value is not None
+    preview = decision.value[:_PREVIEW_CHARS].decode(errors="replace")
+    more = "…" if len(decision.value) > _PREVIEW_CHARS else ""
+    return (
+        f"{verb} {where} → {decision.topic} key={key} ({len(decision.value)} bytes; "
+        f"failed: {decision.reason}): {preview}{more}"
+    )
+
+
+def _json(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def _topic_exists(bootstrap: str, topic: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        return topic in set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def replay(
+    settings: DeadLetterReplaySettings,
+    *,
+    dry_run: bool = False,
+    from_beginning: bool = False,
+    out: TextIO = sys.stdout,
+) -> Counter[str]:
+    """Replay dead letters; returns counts by outcome (``sent``/``would_send``/skip reasons)."""
+    topic = DEAD_LETTERS.address(settings.topic_prefix)
+    if not await _topic_exists(settings.kafka_bootstrap, topic):
+        raise LookupError(f"topic {topic} does not exist (is SYNCTRAIL_TOPIC_PREFIX right?)")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.dead_letter_replay_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await consumer.start()
+    await producer.start()
+    counts: Counter[str] = Counter()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        pending = []
+        for tp in tps:
+            while (await consumer.position(tp)) < end[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for message in batch.get(tp, []):
+                    if message.offset >= end[tp]:
+                        continue  # arrived after we started: the next run takes it
+                    decision = decide(_json(message.value), settings.topic_prefix)
+                    print(describe(decision, tp.partition, message.offset, dry_run), file=out)
+                    if not decision.send:
+                        counts[decision.outcome] += 1
+                    elif dry_run:
+                        counts["would_send"] += 1
+                    else:
+                        pending.append(
+                            await producer.send(decision.topic, decision.value, key=decision.key)
+                        )
+                        counts["sent"] += 1
+        # Commit progress only once every replayed record is acknowledged (acks=all).
+        await asyncio.gather(*pending)
+        if not dry_run and tps:
+            await consumer.commit({tp: end[tp] for tp in tps})
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return counts
+
+
+def summary(counts: Counter[str], dry_run: bool) -> str:
+    """The closing line: how many were (or would be) sent and why others were skipped."""
+    sent = counts["would_send"] if dry_run else counts["sent"]
+    skipped = {k: v for k, v in counts.items() if k not in ("sent", "would_send")}
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    head = f"{'would replay' if dry_run else 'replayed'} {sent} dead letter(s)"
+    tail = f", skipped {sum(skipped.values())}" + (f" ({detail})" if detail else "")
+    return head + tail + (" — dry run, nothing sent" if dry_run else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``synctrail replay-dead-letters``."""
+    from connectors import logs
+
+    settings = DeadLetterReplaySettings()
+    logs.configure(settings.log_level, settings.log_format)
+    dry_run = bool(getattr(args, "dry_run", False))
+    from_beginning = bool(getattr(args, "from_beginning", False))
+    try:
+        counts = asyncio.run(replay(settings, dry_run=dry_run, from_beginning=from_beginning))
+    except LookupError as exc:
+        print(f"replay-dead-letters: {exc}", file=sys.stderr)
+        return 1
+    print(summary(counts, dry_run))
+    return 0
