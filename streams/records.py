@@ -89,6 +89,7 @@ class Deployment(_Wire):
     operation: JsonObject
     health: str | None
     initial: bool
+    rollback: bool
     fingerprint: str
     images: list[str]
     images_added: list[str]
@@ -99,6 +100,9 @@ class Deployment(_Wire):
     resources_unchanged: int
     failed_resources: list[JsonObject]
     violations: list[JsonObject]
+    invalid_images: list[JsonObject]
+    source: JsonObject | None
+    sources: list[JsonObject]
     received_at: str
     delivery_id: str
 

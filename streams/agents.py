@@ -1,0 +1,260 @@
+"""The agent: read sync events in batches, decide with the pure functions, emit, store.
+
+Order of effects per batch, which is what makes at-least-once safe without transactions:
+1. decide every event against the state (earlier events of the batch included);
+2. send every output record and wait until the broker has them all;
+3. write the new app states and wait until their changelog records are acknowledged;
+4. only then does the batch's offset become committable (``take_events`` acks after the body).
+A crash before 2 completes replays the batch: outputs may repeat (consumers dedupe by
+``delivery_id`` / idempotency key) but nothing is lost. A crash between 2 and 3 replays too and
+re-emits the same records. Once 3 is done a replay finds duplicates and emits nothing.
+If the broker refuses outputs, the process exits at once so that no offset is committed past
+records that were never written (``take_events`` acks even when the body raises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from streams import records
+from streams.app import Topology
+from streams.decide import (
+    Decision,
+    InvalidSyncEvent,
+    app_key_of,
+    decide,
+    iso_now,
+    metric_event,
+    recheck_policy,
+    validate_event,
+)
+from streams.notify import deployment_notifications, violation_notification
+from streams.policy_publish import POLICY_CHECK_V1
+from streams.topics import (
+    DEAD_LETTERS,
+    DEPLOYMENTS,
+    METRICS,
+    NOTIFICATIONS,
+    REMEDIATIONS,
+    VIOLATIONS,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_OUTPUT_FAILED = 75  # EX_TEMPFAIL: the supervisor should restart us
+
+
+@dataclass
+class Batch:
+    """Outputs and state updates collected while deciding one batch."""
+
+    outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    states: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    outcomes: list[tuple[str, float | None]] = field(default_factory=list)
+
+    def emit(self, topic: str, key: str, value: Any) -> None:
+        self.outputs.append((topic, key.encode(), records.dumps(value)))
+
+
+def _dead_letter(
+    topology: Topology, event: Any, reason: str, exc: BaseException, now: datetime
+) -> dict[str, Any]:
+    message = event.message
+    raw: bytes | None = message.value
+    original: Any = None
+    original_text: str | None = None
+    if raw is not None:
+        try:
+            original = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            original_text = raw.decode("utf-8", errors="replace")
+    return {
+        "schema": records.DEAD_LETTER_V1,
+        "component": "worker",
+        "reason": reason,
+        "error_type": type(exc).__name__,
+        "source_topic": message.topic,
+        "source_partition": message.partition,
+        "source_offset": message.offset,
+        "key": message.key.decode("utf-8", errors="replace") if message.key else None,
+        "original": original,
+        "original_text": original_text,
+        "failed_at": iso_now(now),
+    }
+
+
+def _rules(topology: Topology) -> list[dict[str, Any]]:
+    return [rule for rule in topology.policy.values() if isinstance(rule, dict)]
+
+
+def _emit_decision(topology: Topology, batch: Batch, decision: Decision, now: datetime) -> None:
+    t = topology.topic
+    key = decision.app_key
+    if decision.deployment is not None:
+        batch.emit(t(DEPLOYMENTS.name), key, decision.deployment)
+        for note in deployment_notifications(decision.deployment, topology.notify, now):
+            batch.emit(t(NOTIFICATIONS.name), key, note)
+    for violation in decision.violations:
+        batch.emit(t(VIOLATIONS.name), key, violation)
+        if decision.deployment is None and decision.state is not None:
+            note = violation_notification(violation, decision.state, topology.notify, now)
+            batch.emit(t(NOTIFICATIONS.name), key, note)
+    if decision.remediation is not None:
+        batch.emit(t(REMEDIATIONS.name), key, decision.remediation)
+    for metric in decision.metrics:
+        batch.emit(t(METRICS.name), key, metric)
+
+
+def _state_for(topology: Topology, batch: Batch, key: str) -> Mapping[str, Any] | None:
+    if key in batch.states:
+        return batch.states[key][1]
+    value = topology.apps.get(key)
+    return value if isinstance(value, dict) else None
+
+
+def _handle_sync_event(
+    topology: Topology, batch: Batch, event: Any, value: dict[str, Any], now: datetime
+) -> None:
+    validate_event(value)
+    key = app_key_of(value)
+    message_key = event.message.key.decode() if event.message.key else None
+    if message_key != key:
+        raise InvalidSyncEvent(f"record key {message_key!r} does not match app {key!r}")
+    decision = decide(
+        value,
+        _state_for(topology, batch, key),
+        _rules(topology),
+        now=now,
+        ctx=topology.decide_context,
+    )
+    if decision.state is not None:
+        decision.state["partition"] = event.message.partition
+        batch.states[key] = (event, decision.state)
+    _emit_decision(topology, batch, decision, now)
+    latency = next(
+        (m["latency_seconds"] for m in decision.metrics if m["kind"] == "deployment"), None
+    )
+    batch.outcomes.append((decision.outcome, latency))
+
+
+def _handle_policy_check(
+    topology: Topology, batch: Batch, event: Any, value: dict[str, Any], now: datetime
+) -> None:
+    rule = value.get("rule")
+    if not isinstance(rule, dict) or not isinstance(rule.get("id"), str):
+        raise InvalidSyncEvent("policy check without a rule id")
+    partition = event.message.partition
+    owned = [
+        (key, state)
+        for key, state in list(topology.apps.items())
+        if isinstance(state, dict) and state.get("partition") == partition
+    ]
+    # state written earlier in this batch wins over the table's
+    owned = [(key, batch.states[key][1] if key in batch.states else state) for key, state in owned]
+    for key, state in owned:
+        decision = recheck_policy(state, rule, now=now)
+        if decision is None:
+            continue
+        batch.states[key] = (event, decision.state or dict(state))
+        _emit_decision(topology, batch, decision, now)
+        topology.metrics.retroactive.inc()
+
+
+async def _flush(topology: Topology, stream: Any, batch: Batch) -> None:
+    """Outputs first, then state; both acknowledged by the broker before returning."""
+    producer = topology.app.producer
+    try:
+        sent = [
+            await producer.send(topic, key, value, None, None, None)
+            for topic, key, value in batch.outputs
+        ]
+        await asyncio.gather(*sent)
+        for key, (event, state) in batch.states.items():
+            stream._set_current_event(event)  # table writes go to the event's partition
+            topology.apps[key] = state
+        stream._set_current_event(None)
+        await topology.apps.wait_durable()
+    except Exception:
+        log.critical(
+            "could not write outputs or state; exiting so that no offset is committed",
+            exc_info=True,
+        )
+        logging.shutdown()
+        os._exit(EXIT_OUTPUT_FAILED)
+
+
+async def process_sync_events(topology: Topology, stream: Any) -> None:
+    """The agent body: every sync event to a decision, every decision to records."""
+    settings = topology.settings
+    metrics = topology.metrics
+    async for events in stream.take_events(
+        settings.worker_batch_size, settings.worker_batch_within_s
+    ):
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        batch = Batch()
+        for event in events:
+            try:
+                value = orjson.loads(event.message.value)
+                if isinstance(value, dict) and value.get("schema") == POLICY_CHECK_V1:
+                    _handle_policy_check(topology, batch, event, value, now)
+                else:
+                    _handle_sync_event(topology, batch, event, value, now)
+            except Exception as exc:  # every failure is dead-lettered, never dropped
+                reason = (
+                    str(exc)
+                    if isinstance(exc, InvalidSyncEvent | orjson.JSONDecodeError)
+                    else (f"unexpected error: {exc}")
+                )
+                log.warning(
+                    "dead-lettering a record",
+                    extra={
+                        "reason": reason,
+                        "partition": event.message.partition,
+                        "offset": event.message.offset,
+                    },
+                    exc_info=not isinstance(exc, InvalidSyncEvent | orjson.JSONDecodeError),
+                )
+                key = event.message.key.decode("utf-8", "replace") if event.message.key else ""
+                batch.emit(
+                    topology.topic(DEAD_LETTERS.name),
+                    key,
+                    _dead_letter(topology, event, reason, exc, now),
+                )
+                batch.emit(
+                    topology.topic(METRICS.name), key, metric_event("dead_letter", key, None, now)
+                )
+                batch.outcomes.append(("dead_lettered", None))
+        await _flush(topology, stream, batch)
+        done = datetime.now(UTC)
+        for outcome, latency in batch.outcomes:
+            metrics.events.labels(outcome).inc()
+            if latency is not None:
+                metrics.processing.observe(latency + (done - now).total_seconds())
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+
+def register(topology: Topology) -> None:
+    """Attach the agent and the housekeeping timer to the app."""
+    app = topology.app
+
+    @app.agent(topology.sync_events, name="process_sync_events")
+    async def _agent(stream: Any) -> None:
+        await process_sync_events(topology, stream)
+
+    @app.timer(interval=5.0)
+    async def _gauges() -> None:
+        metrics = topology.metrics
+        for partition, lag in topology.consumer_lag().items():
+            metrics.lag.labels(str(partition)).set(lag)
+        metrics.table_keys.labels("apps").set(len(topology.apps))
+        metrics.table_keys.labels("policy").set(len(topology.policy))

@@ -1,0 +1,173 @@
+"""The Faust app: topics, tables and agents, declared in one place.
+
+    <prefix>sync-events ──▶ process_sync_events ──▶ deployments, notifications, metrics,
+         (key ns/app)          │    ▲                 violations, remediations, dead-letters
+                               ▼    │
+                       table ``apps`` (per-app state, changelog-backed, partitioned like
+                       sync-events) and global table ``policy`` (the compacted policy topic)
+
+Policy changes reach every partition as ``synctrail.policy-check/v1`` control records on
+sync-events (see ``streams.policy_publish``), so a retroactive check runs in order with that
+partition's deployments and its state writes go to the right changelog partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from streams import records  # noqa: F401 - registers the orjson codec
+from streams.decide import Context
+from streams.metrics import WorkerMetrics
+from streams.notify import NotifyConfig
+from streams.routing import parse_routes
+from streams.settings import WorkerSettings
+from streams.topics import POLICY, SYNC_EVENTS
+
+
+class DurableTable(faust.Table):  # type: ignore[misc]
+    """A table whose changelog writes can be awaited.
+
+    Faust buffers changelog writes and may commit the source offset before they reach the
+    broker; a worker killed in that window loses the update (seen on the embedded broker).
+    The agent awaits ``wait_durable()`` before it lets the batch's offsets be acknowledged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(future)
+        return future
+
+    async def wait_durable(self) -> None:
+        """Return once every changelog write so far is acknowledged by the broker."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+@dataclass
+class Topology:
+    """Everything the agents and views need, built from one ``WorkerSettings``."""
+
+    settings: WorkerSettings
+    app: faust.App
+    sync_events: faust.TopicT
+    apps: DurableTable
+    policy: Any  # faust GlobalTable
+    metrics: WorkerMetrics
+    notify: NotifyConfig
+    decide_context: Context
+
+    def topic(self, name: str) -> str:
+        """Full name of a synctrail topic."""
+        return self.settings.topic(name)
+
+    def assigned_partitions(self) -> set[int]:
+        """The sync-events partitions this worker owns right now."""
+        name = self.sync_events.get_topic_name()
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == name}
+
+    def consumer_lag(self) -> dict[int, int]:
+        """Records not yet processed per owned sync-events partition."""
+        name = self.sync_events.get_topic_name()
+        consumer = self.app.consumer
+        lag = {}
+        for partition in sorted(self.assigned_partitions()):
+            tp = TP(name, partition)
+            highwater = consumer.highwater(tp)
+            position = consumer._last_read.get(tp)  # no public accessor for the read position
+            if highwater is not None:
+                lag[partition] = max(0, highwater - ((position + 1) if position is not None else 0))
+        return lag
+
+
+def build(settings: WorkerSettings | None = None) -> Topology:
+    """Create the Faust app with its topics, tables, agents and web views."""
+    settings = settings or WorkerSettings()
+    app = faust.App(
+        settings.worker_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        store=settings.worker_store,
+        datadir=str(settings.worker_data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind=settings.worker_web_host,
+        web_host=settings.worker_web_host,
+        web_port=settings.worker_web_port,
+        canonical_url=f"http://{settings.worker_web_host}:{settings.worker_web_port}",
+        web_tables_enabled=False,
+        table_standby_replicas=0,
+        logging_config=None,
+        loghandlers=[],
+    )
+    sync_events = app.topic(
+        settings.topic(SYNC_EVENTS.name),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    apps = app.tables.add(
+        DurableTable(
+            app,
+            name="apps",
+            key_type=str,
+            key_serializer="raw",
+            value_serializer="orjson",
+            partitions=settings.partitions,
+            default=None,
+            help="Per-app state: resources, running images, last operation, recent deploys.",
+        )
+    )
+    policy = app.GlobalTable(
+        "policy",
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="orjson",
+        partitions=settings.partitions,
+        changelog_topic=app.topic(
+            settings.topic(POLICY.name),
+            key_type=str,
+            key_serializer="raw",
+            value_serializer="orjson",
+            partitions=settings.partitions,
+            compacting=True,
+        ),
+    )
+    topology = Topology(
+        settings=settings,
+        app=app,
+        sync_events=sync_events,
+        apps=apps,
+        policy=policy,
+        metrics=WorkerMetrics(),
+        notify=NotifyConfig(
+            default_channel=settings.slack_channel,
+            violations_channel=settings.slack_violations_channel,
+            routes=parse_routes(settings.slack_routes),
+            argocd_url=settings.argocd_url,
+        ),
+        decide_context=Context(history_limit=settings.worker_history),
+    )
+    from streams import agents, views  # the agents and views attach themselves to the app
+
+    agents.register(topology)
+    views.register(topology)
+    return topology

@@ -1,0 +1,514 @@
+"""What one sync event means for one app (pure): duplicate, stale, resync or a deployment.
+
+``decide`` takes a ``synctrail.sync-event/v1`` record, the app's stored state (or ``None`` for
+an app never seen) and the policy rules in force, and returns everything the agent must emit
+and store. ``recheck_policy`` does the same for a policy change against an app already running.
+No I/O here: the agent reads state, calls these, and writes what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from streams import records
+from streams.diff import canonical_sha256, diff_images, fingerprint
+from streams.policy import find_violations, images_matching_rule
+from streams.state import apply_operation, outcome_of_bare, running_images
+
+JsonObject = dict[str, Any]
+
+DEPLOYED = "deployed"
+DUPLICATE = "duplicate"
+RESYNC = "resync"
+STALE = "stale"
+
+
+class InvalidSyncEvent(ValueError):
+    """A record on sync-events that is not a usable ``synctrail.sync-event/v1``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Per-worker settings the decisions depend on."""
+
+    history_limit: int = 10
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of one event for one app, and everything to emit and store."""
+
+    outcome: str
+    app_key: str
+    state: JsonObject | None = None  # new state to store; None leaves the stored one alone
+    deployment: JsonObject | None = None
+    violations: list[JsonObject] = field(default_factory=list)
+    remediation: JsonObject | None = None
+    metrics: list[JsonObject] = field(default_factory=list)
+
+
+def iso_now(now: datetime) -> str:
+    """RFC 3339 UTC with milliseconds, as every synctrail timestamp is written."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """Parse an RFC 3339 timestamp; ``None`` for missing or unparseable values."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def app_key_of(event: Mapping[str, Any]) -> str:
+    """The qualified app name ``<namespace>/<name>`` of a sync event."""
+    app = event.get("app")
+    if not isinstance(app, Mapping):
+        raise InvalidSyncEvent("app: expected an object")
+    name, namespace = app.get("name"), app.get("namespace")
+    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
+        raise InvalidSyncEvent("app.name and app.namespace: expected non-empty strings")
+    return f"{namespace}/{name}"
+
+
+def validate_event(event: Any) -> JsonObject:
+    """Check the fields the decision reads; raise ``InvalidSyncEvent`` naming the first bad one."""
+    if not isinstance(event, dict):
+        raise InvalidSyncEvent(f"expected a JSON object, got {type(event).__name__}")
+    if event.get("schema") != records.SYNC_EVENT_V1:
+        raise InvalidSyncEvent(
+            f"schema: expected {records.SYNC_EVENT_V1!r}, got {event.get('schema')!r}"
+        )
+    app_key_of(event)
+    if event.get("shape") not in ("envelope", "bare"):
+        raise InvalidSyncEvent("shape: expected 'envelope' or 'bare'")
+    sync_result = event.get("sync_result")
+    if sync_result is not None and not isinstance(sync_result, dict):
+        raise InvalidSyncEvent("sync_result: expected an object or null")
+    resources = (sync_result or {}).get("resources", [])
+    if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
+        raise InvalidSyncEvent("sync_result.resources: expected a list of objects")
+    if not isinstance(event.get("revision", ""), str):
+        raise InvalidSyncEvent("revision: expected a string")
+    revisions = event.get("revisions", [])
+    if not isinstance(revisions, list) or not all(isinstance(r, str) for r in revisions):
+        raise InvalidSyncEvent("revisions: expected a list of strings")
+    operation = event.get("operation")
+    if operation is not None and not isinstance(operation, dict):
+        raise InvalidSyncEvent("operation: expected an object or null")
+    for name in ("delivery_id", "received_at", "body_sha256"):
+        if not isinstance(event.get(name), str):
+            raise InvalidSyncEvent(f"{name}: expected a string")
+    return event
+
+
+def _operation_of(event: Mapping[str, Any], phase: str) -> JsonObject:
+    op = event.get("operation") or {}
+    return {
+        "phase": phase,
+        "message": op.get("message"),
+        "started_at": op.get("started_at"),
+        "finished_at": op.get("finished_at"),
+        "initiated_by": op.get("initiated_by"),
+        "retry_count": op.get("retry_count") or 0,
+    }
+
+
+def _is_duplicate_or_stale(
+    event: Mapping[str, Any], last: Mapping[str, Any], sr_sha: str
+) -> str | None:
+    if event["body_sha256"] == last.get("body_sha256"):
+        return DUPLICATE
+    if event["shape"] == "bare":
+        return DUPLICATE if sr_sha == last.get("sync_result_sha") else None
+    started = (event.get("operation") or {}).get("started_at")
+    if started and started == last.get("started_at") and sr_sha == last.get("sync_result_sha"):
+        return DUPLICATE
+    new_time, last_time = parse_time(started), parse_time(last.get("started_at"))
+    if new_time and last_time and new_time < last_time:
+        return STALE
+    return None
+
+
+def _revision_key(revision: str, revisions: Sequence[str]) -> list[Any]:
+    return [revision, list(revisions)]
+
+
+def _known_good(history: Sequence[Mapping[str, Any]], bad_images: set[str]) -> JsonObject | None:
+    """The newest successful deploy that ran none of ``bad_images`` and was never denied."""
+    for entry in reversed(history):
+        if (
+            entry.get("phase") == "Succeeded"
+            and not entry.get("denied")
+            and not bad_images.intersection(entry.get("images", []))
+        ):
+            return dict(entry)
+    return None
+
+
+def metric_event(
+    kind: str, app_key: str, project: str | None, now: datetime, **fields: Any
+) -> JsonObject:
+    """A ``synctrail.metric/v1`` record; ``fields`` fill the kind-specific values."""
+    return {
+        "schema": records.METRIC_V1,
+        "kind": kind,
+        "app": app_key,
+        "project": project,
+        "timestamp": now.timestamp(),
+        "delivery_id": fields.pop("delivery_id", None),
+        "latency_seconds": None,
+        "running_images": None,
+        "image_changes": None,
+        "phase": None,
+        "initial": None,
+        "rule": None,
+        **fields,
+    }
+
+
+def _violation_record(
+    state: Mapping[str, Any],
+    violation: Mapping[str, Any],
+    *,
+    detected: str,
+    delivery_id: str | None,
+    now: datetime,
+) -> JsonObject:
+    return {
+        "schema": records.VIOLATION_V1,
+        "app": state["app"],
+        "app_namespace": state["app_namespace"],
+        "project": state.get("project"),
+        "image": violation["image"],
+        "rule": violation["rule"],
+        "rule_id": violation["rule_id"],
+        "reason": violation["reason"],
+        "detected": detected,
+        "revision": state.get("revision"),
+        "revisions": list(state.get("revisions") or []),
+        "delivery_id": delivery_id,
+        "detected_at": iso_now(now),
+    }
+
+
+def _flag_key(violation: Mapping[str, Any]) -> str:
+    return f"{violation['rule_id']}|{violation['image']}"
+
+
+def _new_flags(
+    state: JsonObject, violations: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Violations not yet reported for this app; marks them reported in ``state``."""
+    flagged: dict[str, bool] = state.setdefault("flagged", {})
+    fresh = [v for v in violations if _flag_key(v) not in flagged]
+    for v in fresh:
+        flagged[_flag_key(v)] = True
+    return fresh
+
+
+def _remediation(
+    state: Mapping[str, Any],
+    denied: Sequence[Mapping[str, Any]],
+    history: Sequence[Mapping[str, Any]],
+    *,
+    delivery_id: str | None,
+    now: datetime,
+) -> JsonObject:
+    bad_images = {v["image"] for v in denied}
+    good = _known_good(history, bad_images)
+    return {
+        "schema": records.REMEDIATION_V1,
+        "app": state["app"],
+        "app_namespace": state["app_namespace"],
+        "project": state.get("project"),
+        "action": "rollback",
+        "bad_images": sorted(bad_images),
+        "reasons": sorted({v["reason"] for v in denied}),
+        "current_revision": state.get("revision"),
+        "current_revisions": list(state.get("revisions") or []),
+        "known_good_revision": good["revision"] if good else None,
+        "known_good_revisions": list(good["revisions"]) if good else [],
+        "requested_at": iso_now(now),
+        "delivery_id": delivery_id,
+    }
+
+
+def decide(
+    event: Mapping[str, Any],
+    state: Mapping[str, Any] | None,
+    rules: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    ctx: Context = Context(),
+) -> Decision:
+    """Decide what one validated sync event means for its app; see the module docstring."""
+    app_key = app_key_of(event)
+    app = event["app"]
+    sync_result = event.get("sync_result")
+    sr_sha = canonical_sha256(sync_result)
+    project = app.get("project") or (state or {}).get("project")
+    delivery_id = event["delivery_id"]
+
+    last = (state or {}).get("last_operation")
+    if last:
+        verdict = _is_duplicate_or_stale(event, last, sr_sha)
+        if verdict:
+            return Decision(
+                verdict,
+                app_key,
+                metrics=[metric_event(verdict, app_key, project, now, delivery_id=delivery_id)],
+            )
+
+    applied = apply_operation((state or {}).get("resources", {}), sync_result)
+    images_before = list((state or {}).get("images", []))
+    images_after = running_images(applied.resources)
+    phase = (
+        (event.get("operation") or {}).get("phase") or "Succeeded"
+        if event["shape"] == "envelope"
+        else outcome_of_bare(sync_result)
+    )
+    revision, revisions = event.get("revision", ""), list(event.get("revisions", []))
+    print_ = fingerprint(revision, revisions, images_after)
+    received = parse_time(event["received_at"])
+    latency = max(0.0, (now - received).total_seconds()) if received else None
+    operation = _operation_of(event, phase)
+    history: list[JsonObject] = [dict(h) for h in (state or {}).get("history", [])]
+    last_success = (state or {}).get("last_success")
+
+    new_state: JsonObject = {
+        "app": app["name"],
+        "app_namespace": app["namespace"],
+        "project": project,
+        "destination": event.get("destination") or (state or {}).get("destination"),
+        "health": event.get("health"),
+        "resources": applied.resources,
+        "images": images_after,
+        "revision": revision,
+        "revisions": revisions,
+        "fingerprint": print_,
+        "last_operation": {
+            "started_at": operation["started_at"],
+            "finished_at": operation["finished_at"],
+            "phase": phase,
+            "sync_result_sha": sr_sha,
+            "body_sha256": event["body_sha256"],
+            "delivery_id": delivery_id,
+            "received_at": event["received_at"],
+        },
+        "last_success": last_success,
+        "history": history,
+        "flagged": {
+            k: v
+            for k, v in dict((state or {}).get("flagged", {})).items()
+            if k.split("|", 1)[1] in images_after
+        },
+        "updated_at": iso_now(now),
+    }
+    success = phase == "Succeeded"
+    if success:
+        new_state["last_success"] = {
+            "revision": revision,
+            "revisions": revisions,
+            "images": images_after,
+            "fingerprint": print_,
+        }
+
+    previous_ok = state is not None and (last or {}).get("phase") == "Succeeded"
+    if (
+        success
+        and previous_ok
+        and last_success is not None
+        and _revision_key(last_success["revision"], last_success["revisions"])
+        == _revision_key(revision, revisions)
+        and list(last_success["images"]) == images_after
+    ):
+        return Decision(
+            RESYNC,
+            app_key,
+            state=new_state,
+            metrics=[
+                metric_event(
+                    RESYNC,
+                    app_key,
+                    project,
+                    now,
+                    delivery_id=delivery_id,
+                    latency_seconds=latency,
+                    running_images=len(images_after),
+                )
+            ],
+        )
+
+    diff = diff_images(images_before, images_after)
+    destination = new_state["destination"] or {}
+    violations = find_violations(
+        images_after,
+        rules,
+        app=app["name"],
+        app_namespace=app["namespace"],
+        project=project,
+        namespace=destination.get("namespace"),
+    )
+    fresh = _new_flags(new_state, violations)
+    denied_fresh = [v for v in fresh if v["rule"] == "denylist"]
+    earlier_revisions = [
+        _revision_key(h["revision"], h["revisions"])
+        for h in history
+        if h.get("phase") == "Succeeded"
+    ]
+    this_revision = _revision_key(revision, revisions)
+    rollback = (
+        bool(earlier_revisions)
+        and this_revision in earlier_revisions[:-1]
+        and this_revision != earlier_revisions[-1]
+    )
+    deployment: JsonObject = {
+        "schema": records.DEPLOYMENT_V1,
+        "app": app["name"],
+        "app_namespace": app["namespace"],
+        "project": project,
+        "destination": new_state["destination"],
+        "revision": revision,
+        "revisions": revisions,
+        "previous_revision": last_success["revision"] if last_success else None,
+        "previous_revisions": list(last_success["revisions"]) if last_success else [],
+        "operation": operation,
+        "health": event.get("health"),
+        "initial": state is None,
+        "rollback": rollback,
+        "fingerprint": print_,
+        "images": images_after,
+        "images_added": diff.added,
+        "images_removed": diff.removed,
+        "images_changed": diff.changed,
+        "hook_images": applied.hook_images,
+        "resources_changed": applied.resources_changed,
+        "resources_unchanged": applied.resources_unchanged,
+        "failed_resources": applied.failed_resources,
+        "violations": [dict(v) for v in violations],
+        "invalid_images": applied.invalid_images,
+        "source": (sync_result or {}).get("source"),
+        "sources": list((sync_result or {}).get("sources") or []),
+        "received_at": event["received_at"],
+        "delivery_id": delivery_id,
+    }
+    history.append(
+        {
+            "revision": revision,
+            "revisions": revisions,
+            "phase": phase,
+            "fingerprint": print_,
+            "images": images_after,
+            "started_at": operation["started_at"],
+            "finished_at": operation["finished_at"],
+            "delivery_id": delivery_id,
+            "denied": any(v["rule"] == "denylist" for v in violations),
+        }
+    )
+    del history[: max(0, len(history) - ctx.history_limit)]
+
+    metrics = [
+        metric_event(
+            "deployment",
+            app_key,
+            project,
+            now,
+            delivery_id=delivery_id,
+            latency_seconds=latency,
+            running_images=len(images_after),
+            image_changes=len(diff.added) + len(diff.removed) + len(diff.changed),
+            phase=phase,
+            initial=state is None,
+        )
+    ]
+    violation_records = [
+        _violation_record(new_state, v, detected="deploy", delivery_id=delivery_id, now=now)
+        for v in fresh
+    ]
+    metrics += [
+        metric_event("violation", app_key, project, now, delivery_id=delivery_id, rule=v["rule"])
+        for v in fresh
+    ]
+    remediation = (
+        _remediation(new_state, denied_fresh, history[:-1], delivery_id=delivery_id, now=now)
+        if denied_fresh
+        else None
+    )
+    return Decision(
+        DEPLOYED,
+        app_key,
+        state=new_state,
+        deployment=deployment,
+        violations=violation_records,
+        remediation=remediation,
+        metrics=metrics,
+    )
+
+
+def recheck_policy(
+    state: Mapping[str, Any],
+    rule: Mapping[str, Any],
+    *,
+    now: datetime,
+) -> Decision | None:
+    """Flag an app already running images that a newly added rule forbids (retroactive).
+
+    Returns ``None`` when nothing new is flagged (so replays of the same rule emit nothing).
+    """
+    app_key = f"{state['app_namespace']}/{state['app']}"
+    if rule.get("kind") == "deny":
+        hits = [
+            {
+                "rule": "denylist",
+                "rule_id": rule["id"],
+                "image": image,
+                "reason": rule.get("reason", ""),
+            }
+            for image in images_matching_rule(rule, state.get("images", []))
+        ]
+    else:
+        destination = state.get("destination") or {}
+        hits = [
+            v
+            for v in find_violations(
+                state.get("images", []),
+                [rule],
+                app=state["app"],
+                app_namespace=state["app_namespace"],
+                project=state.get("project"),
+                namespace=destination.get("namespace"),
+            )
+            if v["rule_id"] == rule["id"]
+        ]
+    new_state = {**state, "flagged": dict(state.get("flagged", {}))}
+    fresh = _new_flags(new_state, hits)
+    if not fresh:
+        return None
+    history = [dict(h) for h in state.get("history", [])]
+    denied = [v for v in fresh if v["rule"] == "denylist"]
+    if denied and history:
+        history[-1]["denied"] = True
+        new_state["history"] = history
+    return Decision(
+        "flagged",
+        app_key,
+        state=new_state,
+        violations=[
+            _violation_record(new_state, v, detected="retroactive", delivery_id=None, now=now)
+            for v in fresh
+        ],
+        remediation=_remediation(new_state, denied, history, delivery_id=None, now=now)
+        if denied
+        else None,
+        metrics=[
+            metric_event("violation", app_key, state.get("project"), now, rule=v["rule"])
+            for v in fresh
+        ],
+    )
