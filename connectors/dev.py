@@ -1,0 +1,152 @@
+"""``synctrail dev``: the whole pipeline on a laptop, one process tree, Ctrl-C stops it all.
+
+Starts the embedded broker, creates the topics, then runs every synctrail process as a child
+(bridge, worker, Slack connector in console mode unless Slack credentials are set, exporter)
+and prints how to post the example payloads. Children get the parent-death signal, so even a
+SIGKILLed ``dev`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from connectors import logs
+from connectors.broker import EmbeddedBroker, die_with_parent, ensure_topics, free_port
+from streams.settings import CommonSettings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "payloads"
+
+# (subcommand, module that must exist for it to run)
+_CHILDREN = (
+    ("bridge", "connectors.bridge.server"),
+    ("worker", "streams.worker"),
+    ("slack", "connectors.slack.service"),
+    ("exporter", "connectors.exporter"),
+)
+
+
+def free_port_is(port: int) -> bool:
+    """True if ``port`` can be bound on loopback now."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _child_env(bootstrap: str, token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("SYNCTRAIL_BRIDGE_TOKENS", token)
+    env.update(
+        {
+            "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
+            # the embedded broker makes a first group join wait about the rebalance timeout
+            "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": env.get("SYNCTRAIL_BROKER_SESSION_TIMEOUT_S", "6"),
+            "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": env.get(
+                "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S", "6"
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+async def _wait_http_ok(url: str, deadline_s: float, procs: list[subprocess.Popen[bytes]]) -> bool:
+    deadline = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                return False
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return True
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def _serve(settings: CommonSettings) -> int:
+    port = 9092 if free_port_is(9092) else free_port()
+    broker = EmbeddedBroker(port=port)
+    await broker.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await ensure_topics(broker.bootstrap, settings.topic_prefix, settings.partitions)
+        token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[0] or secrets.token_urlsafe(
+            24
+        )
+        env = _child_env(broker.bootstrap, token)
+        for command, module in _CHILDREN:
+            if importlib.util.find_spec(module) is None:
+                continue
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "connectors.cli", command],
+                    env=env,
+                    preexec_fn=die_with_parent,  # noqa: PLW1509
+                )
+            )
+        host = env.get("SYNCTRAIL_BRIDGE_HOST", "127.0.0.1")
+        bridge_url = f"http://{host}:{env.get('SYNCTRAIL_BRIDGE_PORT', '8080')}"
+        if not await _wait_http_ok(f"{bridge_url}/readyz", 30, procs):
+            print("synctrail dev: the bridge did not become ready; see the logs above", flush=True)
+            return 1
+        print(
+            "\n"
+            f"  synctrail is running (embedded broker on {broker.bootstrap}).\n"
+            f"  Bridge:  {bridge_url}   (POST /v1/sync, /v1/sync/{{ns}}/{{app}})\n"
+            f"  Token:   {token}\n"
+            f"  Worker:  http://127.0.0.1:{env.get('SYNCTRAIL_WORKER_WEB_PORT', '6066')}/apps/guestbook\n"
+            f"  Metrics: http://127.0.0.1:{env.get('SYNCTRAIL_EXPORTER_PORT', '9108')}/metrics\n\n"
+            "  Post the example payloads from another terminal:\n"
+            f"    .venv/bin/synctrail replay --url {bridge_url} --token {token} {EXAMPLES}\n"
+            "  Watch the deployments topic:\n"
+            f"    SYNCTRAIL_KAFKA_BOOTSTRAP={broker.bootstrap} .venv/bin/synctrail tail deployments "
+            "--from-beginning --follow\n\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set():
+            exited = [p for p in procs if p.poll() is not None]
+            if exited:
+                print(f"synctrail dev: {exited[0].args[-1]} exited ({exited[0].returncode}); stopping")
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        broker.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run everything until Ctrl-C."""
+    settings = CommonSettings()
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(_serve(settings))
