@@ -1,0 +1,425 @@
+"""Getting accepted records to Kafka, or into the spool, in per-app order.
+
+One :class:`Dispatcher` per bridge owns the Kafka producer (acks=all, no idempotence: the
+embedded broker has none), the spool and a maintenance task. A record goes straight to Kafka
+while the broker is up and its app has nothing spooled; otherwise it is appended to the spool
+behind the app's earlier records. The maintenance task
+
+* fails produces that take too long: after ``probe_after`` it probes the brokers over TCP (an
+  aiokafka producer facing a dead broker waits for its whole request timeout) and, if none
+  answers, marks the broker down so that this and every following record is spooled at once;
+* while the broker is down, tries every ``drain_interval`` to connect a fresh producer and
+  re-create the sync-events topic (the embedded broker forgets topics when it restarts);
+* while it is up, checks that the topic still exists and drains the spool in order.
+
+Per-app order: each delivery of an app waits for the previous one of the same app to settle
+(acknowledged or spooled) before it may be spooled, and is only sent directly when the previous
+one was sent directly too (the producer keeps one partition's records in order). If an earlier
+record of an app ended up in the spool after a later one reached Kafka, the later one is spooled
+again behind it, so the app's last record on the topic is always its latest delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from connectors.bridge.metrics import BridgeMetrics
+from connectors.bridge.settings import BridgeSettings
+from connectors.bridge.spool import Spool, SpoolError
+from connectors.broker import ensure_topics
+from streams.topics import SYNC_EVENTS
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = "published"
+SPOOLED = "spooled"
+FAILED = "failed"
+
+
+class ProduceFailed(Exception):
+    """Kafka did not acknowledge a record in time (or refused it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a delivery went: a Kafka offset, or the spool."""
+
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    spooled: bool = False
+
+
+@dataclass(slots=True)
+class _Settle:
+    """The latest not-yet-settled delivery of one app."""
+
+    done: asyncio.Future[str]
+    direct: bool = False
+
+
+@dataclass(slots=True)
+class _InFlight:
+    started: float
+    result: asyncio.Future[Any] = field(repr=False)
+
+
+def _bootstrap_hosts(bootstrap: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in bootstrap.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        hosts.append((host.strip("[]") or "127.0.0.1", int(port or 9092)))
+    return hosts
+
+
+async def tcp_reachable(bootstrap: str, timeout: float = 0.5) -> bool:
+    """True if any bootstrap server accepts a TCP connection within ``timeout``."""
+    for host, port in _bootstrap_hosts(bootstrap):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return True
+    return False
+
+
+class Dispatcher:
+    """Kafka producer + spool + per-app ordering + the maintenance task."""
+
+    def __init__(self, settings: BridgeSettings, spool: Spool, metrics: BridgeMetrics) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.metrics = metrics
+        self.topic = SYNC_EVENTS.address(settings.topic_prefix)
+        self.broker_up = False
+        self.last_broker_error: str | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._tails: dict[bytes, _Settle] = {}
+        self._inflight: dict[int, _InFlight] = {}
+        self._next_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._old_producers: set[asyncio.Task[None]] = set()
+        self._last_check = 0.0
+        self._queue: deque[tuple[str, bytes, bytes, asyncio.Future[Any]]] = deque()
+        self._queued = asyncio.Event()
+        self._sending: asyncio.Future[Any] | None = None
+        self._enqueuer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect if the broker is there (never blocks for long) and start maintenance."""
+        self._start_enqueuer()
+        await self._connect()
+        self._task = asyncio.create_task(self._maintain(), name="bridge-maintenance")
+
+    async def stop(self) -> None:
+        """Stop maintenance, flush the producer (bounded), close the spool."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._close_producer(producer)
+        if self._enqueuer is not None:
+            self._enqueuer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._enqueuer
+        for task in list(self._old_producers):
+            with contextlib.suppress(Exception):
+                await task
+        self.spool.close()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        timeout_ms = int(self.settings.bridge_produce_timeout_s * 1000)
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=self.settings.bridge_linger_ms,
+            request_timeout_ms=timeout_ms,
+            max_request_size=self.settings.bridge_max_body_bytes * 2 + 65536,
+            retry_backoff_ms=100,
+            # Big batches: send() then rarely has to wait for room (see _enqueue_forever).
+            max_batch_size=512 * 1024,
+            client_id="synctrail-bridge",
+        )
+
+    async def _connect(self) -> bool:
+        """Start a fresh producer and make sure the topic exists; True when the broker is up."""
+        timeout = max(self.settings.bridge_produce_timeout_s, 1.0)
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), timeout)
+            await asyncio.wait_for(
+                ensure_topics(
+                    self.settings.kafka_bootstrap,
+                    self.settings.topic_prefix,
+                    self.settings.partitions,
+                    self.settings.replication_factor,
+                    topics=[SYNC_EVENTS],
+                ),
+                timeout * 2,
+            )
+            # Learn the partitions now, so send() does not have to wait for metadata later.
+            await asyncio.wait_for(producer.partitions_for(self.topic), timeout)
+        except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
+            self.last_broker_error = f"{type(exc).__name__}: {exc}"
+            self._retire(producer)
+            return False
+        self._producer = producer
+        self._set_up(True)
+        log.info("kafka reachable", extra={"bootstrap": self.settings.kafka_bootstrap})
+        return True
+
+    def _set_up(self, up: bool) -> None:
+        self.broker_up = up
+        self.metrics.broker_up.set(1 if up else 0)
+        if up:
+            self.last_broker_error = None
+            self._wake.set()
+
+    def mark_down(self, reason: str) -> None:
+        """Spool everything from now on and fail every produce still waiting."""
+        if self.broker_up:
+            log.warning(
+                "kafka unreachable; spooling deliveries",
+                extra={"reason": reason, "spool_records": self.spool.records},
+            )
+        self.last_broker_error = reason
+        self._set_up(False)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            self._retire(producer)
+        inflight, self._inflight = self._inflight, {}
+        for item in inflight.values():
+            if not item.result.done():
+                item.result.set_exception(ProduceFailed(reason))
+        if self._sending is not None and self._enqueuer is not None:
+            # send() may wait up to the request timeout for room in a batch: stop waiting.
+            self._enqueuer.cancel()
+            self._start_enqueuer()
+
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        # Stopping waits for its queued batches to be sent or to expire; never wait on it here.
+        task = asyncio.ensure_future(self._close_producer(producer))
+        self._old_producers.add(task)
+        task.add_done_callback(self._old_producers.discard)
+
+    async def _close_producer(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), self.settings.bridge_produce_timeout_s + 1)
+
+    # ------------------------------------------------------------------ the hot path
+
+    async def deliver(self, key: bytes, value: bytes) -> Outcome:
+        """Publish ``value`` under ``key`` (or spool it); raises SpoolError when neither works."""
+        loop = asyncio.get_running_loop()
+        prev = self._tails.get(key)
+        me = _Settle(loop.create_future())
+        self._tails[key] = me
+        result = FAILED
+        try:
+            direct = (
+                self.broker_up
+                and self._producer is not None
+                and not self.spool.pending(key)
+                and (prev is None or prev.direct or prev.done.done())
+            )
+            if direct:
+                me.direct = True
+                try:
+                    partition, offset = await self._produce(self.topic, key, value)
+                except ProduceFailed as exc:
+                    me.direct = False
+                    self.mark_down(str(exc))
+                else:
+                    if prev is not None and await asyncio.shield(prev.done) == SPOOLED:
+                        # An earlier delivery of this app is now behind this one: repeat this
+                        # one after it so the app's last record is its latest delivery.
+                        with contextlib.suppress(SpoolError):
+                            await self.spool.append(self.topic, key, value)
+                    result = PUBLISHED
+                    return Outcome(self.topic, partition, offset)
+            if prev is not None:
+                await asyncio.shield(prev.done)
+            await self.spool.append(self.topic, key, value)
+            result = SPOOLED
+            self._wake.set()
+            return Outcome(self.topic, spooled=True)
+        finally:
+            me.done.set_result(result)
+            if self._tails.get(key) is me:
+                del self._tails[key]
+
+    def _submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
+        """Queue a record for the producer; the future resolves with its RecordMetadata."""
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ident = self._next_id
+        self._next_id += 1
+        self._inflight[ident] = _InFlight(time.monotonic(), mine)
+        mine.add_done_callback(lambda _f: self._inflight.pop(ident, None))
+        self._queue.append((topic, key, value, mine))
+        self._queued.set()
+        return mine
+
+    async def _produce(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
+        started = time.monotonic()
+        try:
+            meta = await self._submit(topic, key, value)
+        except KafkaError as exc:
+            raise ProduceFailed(f"{type(exc).__name__}: {exc}") from exc
+        self.metrics.produce_duration.observe(time.monotonic() - started)
+        return meta.partition, meta.offset
+
+    async def _enqueue_forever(self) -> None:
+        # The only caller of producer.send(): one FIFO for every record keeps each partition's
+        # records in arrival order even when send() has to wait for room in a batch.
+        queue = self._queue
+        while True:
+            if not queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            topic, key, value, mine = queue.popleft()
+            if mine.done():
+                continue
+            producer = self._producer
+            if producer is None:
+                mine.set_exception(ProduceFailed("kafka unreachable"))
+                continue
+            self._sending = mine
+            try:
+                ack = await producer.send(topic, value, key=key)
+            except asyncio.CancelledError:
+                if not mine.done():
+                    mine.set_exception(ProduceFailed("kafka unreachable"))
+                raise
+            except Exception as exc:
+                if not mine.done():
+                    mine.set_exception(ProduceFailed(f"{type(exc).__name__}: {exc}"))
+                continue
+            finally:
+                self._sending = None
+            ack.add_done_callback(functools.partial(_copy_result, dst=mine))
+
+    def _start_enqueuer(self) -> None:
+        self._enqueuer = asyncio.create_task(self._enqueue_forever(), name="bridge-enqueuer")
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def _maintain(self) -> None:
+        tick = min(0.1, self.settings.bridge_probe_after_s / 2)
+        while not self._stopping:
+            try:
+                if self.broker_up:
+                    await self._watch_inflight()
+                    if self.broker_up and self.spool.records:
+                        await self._drain_round()
+                    if self.broker_up and not self.spool.records:
+                        await self._check_topic()
+                else:
+                    await self._reconnect()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bridge maintenance step failed")
+            self._wake.clear()
+            if self.broker_up and self.spool.records:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), tick)
+
+    async def _watch_inflight(self) -> None:
+        if not self._inflight:
+            return
+        now = time.monotonic()
+        oldest = min(item.started for item in self._inflight.values())
+        age = now - oldest
+        if age > self.settings.bridge_produce_timeout_s:
+            self.mark_down(f"no acknowledgement in {self.settings.bridge_produce_timeout_s}s")
+        elif age > self.settings.bridge_probe_after_s and not await tcp_reachable(
+            self.settings.kafka_bootstrap
+        ):
+            self.mark_down("no broker accepts connections")
+
+    async def _reconnect(self) -> None:
+        now = time.monotonic()
+        if now - self._last_check < self.settings.bridge_drain_interval_s:
+            return
+        self._last_check = now
+        if await tcp_reachable(self.settings.kafka_bootstrap):
+            await self._connect()
+
+    async def _check_topic(self) -> None:
+        # The embedded broker forgets its topics when restarted; notice it while idle too.
+        now = time.monotonic()
+        if now - self._last_check < self.settings.bridge_drain_interval_s or self._inflight:
+            return
+        self._last_check = now
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            cluster = await asyncio.wait_for(
+                producer.client.fetch_all_metadata(), self.settings.bridge_produce_timeout_s
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.mark_down(f"metadata request failed: {type(exc).__name__}: {exc}")
+            return
+        if self.topic not in cluster.topics():
+            log.warning(
+                "topic missing (broker restarted?); re-creating", extra={"topic": self.topic}
+            )
+            self.mark_down("topic missing")
+
+    async def _drain_round(self) -> None:
+        batch = self.spool.peek(self.settings.bridge_drain_batch)
+        if not batch:
+            return
+        waits = [self._submit(rec.topic, rec.key, rec.value) for rec in batch]
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        acked = 0
+        for res in results:
+            if isinstance(res, BaseException):
+                break
+            acked += 1
+        self.spool.commit(batch[:acked])
+        self.metrics.spool_drained.inc(acked)
+        if acked < len(batch):
+            failure = next(r for r in results if isinstance(r, BaseException))
+            self.mark_down(f"draining failed: {failure}")
+        elif not self.spool.records:
+            log.info("spool drained", extra={"drained_total": self.spool.drained_total})
+
+
+def _copy_result(src: asyncio.Future[Any], *, dst: asyncio.Future[Any]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.set_exception(ProduceFailed("produce cancelled"))
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())

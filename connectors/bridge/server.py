@@ -1,0 +1,366 @@
+"""``synctrail bridge``: the HTTP receiver for Argo CD webhooks (aiohttp).
+
+Routes (DESIGN.md, "Inbound HTTP contract")::
+
+    POST /v1/sync                          envelope body
+    POST /v1/sync/{app}                    bare syncResult, app namespace from the settings
+    POST /v1/sync/{app_namespace}/{app}    bare syncResult
+    GET  /healthz  /readyz  /metrics
+
+A request is checked in the cheapest order: credentials, route identity, declared size, then
+the body is read with a cap, parsed and validated, turned into one sync-event record and handed
+to the :class:`~connectors.bridge.delivery.Dispatcher`, which answers once Kafka acknowledged
+it or the spool made it durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from connectors import logs
+from connectors.bridge.auth import CHALLENGE, Authenticator
+from connectors.bridge.delivery import Dispatcher, Outcome
+from connectors.bridge.events import (
+    bare_event,
+    envelope_event,
+    event_key,
+    new_delivery_id,
+    utc_now_rfc3339,
+)
+from connectors.bridge.metrics import BridgeMetrics
+from connectors.bridge.settings import BridgeConfigError, BridgeSettings
+from connectors.bridge.spool import Spool, SpoolError
+from connectors.bridge.validation import (
+    Rejection,
+    check_bare,
+    check_envelope,
+    check_route_identity,
+    parse_json_object,
+)
+
+log = logging.getLogger(__name__)
+
+ROUTE_ENVELOPE = "/v1/sync"
+ROUTE_BARE = "/v1/sync/{app}"
+ROUTE_BARE_NS = "/v1/sync/{app_namespace}/{app}"
+_SYNC_ROUTES = frozenset({ROUTE_ENVELOPE, ROUTE_BARE, ROUTE_BARE_NS})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Bridge:
+    """Everything one running bridge holds; ``app[BRIDGE]`` in handlers and tests."""
+
+    settings: BridgeSettings
+    metrics: BridgeMetrics
+    spool: Spool
+    dispatcher: Dispatcher
+    auth: Authenticator
+
+
+BRIDGE: web.AppKey[Bridge] = web.AppKey("bridge", Bridge)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A compact JSON response serialised with orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    bridge = request.app[BRIDGE]
+    started = time.perf_counter()
+    route = _route_of(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except Rejection as rej:
+        status = rej.status
+        if route in _SYNC_ROUTES:
+            bridge.metrics.deliveries.labels("rejected").inc()
+        log.info(
+            "delivery rejected",
+            extra={"route": route, "status": rej.status, "reason": rej.message[:300]},
+        )
+        headers = {"WWW-Authenticate": CHALLENGE} if rej.status == 401 else None
+        return json_response(
+            {"error": rej.message, "problems": rej.problems}, rej.status, headers=headers
+        )
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        bridge.metrics.requests.labels(route, str(status)).inc()
+        bridge.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` without buffering it all."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise Rejection(413, _too_large(f"{declared} bytes", limit))
+    if declared is not None:
+        return await request.read()  # bounded: client_max_size is the limit
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise Rejection(413, _too_large(f"more than {limit} bytes", limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: str, limit: int) -> str:
+    return f"body too large: {size}; the limit is {limit} bytes (SYNCTRAIL_BRIDGE_MAX_BODY_BYTES)"
+
+
+def _authorize(bridge: Bridge, request: web.Request) -> None:
+    if not bridge.auth.allows(request.headers.get("Authorization")):
+        raise Rejection(
+            401,
+            "missing or wrong credentials: send `Authorization: Bearer <token>` "
+            "(SYNCTRAIL_BRIDGE_TOKENS) or HTTP Basic (SYNCTRAIL_BRIDGE_BASIC_AUTH)",
+        )
+
+
+async def post_envelope(request: web.Request) -> web.Response:
+    """``POST /v1/sync``: an envelope body."""
+    bridge = request.app[BRIDGE]
+    _authorize(bridge, request)
+    raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
+    bridge.metrics.body_bytes.observe(len(raw))
+    body = parse_json_object(raw)
+    check_envelope(body)
+    event = envelope_event(
+        body,
+        raw,
+        default_namespace=bridge.settings.default_app_namespace,
+        delivery_id=new_delivery_id(),
+        received_at=utc_now_rfc3339(),
+    )
+    return await _publish(bridge, event)
+
+
+async def post_bare(request: web.Request) -> web.Response:
+    """``POST /v1/sync/{app}`` and ``/v1/sync/{app_namespace}/{app}``: a bare syncResult."""
+    bridge = request.app[BRIDGE]
+    _authorize(bridge, request)
+    namespace = request.match_info.get("app_namespace") or bridge.settings.default_app_namespace
+    name = request.match_info["app"]
+    check_route_identity(namespace, name)
+    raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
+    bridge.metrics.body_bytes.observe(len(raw))
+    body = parse_json_object(raw)
+    check_bare(body)
+    event = bare_event(
+        body,
+        raw,
+        namespace=namespace,
+        name=name,
+        delivery_id=new_delivery_id(),
+        received_at=utc_now_rfc3339(),
+    )
+    return await _publish(bridge, event)
+
+
+async def _publish(bridge: Bridge, event: dict[str, Any]) -> web.Response:
+    key = event_key(event)
+    try:
+        outcome: Outcome = await bridge.dispatcher.deliver(key.encode(), orjson.dumps(event))
+    except SpoolError as exc:
+        bridge.metrics.deliveries.labels("rejected").inc()
+        log.error(
+            "delivery refused: kafka unreachable and spool unusable",
+            extra={"app": key, "delivery_id": event["delivery_id"], "error": str(exc)},
+        )
+        return json_response(
+            {
+                "error": f"kafka is unreachable and the spool cannot take the delivery: {exc}",
+                "problems": [str(exc)],
+            },
+            503,
+            headers={"Retry-After": str(bridge.settings.bridge_retry_after_s)},
+        )
+    bridge.metrics.deliveries.labels("spooled" if outcome.spooled else "published").inc()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "delivery accepted",
+            extra={
+                "app": key,
+                "delivery_id": event["delivery_id"],
+                "spooled": outcome.spooled,
+                "partition": outcome.partition,
+                "offset": outcome.offset,
+            },
+        )
+    return json_response(
+        {
+            "delivery_id": event["delivery_id"],
+            "topic": outcome.topic,
+            "partition": outcome.partition,
+            "offset": outcome.offset,
+            "spooled": outcome.spooled,
+        },
+        202,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: deliveries can be accepted (Kafka reachable or spool writable)."""
+    bridge = request.app[BRIDGE]
+    spool = bridge.spool
+    broker_up = bridge.dispatcher.broker_up
+    ready = broker_up or spool.writable
+    return json_response(
+        {
+            "ready": ready,
+            "broker": "up" if broker_up else "down",
+            "broker_error": bridge.dispatcher.last_broker_error,
+            "spool": {
+                "records": spool.records,
+                "bytes": spool.bytes,
+                "disk_bytes": spool.disk_bytes,
+                "max_bytes": spool.max_bytes,
+                "writable": spool.writable,
+                "error": spool.error,
+            },
+        },
+        200 if ready else 503,
+    )
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this bridge's registry."""
+    bridge = request.app[BRIDGE]
+    body = generate_latest(bridge.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(settings: BridgeSettings) -> web.Application:
+    """The bridge as an aiohttp application; Kafka and the spool start with the app.
+
+    Raises :class:`BridgeConfigError` when no credentials are configured and anonymous
+    access was not asked for.
+    """
+    settings.check()
+    metrics = BridgeMetrics()
+    spool = Spool(
+        settings.bridge_spool_dir,
+        settings.bridge_spool_max_bytes,
+        settings.bridge_spool_segment_bytes,
+    )
+    metrics.watch_spool(lambda: spool.records, lambda: spool.bytes)
+    bridge = Bridge(
+        settings=settings,
+        metrics=metrics,
+        spool=spool,
+        dispatcher=Dispatcher(settings, spool, metrics),
+        auth=Authenticator(
+            settings.token_list(), settings.basic_credentials(), settings.bridge_allow_anonymous
+        ),
+    )
+    # aiohttp's own limit only guards request.read(); read_body enforces ours first.
+    app = web.Application(
+        middlewares=[_observe], client_max_size=settings.bridge_max_body_bytes + 1
+    )
+    app[BRIDGE] = bridge
+    app.router.add_post(ROUTE_ENVELOPE, post_envelope)
+    app.router.add_post(ROUTE_BARE, post_bare)
+    app.router.add_post(ROUTE_BARE_NS, post_bare)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> Any:
+    bridge = app[BRIDGE]
+    bridge.spool.open()
+    await bridge.dispatcher.start()
+    log.info(
+        "bridge started",
+        extra={
+            "bootstrap": bridge.settings.kafka_bootstrap,
+            "topic": bridge.dispatcher.topic,
+            "broker": "up" if bridge.dispatcher.broker_up else "down",
+            "spool_dir": str(bridge.settings.bridge_spool_dir),
+            "spool_records": bridge.spool.records,
+        },
+    )
+    yield
+    # In-flight requests are finished by now; what is still spooled stays spooled.
+    await bridge.dispatcher.stop()
+    log.info("bridge stopped", extra={"spool_records": bridge.spool.records})
+
+
+async def serve(settings: BridgeSettings, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, flush."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.bridge_shutdown_timeout_s,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.bridge_host, settings.bridge_port, backlog=1024, reuse_address=True
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await site.start()
+        log.info("bridge listening", extra={"url": settings.base_url()})
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests")
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``synctrail bridge``."""
+    settings = BridgeSettings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        settings.check()
+    except BridgeConfigError as exc:
+        log.error("bridge refuses to start", extra={"reason": str(exc)})
+        print(f"synctrail bridge: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,280 @@
+"""Checking webhook bodies: the envelope and the bare syncResult (pure functions).
+
+Every problem is reported with the path of the offending field, e.g.
+``syncResult.resources[3].images: expected a list of strings, got string``, so whoever wrote the
+notification template can fix it. Fields this module does not know are kept as they are: Argo CD
+adds fields over time and the record carries the syncResult exactly as received.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+MAX_PROBLEMS = 20
+
+# Kubernetes object names (RFC 1123 subdomain) and namespaces (RFC 1123 label). They become
+# Kafka keys (`<namespace>/<name>`), so nothing else may pass: no `/`, no upper case, no spaces.
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_NAMESPACE_RE = re.compile(rf"^{_LABEL}$")
+_NAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+_NAMESPACE_MAX = 63
+_NAME_MAX = 253
+
+# Keys that only a bare syncResult has at its top level; used to tell a bare body sent to the
+# envelope route (422, fixable in the template) from an envelope with a missing `app` (400).
+_SYNC_RESULT_KEYS = frozenset(
+    {"resources", "revision", "revisions", "source", "sources", "managedNamespaceMetadata"}
+)
+
+FIX_BARE_WITHOUT_APP = (
+    "this is a bare syncResult without an application: nothing says which app it belongs to. "
+    "Fix the notification template: either use the synctrail envelope template "
+    "(POST /v1/sync, see deploy/argocd-notifications-cm.yaml), or keep the bare body and set "
+    "the webhook `path: /v1/sync/{{.app.metadata.namespace}}/{{.app.metadata.name}}`."
+)
+
+
+class Rejection(Exception):
+    """A body or route the bridge refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = problems or [message]
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode ``raw`` as one UTF-8 JSON object or raise a 400 :class:`Rejection`."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        hint = ""
+        if raw.lstrip()[:1] not in (b"{", b"[", b'"') and raw.strip():
+            hint = (
+                " (the body looks like plain text: the Argo CD template probably has only a "
+                "`message:` and no `webhook.<name>.body`)"
+            )
+        raise Rejection(400, f"body is not valid JSON: {exc}{hint}") from None
+    if not isinstance(value, dict):
+        raise Rejection(400, f"body: expected a JSON object, got {json_type(value)}")
+    return value
+
+
+def namespace_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid Kubernetes namespace, or ``None`` if it is."""
+    if len(value) > _NAMESPACE_MAX:
+        return f"{value!r} is longer than {_NAMESPACE_MAX} characters"
+    if not _NAMESPACE_RE.match(value):
+        return (
+            f"{value!r} is not a valid Kubernetes namespace "
+            "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid Kubernetes object name, or ``None`` if it is."""
+    if len(value) > _NAME_MAX:
+        return f"{value!r} is longer than {_NAME_MAX} characters"
+    if not _NAME_RE.match(value):
+        return (
+            f"{value!r} is not a valid Kubernetes name "
+            "(lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+class _Checker:
+    """Collects problems (with field paths) while walking a decoded body."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{path}: {message}")
+
+    def expect(
+        self,
+        obj: dict[str, Any],
+        key: str,
+        path: str,
+        check: Callable[[Any], bool],
+        what: str,
+        *,
+        required: bool = False,
+    ) -> bool:
+        """Check ``obj[key]`` with ``check``; returns True when present and valid."""
+        field = f"{path}.{key}" if path else key
+        if key not in obj:
+            if required:
+                self.add(field, f"required field is missing (expected {what})")
+            return False
+        value = obj[key]
+        if not check(value):
+            self.add(field, f"expected {what}, got {json_type(value)}")
+            return False
+        return True
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_str_or_null(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _is_obj(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_obj_or_null(v: Any) -> bool:
+    return v is None or isinstance(v, dict)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_obj_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, dict) for x in v)
+
+
+_RESOURCE_REQUIRED = ("group", "version", "kind", "namespace", "name")
+_RESOURCE_OPTIONAL_STR = ("status", "message", "hookType", "hookPhase", "syncPhase")
+
+
+def _check_sync_result(c: _Checker, obj: dict[str, Any], path: str) -> None:
+    def at(key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    if "resources" in obj:
+        resources = obj["resources"]
+        if not isinstance(resources, list):
+            c.add(
+                at("resources"), f"expected a list of resource objects, got {json_type(resources)}"
+            )
+        else:
+            for i, res in enumerate(resources):
+                rpath = f"{at('resources')}[{i}]"
+                if not isinstance(res, dict):
+                    c.add(rpath, f"expected a resource object, got {json_type(res)}")
+                    continue
+                for key in _RESOURCE_REQUIRED:
+                    c.expect(res, key, rpath, _is_str, "a string", required=True)
+                for key in _RESOURCE_OPTIONAL_STR:
+                    c.expect(res, key, rpath, _is_str, "a string")
+                c.expect(res, "images", rpath, _is_str_list, "a list of strings")
+    c.expect(obj, "revision", path, _is_str, "a string")
+    c.expect(obj, "revisions", path, _is_str_list, "a list of strings")
+    c.expect(obj, "source", path, _is_obj, "an object")
+    c.expect(obj, "sources", path, _is_obj_list, "a list of objects")
+    c.expect(obj, "managedNamespaceMetadata", path, _is_obj, "an object")
+
+
+def looks_like_bare_sync_result(body: dict[str, Any]) -> bool:
+    """True for a body that has syncResult keys at the top and no envelope keys."""
+    return (
+        "app" not in body
+        and "schemaVersion" not in body
+        and "syncResult" not in body
+        and bool(_SYNC_RESULT_KEYS & body.keys())
+    )
+
+
+def check_bare(body: dict[str, Any]) -> None:
+    """Validate a bare syncResult body; raise a 400 :class:`Rejection` listing every problem."""
+    if "syncResult" in body and ("app" in body or "schemaVersion" in body):
+        raise Rejection(
+            400,
+            "body: this is a synctrail envelope (it has `app`/`syncResult`); POST it to /v1/sync",
+        )
+    c = _Checker()
+    _check_sync_result(c, body, "")
+    _raise_if(c)
+
+
+def check_envelope(body: dict[str, Any]) -> None:
+    """Validate an envelope body; 422 for a bare syncResult, 400 listing every other problem."""
+    if looks_like_bare_sync_result(body):
+        raise Rejection(422, FIX_BARE_WITHOUT_APP)
+    c = _Checker()
+    if "schemaVersion" in body and body["schemaVersion"] != 1:
+        c.add(
+            "schemaVersion", f"unsupported version {body['schemaVersion']!r} (this bridge reads 1)"
+        )
+    if c.expect(body, "app", "", _is_obj, "an object", required=True):
+        app = body["app"]
+        if c.expect(app, "name", "app", _is_str, "a string", required=True):
+            problem = name_problem(app["name"])
+            if problem:
+                c.add("app.name", problem)
+        if c.expect(app, "namespace", "app", _is_str, "a string") and app["namespace"]:
+            problem = namespace_problem(app["namespace"])
+            if problem:
+                c.add("app.namespace", problem)
+        c.expect(app, "project", "app", _is_str_or_null, "a string")
+        c.expect(app, "uid", "app", _is_str_or_null, "a string")
+    if c.expect(body, "destination", "", _is_obj_or_null, "an object") and body["destination"]:
+        for key in ("server", "name", "namespace"):
+            c.expect(body["destination"], key, "destination", _is_str, "a string")
+    if c.expect(body, "operation", "", _is_obj, "an object", required=True):
+        op = body["operation"]
+        c.expect(op, "phase", "operation", _is_str, "a string", required=True)
+        c.expect(op, "startedAt", "operation", _is_str, "a string", required=True)
+        c.expect(op, "message", "operation", _is_str_or_null, "a string")
+        c.expect(op, "finishedAt", "operation", _is_str_or_null, "a string")
+        c.expect(op, "initiatedBy", "operation", _is_obj_or_null, "an object")
+        c.expect(op, "retryCount", "operation", _is_int, "an integer")
+    c.expect(body, "health", "", _is_str_or_null, "a string")
+    c.expect(body, "syncStatus", "", _is_str_or_null, "a string")
+    c.expect(body, "revision", "", _is_str, "a string")
+    c.expect(body, "revisions", "", _is_str_list, "a list of strings")
+    if c.expect(body, "syncResult", "", _is_obj_or_null, "an object") and body["syncResult"]:
+        _check_sync_result(c, body["syncResult"], "syncResult")
+    _raise_if(c)
+
+
+def check_route_identity(namespace: str, name: str) -> None:
+    """Validate the app identity taken from a bare route; 400 naming the path segment."""
+    problems = []
+    ns_problem = namespace_problem(namespace)
+    if ns_problem:
+        problems.append(f"path {{app_namespace}}: {ns_problem}")
+    n_problem = name_problem(name)
+    if n_problem:
+        problems.append(f"path {{app}}: {n_problem}")
+    if problems:
+        raise Rejection(400, "; ".join(problems), problems)
+
+
+def _raise_if(c: _Checker) -> None:
+    if c.problems:
+        raise Rejection(400, "; ".join(c.problems), c.problems)
