@@ -55,11 +55,20 @@ def metric_fact_key(event: dict[str, Any]) -> tuple[Any, ...] | None:
 
     The worker runs at-least-once: after a crash it may emit the same fact again with the same
     delivery id. Events without a delivery id (retroactive violations) cannot be told apart.
+    One delivery may break one rule with several images: an ``image`` field, when the event
+    carries one, keeps those apart; without it they count as one violation of that rule.
     """
     delivery_id = event.get("delivery_id")
     if not delivery_id:
         return None
-    return ("metric", event.get("kind"), event.get("app"), delivery_id, event.get("rule"))
+    return (
+        "metric",
+        event.get("kind"),
+        event.get("app"),
+        delivery_id,
+        event.get("rule"),
+        event.get("image"),
+    )
 
 
 def dead_letter_key(record: dict[str, Any]) -> tuple[Any, ...] | None:

@@ -111,6 +111,15 @@ def test_a_replayed_fact_is_folded_once():
     assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="replay") == 1
 
 
+def test_violations_of_one_delivery_count_per_rule_and_image():
+    folder = Folder()
+    folder.fold_metric(metric("violation", "argocd/web", "d1", rule="denylist", image="a:1"))
+    folder.fold_metric(metric("violation", "argocd/web", "d1", rule="denylist", image="b:1"))
+    folder.fold_metric(metric("violation", "argocd/web", "d1", rule="denylist", image="b:1"))
+    s = folded(folder)
+    assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="denylist") == 2
+
+
 def test_events_without_a_delivery_id_are_never_deduplicated():
     folder = Folder()
     folder.fold_metric(metric("violation", "argocd/web", None, rule="denylist"))
