@@ -65,6 +65,13 @@ DEAD_LETTERS = TopicSpec(
     "synctrail.dead-letter/v1",
     "Records that could not be processed, with the reason and the original record.",
 )
+SLACK_STATE = TopicSpec(
+    "slack-state",
+    "synctrail.slack-state/v1",
+    "Slack connector state keyed by idempotency key: intent/posted/dead-lettered, thread ts "
+    "(compacted).",
+    compacted=True,
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     SYNC_EVENTS,
@@ -75,6 +82,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     REMEDIATIONS,
     POLICY,
     DEAD_LETTERS,
+    SLACK_STATE,
 )
 
 
