@@ -222,10 +222,24 @@ class Dispatcher:
             self._start_enqueuer()
 
     def _retire(self, producer: AIOKafkaProducer) -> None:
-        # Stopping waits for its queued batches to be sent or to expire; never wait on it here.
-        task = asyncio.ensure_future(self._close_producer(producer))
+        """Abandon a producer that failed: its queued records were spooled already.
+
+        A plain ``stop()`` would flush its queued batches, and they wait for the broker
+        without expiring while the leader is known: a broker coming back on the same address
+        would then get them a second time, out of order with the spool. So the sender is
+        cancelled first and the queued batches are dropped.
+        """
+        task = asyncio.ensure_future(self._abort_producer(producer))
         self._old_producers.add(task)
         task.add_done_callback(self._old_producers.discard)
+
+    async def _abort_producer(self, producer: AIOKafkaProducer) -> None:
+        timeout = self.settings.bridge_produce_timeout_s + 1
+        sender = getattr(producer, "_sender", None)
+        with contextlib.suppress(Exception):
+            if sender is not None:
+                await asyncio.wait_for(sender.close(), timeout)
+        await self._close_producer(producer)
 
     async def _close_producer(self, producer: AIOKafkaProducer) -> None:
         with contextlib.suppress(Exception):

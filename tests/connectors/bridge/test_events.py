@@ -1,0 +1,85 @@
+"""Records built from the fixtures match the sync-event contract (no broker)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import orjson
+import pytest
+
+from connectors.bridge.events import bare_event, envelope_event, event_key, utc_now_rfc3339
+from streams.records import SyncEvent
+from tests.connectors.bridge.helpers import valid_fixtures
+from tests.contracts import validate_record
+
+FIELDS = set(SyncEvent._options.fields)
+
+
+def build(entry: dict) -> dict:
+    body = orjson.loads(entry["raw"])
+    if entry["shape"] == "envelope":
+        return envelope_event(
+            body,
+            entry["raw"],
+            default_namespace="argocd",
+            delivery_id="d" * 32,
+            received_at=utc_now_rfc3339(),
+        )
+    namespace, name = entry["requestPath"].split("/")[-2:]
+    return bare_event(
+        body,
+        entry["raw"],
+        namespace=namespace,
+        name=name,
+        delivery_id="d" * 32,
+        received_at=utc_now_rfc3339(),
+    )
+
+
+@pytest.mark.parametrize("entry", valid_fixtures(), ids=lambda e: e["file"])
+def test_record_has_exactly_the_contract_fields_and_matches_the_schema(entry: dict) -> None:
+    event = build(entry)
+    assert set(event) == FIELDS
+    validate_record(orjson.loads(orjson.dumps(event)))
+    assert event_key(event) == entry["app"]
+    assert event["body_sha256"] == hashlib.sha256(entry["raw"]).hexdigest()
+    body = orjson.loads(entry["raw"])
+    sync_result = body["syncResult"] if entry["shape"] == "envelope" else body
+    assert event["sync_result"] == sync_result
+    assert event["revision"] == sync_result.get("revision", "")
+    assert event["revisions"] == sync_result.get("revisions", [])
+
+
+def test_envelope_fields_are_mapped_to_snake_case() -> None:
+    entry = next(e for e in valid_fixtures() if e["file"].startswith("13-"))
+    event = build(entry)
+    assert event["app"] == {
+        "name": "guestbook",
+        "namespace": "argocd",
+        "project": "default",
+        "uid": "5c6f0708-b0c4-55f1-ac55-27dee1919c87",
+    }
+    assert event["destination"] == {
+        "server": "https://kubernetes.default.svc",
+        "name": "",
+        "namespace": "guestbook",
+    }
+    assert event["operation"]["phase"] == "Failed"
+    assert event["operation"]["started_at"] == "2026-07-11T12:45:10Z"
+    assert event["operation"]["finished_at"] == "2026-07-11T12:48:03Z"
+    assert event["operation"]["initiated_by"] == {"automated": True}
+    assert event["operation"]["retry_count"] == 5
+    assert event["health"] == "Healthy" and event["sync_status"] == "OutOfSync"
+
+
+def test_bare_record_has_no_envelope_metadata() -> None:
+    entry = next(e for e in valid_fixtures() if e["shape"] == "bare")
+    event = build(entry)
+    assert event["shape"] == "bare"
+    assert event["app"]["project"] is None and event["app"]["uid"] is None
+    assert event["operation"] is None and event["destination"] is None
+
+
+def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_now_rfc3339())

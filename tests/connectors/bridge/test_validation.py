@@ -1,0 +1,204 @@
+"""Body validation: every fixture, precise field paths, Kubernetes names (no broker)."""
+
+from __future__ import annotations
+
+import copy
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connectors.bridge.validation import (
+    Rejection,
+    check_bare,
+    check_envelope,
+    check_route_identity,
+    name_problem,
+    namespace_problem,
+    parse_json_object,
+)
+from tests.connectors.bridge.helpers import fixture_bytes, valid_fixtures
+
+
+@pytest.mark.parametrize("entry", valid_fixtures(), ids=lambda e: e["file"])
+def test_every_valid_fixture_passes_for_its_shape(entry: dict) -> None:
+    body = parse_json_object(entry["raw"])
+    if entry["shape"] == "envelope":
+        check_envelope(body)
+    else:
+        check_bare(body)
+
+
+def _reject(check, body) -> Rejection:
+    with pytest.raises(Rejection) as info:
+        check(body)
+    return info.value
+
+
+def test_truncated_body_is_a_json_error_with_its_position() -> None:
+    rej = _reject(parse_json_object, fixture_bytes("invalid-truncated-syncresult.json"))
+    assert rej.status == 400
+    assert "not valid JSON" in rej.message and "char" in rej.message
+
+
+def test_plain_text_body_says_the_template_lacks_a_webhook_body() -> None:
+    rej = _reject(parse_json_object, fixture_bytes("invalid-plain-text-message-body.txt"))
+    assert rej.status == 400
+    assert "webhook" in rej.message and "message" in rej.message
+
+
+def test_non_object_json_is_refused() -> None:
+    rej = _reject(parse_json_object, b"[1, 2]")
+    assert rej.status == 400 and rej.message == "body: expected a JSON object, got list"
+
+
+def test_invalid_utf8_is_refused() -> None:
+    rej = _reject(parse_json_object, b'{"revision": "\xff\xfe"}')
+    assert rej.status == 400 and "not valid JSON" in rej.message
+
+
+def test_resources_as_an_object_is_named() -> None:
+    body = parse_json_object(fixture_bytes("invalid-resources-not-a-list.json"))
+    rej = _reject(check_bare, body)
+    assert rej.status == 400
+    assert rej.problems == ["resources: expected a list of resource objects, got object"]
+
+
+def test_wrong_types_in_an_envelope_are_all_named_by_path() -> None:
+    body = parse_json_object(fixture_bytes("invalid-wrong-types.json"))
+    rej = _reject(check_envelope, body)
+    assert rej.status == 400
+    assert set(rej.problems) == {
+        "operation.phase: expected a string, got list",
+        "revision: expected a string, got number",
+        "syncResult.revision: expected a string, got null",
+        "syncResult.resources[0].images: expected a list of strings, got string",
+        "syncResult.resources[0].name: expected a string, got list",
+        "syncResult.resources[0].status: expected a string, got boolean",
+        "syncResult.resources[0].version: expected a string, got number",
+    }
+
+
+def test_the_index_of_the_bad_resource_is_in_the_path() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))["syncResult"]
+    body["resources"][3]["images"] = ["ok", 7]
+    rej = _reject(check_bare, body)
+    assert rej.problems == ["resources[3].images: expected a list of strings, got list"]
+
+
+def test_a_missing_resource_field_is_named() -> None:
+    body = orjson.loads(fixture_bytes("02-payments-api-rev-a.json"))
+    del body["resources"][1]["kind"]
+    rej = _reject(check_bare, body)
+    assert rej.problems == ["resources[1].kind: required field is missing (expected a string)"]
+
+
+def test_bare_sync_result_on_the_envelope_route_is_422_with_the_template_fix() -> None:
+    body = parse_json_object(fixture_bytes("02-payments-api-rev-a.json"))
+    rej = _reject(check_envelope, body)
+    assert rej.status == 422
+    assert "path: /v1/sync/{{.app.metadata.namespace}}/{{.app.metadata.name}}" in rej.message
+
+
+def test_envelope_without_app_is_400_naming_app() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    del body["app"]
+    rej = _reject(check_envelope, body)
+    assert rej.status == 400
+    assert "app: required field is missing (expected an object)" in rej.problems
+
+
+def test_envelope_posted_to_a_bare_route_is_refused() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    rej = _reject(check_bare, body)
+    assert rej.status == 400 and "/v1/sync" in rej.message
+
+
+def test_unknown_fields_are_accepted_everywhere() -> None:
+    body = orjson.loads(fixture_bytes("07-guestbook-rev-c.json"))
+    body["newTopLevel"] = {"x": 1}
+    body["app"]["labels"] = {"team": "web"}
+    body["operation"]["sync"] = {"prune": True}
+    body["syncResult"]["resources"][0]["newField"] = [1, 2]
+    body["syncResult"]["futureThing"] = "yes"
+    check_envelope(copy.deepcopy(body))
+
+
+def test_envelope_app_names_must_be_kubernetes_names() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    body["app"]["name"] = "Guest Book"
+    body["app"]["namespace"] = "argo/cd"
+    rej = _reject(check_envelope, body)
+    assert rej.status == 400
+    assert any(
+        p.startswith("app.name: 'Guest Book' is not a valid Kubernetes name") for p in rej.problems
+    )
+    assert any(p.startswith("app.namespace: 'argo/cd' is not a valid") for p in rej.problems)
+
+
+def test_route_identity_is_checked_against_kubernetes_rules() -> None:
+    check_route_identity("argocd", "guestbook.v2")
+    rej = _reject(lambda _: check_route_identity("Argo_CD", "-bad"), None)
+    assert rej.status == 400
+    assert len(rej.problems) == 2
+    assert rej.problems[0].startswith("path {app_namespace}:")
+    assert rej.problems[1].startswith("path {app}:")
+
+
+def test_unsupported_schema_version_is_named() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    body["schemaVersion"] = 2
+    rej = _reject(check_envelope, body)
+    assert rej.problems == ["schemaVersion: unsupported version 2 (this bridge reads 1)"]
+
+
+def test_retry_count_must_be_an_integer_not_a_boolean() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    body["operation"]["retryCount"] = True
+    rej = _reject(check_envelope, body)
+    assert rej.problems == ["operation.retryCount: expected an integer, got boolean"]
+
+
+@pytest.mark.parametrize("value", ["argocd", "a", "team-b", "x" * 63, "0abc9"])
+def test_valid_namespaces(value: str) -> None:
+    assert namespace_problem(value) is None
+
+
+@pytest.mark.parametrize("value", ["", "Argocd", "-a", "a-", "a.b", "a/b", "x" * 64, "ä"])
+def test_invalid_namespaces(value: str) -> None:
+    assert namespace_problem(value) is not None
+
+
+@pytest.mark.parametrize("value", ["guestbook", "a.b-c.d", "x" * 253])
+def test_valid_names(value: str) -> None:
+    assert name_problem(value) is None
+
+
+@pytest.mark.parametrize("value", ["", "a..b", ".a", "a.", "A", "a b", "a/b", "x" * 254])
+def test_invalid_names(value: str) -> None:
+    assert name_problem(value) is not None
+
+
+@given(st.text(max_size=80))
+def test_a_name_that_passes_can_never_break_the_key(value: str) -> None:
+    # Whatever passes becomes half of `<ns>/<name>`: it must be plain lower-case ASCII.
+    if name_problem(value) is None:
+        assert "/" not in value and value == value.strip().lower() and value.isascii()
+    if namespace_problem(value) is None:
+        assert "/" not in value and "." not in value and len(value) <= 63
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=20,
+    )
+)
+def test_any_json_value_is_either_accepted_or_rejected_cleanly(value: object) -> None:
+    body = {"resources": value, "revision": "x"}
+    try:
+        check_bare(body)
+    except Rejection as rej:
+        assert rej.status == 400 and rej.problems
