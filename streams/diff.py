@@ -77,7 +77,8 @@ def _pair(gone: set[str], new: set[str]) -> tuple[list[tuple[str, str]], list[st
     """
     pairs: list[tuple[str, str]] = []
     gone_left, new_left = sorted(gone), sorted(new)
-    for tag in sorted({_tag_of(r) for r in gone_left} & {_tag_of(r) for r in new_left} - {None}):
+    tags = {_tag_of(r) for r in gone_left} & {_tag_of(r) for r in new_left}
+    for tag in sorted(t for t in tags if t is not None):
         olds = [r for r in gone_left if _tag_of(r) == tag]
         news = [r for r in new_left if _tag_of(r) == tag]
         for old, fresh in zip(olds, news, strict=False):

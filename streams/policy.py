@@ -127,12 +127,12 @@ def parse_image_pattern(text: str) -> ImagePattern:
     if any(c.isspace() for c in text):
         raise ValueError(f"{text!r} contains whitespace")
     if _BARE_DIGEST_RE.fullmatch(text):
-        digest = text.removeprefix("@")
+        bare = text.removeprefix("@")
         try:
-            validate_digest(text, digest)
+            validate_digest(text, bare)
         except InvalidImageReference as exc:
             raise ValueError(exc.problem) from None
-        return ImagePattern(repository=None, tag=None, digest=digest)
+        return ImagePattern(repository=None, tag=None, digest=bare)
     name, tag, digest = split_reference(text)
     if not _has_glob(text):
         try:
@@ -417,8 +417,13 @@ def find_violations(
     outside every applicable allow rule gives one ``unexpected`` violation, attributed to the
     applicable allow rule with the smallest id.
     """
-    scope = {"app": app, "app_namespace": app_namespace, "project": project, "namespace": namespace}
-    applicable = [r for r in _usable(rules) if rule_applies(r, **scope)]
+    applicable = [
+        r
+        for r in _usable(rules)
+        if rule_applies(
+            r, app=app, app_namespace=app_namespace, project=project, namespace=namespace
+        )
+    ]
     denies = [r for r in applicable if r["kind"] == "deny"]
     allow_rules = sorted((r for r in applicable if r["kind"] == "allow"), key=lambda r: r["id"])
     found: dict[tuple[str, str], dict[str, str]] = {}
