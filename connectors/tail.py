@@ -1,0 +1,133 @@
+"""``synctrail tail TOPIC [--from-beginning] [--follow]``: a topic's records as JSON lines.
+
+Each line is ``{"key", "partition", "offset", "value"}``; the value is decoded JSON when it is
+JSON, text otherwise, ``null`` for a tombstone. Without ``--from-beginning`` it starts with the
+last 10 records of each partition (like ``tail``); without ``--follow`` it stops at the end of
+the topic as it was when it started. No consumer group is used, so nothing is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, TextIO
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from streams.settings import CommonSettings
+from streams.topics import ALL_TOPICS
+
+LAST_PER_PARTITION = 10
+
+
+class TopicNotFound(Exception):
+    """The topic does not exist on the broker."""
+
+
+def full_topic_name(topic: str, prefix: str) -> str:
+    """``deployments`` -> ``<prefix>deployments``; anything else is taken as the full name."""
+    if topic in {spec.name for spec in ALL_TOPICS}:
+        return f"{prefix}{topic}"
+    return topic
+
+
+def _decode(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data.decode(errors="replace")
+
+
+def record_line(record: ConsumerRecord[bytes, bytes]) -> str:
+    """One output line for a consumed record."""
+    key = record.key.decode(errors="replace") if record.key is not None else None
+    return orjson.dumps(
+        {
+            "key": key,
+            "partition": record.partition,
+            "offset": record.offset,
+            "value": _decode(record.value),
+        }
+    ).decode()
+
+
+async def tail(
+    bootstrap: str,
+    topic: str,
+    *,
+    from_beginning: bool = False,
+    follow: bool = False,
+    out: TextIO = sys.stdout,
+    last: int = LAST_PER_PARTITION,
+) -> int:
+    """Print ``topic``'s records; returns the number printed (runs until cancelled if following)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise TopicNotFound(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            start = begin[tp] if from_beginning else max(begin[tp], end[tp] - last)
+            consumer.seek(tp, start)
+        printed = 0
+        if not follow:
+            # Stop at the end as of now; print partition by partition in offset order.
+            pending = {tp for tp in tps if (await consumer.position(tp)) < end[tp]}
+            batch: list[ConsumerRecord[bytes, bytes]] = []
+            while pending:
+                got = await consumer.getmany(*pending, timeout_ms=500)
+                for tp, records in got.items():
+                    batch += [r for r in records if r.offset < end[tp]]
+                    if (await consumer.position(tp)) >= end[tp]:
+                        pending.discard(tp)
+            for record in sorted(batch, key=lambda r: (r.partition, r.offset)):
+                print(record_line(record), file=out, flush=False)
+                printed += 1
+            out.flush()
+            return printed
+        while True:
+            got = await consumer.getmany(timeout_ms=500)
+            for records in got.values():
+                for record in records:
+                    print(record_line(record), file=out)
+                    printed += 1
+            if got:
+                out.flush()
+    finally:
+        await consumer.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``synctrail tail``."""
+    settings = CommonSettings()
+    topic = full_topic_name(args.topic, settings.topic_prefix)
+    try:
+        asyncio.run(
+            tail(
+                settings.kafka_bootstrap,
+                topic,
+                from_beginning=args.from_beginning,
+                follow=args.follow,
+            )
+        )
+    except TopicNotFound:
+        print(f"synctrail tail: topic {topic!r} does not exist", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0
+    return 0
