@@ -360,7 +360,16 @@ def rule_applies(
     )
 
 
-def _refs(images: Iterable[str]) -> list[ImageRef]:
+def _in_scope(rule: _Compiled, qualified: str, app: str, project: str, namespace: str) -> bool:
+    if rule.apps != "*" and not (fnmatchcase(qualified, rule.apps) or fnmatchcase(app, rule.apps)):
+        return False
+    return (rule.projects == "*" or fnmatchcase(project, rule.projects)) and (
+        rule.namespaces == "*" or fnmatchcase(namespace, rule.namespaces)
+    )
+
+
+def _refs(images: Iterable[str]) -> list[tuple[str, ImageRef]]:
+    """(normalised reference, parsed) per valid image, de-duplicated, sorted."""
     refs = {}
     for image in images:
         try:
@@ -368,20 +377,86 @@ def _refs(images: Iterable[str]) -> list[ImageRef]:
         except InvalidImageReference:
             continue  # reported as invalid_images where it was listed
         refs[str(ref)] = ref
-    return [refs[k] for k in sorted(refs)]
+    return sorted(refs.items())
 
 
-def _usable(rules: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rules normalised; one that does not validate is left out rather than crash a worker
-    (rules are validated before they are published, so this only guards against garbage)."""
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A validated rule ready for matching."""
+
+    id: str
+    kind: str
+    reason: str
+    pattern: ImagePattern | None  # deny
+    patterns: tuple[str, ...]  # allow
+    apps: str
+    projects: str
+    namespaces: str
+
+    def allows(self, ref: ImageRef) -> bool:
+        return any(allows(p, ref) for p in self.patterns)
+
+
+_MATCH_FIELDS = ("id", "kind", "reason", "image", "patterns", *SCOPES)
+
+
+def _compile(rule: Mapping[str, Any]) -> _Compiled | None:
+    """A rule ready for matching, or ``None`` if it does not validate. Only the fields that
+    matter for matching are read (bookkeeping such as ``schema``/``created_at`` is ignored)."""
+    try:
+        normalised = _normalise({k: rule[k] for k in _MATCH_FIELDS if k in rule})
+    except PolicyError:
+        return None
+    return _Compiled(
+        id=rule.get("id") or _id_of(normalised),
+        kind=normalised["kind"],
+        reason=normalised["reason"],
+        pattern=parse_image_pattern(normalised["image"]) if normalised["kind"] == "deny" else None,
+        patterns=tuple(normalised["patterns"] or ()),
+        apps=normalised["apps"],
+        projects=normalised["projects"],
+        namespaces=normalised["namespaces"],
+    )
+
+
+@lru_cache(maxsize=1024)
+def _compile_cached(key: tuple[Any, ...]) -> _Compiled | None:
+    fields = dict(zip(_MATCH_FIELDS, key, strict=True))
+    if isinstance(fields["patterns"], tuple):
+        fields["patterns"] = list(fields["patterns"])
+    return _compile(fields)
+
+
+def _usable(rules: Iterable[Mapping[str, Any]]) -> list[_Compiled]:
+    """Rules compiled for matching; one that does not validate is left out rather than crash a
+    worker (rules are validated before they are published: this only guards against garbage).
+
+    Every event is checked against every rule, so compiled rules are cached by content.
+    """
     usable = []
     for rule in rules:
-        try:
-            normalised = _normalise(rule)
-        except PolicyError:
+        if not isinstance(rule, Mapping):
             continue
-        normalised["id"] = rule.get("id") or _id_of(normalised)
-        usable.append(normalised)
+        compiled: _Compiled | None
+        get = rule.get
+        patterns = get("patterns")
+        # Missing and None mean the same for every matching field, so get() is a fine key.
+        key = (
+            get("id"),
+            get("kind"),
+            get("reason"),
+            get("image"),
+            tuple(patterns) if isinstance(patterns, list) else patterns,
+            get("apps"),
+            get("projects"),
+            get("namespaces"),
+        )
+        try:
+            compiled = _compile_cached(key)
+        except TypeError:  # an unhashable value: compile without the cache
+            compiled = _compile(rule)
+        if compiled is not None:
+            usable.append(compiled)
     return usable
 
 
@@ -394,12 +469,11 @@ def images_matching_rule(rule: Mapping[str, Any], images: Iterable[str]) -> list
     usable = _usable([rule])
     if not usable:
         return []
-    normalised = usable[0]
+    compiled = usable[0]
     refs = _refs(images)
-    if normalised["kind"] == "deny":
-        pattern = parse_image_pattern(normalised["image"])
-        return [str(r) for r in refs if pattern.matches(r)]
-    return [str(r) for r in refs if any(allows(p, r) for p in normalised["patterns"])]
+    if compiled.pattern is not None:
+        return [image for image, ref in refs if compiled.pattern.matches(ref)]
+    return [image for image, ref in refs if compiled.allows(ref)]
 
 
 def find_violations(
@@ -417,34 +491,31 @@ def find_violations(
     outside every applicable allow rule gives one ``unexpected`` violation, attributed to the
     applicable allow rule with the smallest id.
     """
+    rules = list(rules)
+    if not rules:
+        return []
+    qualified = f"{app_namespace}/{app}"
     applicable = [
-        r
-        for r in _usable(rules)
-        if rule_applies(
-            r, app=app, app_namespace=app_namespace, project=project, namespace=namespace
-        )
+        r for r in _usable(rules) if _in_scope(r, qualified, app, project or "", namespace or "")
     ]
-    denies = [r for r in applicable if r["kind"] == "deny"]
-    allow_rules = sorted((r for r in applicable if r["kind"] == "allow"), key=lambda r: r["id"])
+    denies = [r for r in applicable if r.pattern is not None]
+    allow_rules = sorted((r for r in applicable if r.kind == "allow"), key=lambda r: r.id)
     found: dict[tuple[str, str], dict[str, str]] = {}
-    for ref in _refs(images):
-        image = str(ref)
+    for image, ref in _refs(images):
         for rule in denies:
-            if parse_image_pattern(rule["image"]).matches(ref):
-                found[(image, rule["id"])] = {
+            if rule.pattern is not None and rule.pattern.matches(ref):
+                found[(image, rule.id)] = {
                     "rule": DENYLIST,
-                    "rule_id": rule["id"],
+                    "rule_id": rule.id,
                     "image": image,
-                    "reason": rule["reason"],
+                    "reason": rule.reason,
                 }
-        if allow_rules and not any(
-            allows(p, ref) for rule in allow_rules for p in rule["patterns"]
-        ):
+        if allow_rules and not any(rule.allows(ref) for rule in allow_rules):
             first = allow_rules[0]
-            found[(image, first["id"])] = {
+            found[(image, first.id)] = {
                 "rule": UNEXPECTED,
-                "rule_id": first["id"],
+                "rule_id": first.id,
                 "image": image,
-                "reason": first["reason"] or _DEFAULT_UNEXPECTED_REASON,
+                "reason": first.reason or _DEFAULT_UNEXPECTED_REASON,
             }
     return [found[k] for k in sorted(found)]

@@ -77,9 +77,17 @@ def _text(entry: Mapping[str, Any], field: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _identity(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {f: _text(entry, f) for f in ("group", "version", "kind", "namespace", "name")}
+
+
+def _key_of(identity: Mapping[str, str]) -> str:
+    return f"{identity['group']}/{identity['kind']}/{identity['namespace']}/{identity['name']}"
+
+
 def resource_key(entry: Mapping[str, Any]) -> str:
     """``"{group}/{kind}/{namespace}/{name}"``; group and namespace may be empty."""
-    return "/".join(_text(entry, f) for f in ("group", "kind", "namespace", "name"))
+    return _key_of(_identity(entry))
 
 
 def is_hook(entry: Mapping[str, Any]) -> bool:
@@ -131,29 +139,21 @@ def _hook_ran(entry: Mapping[str, Any]) -> bool:
     return status == SYNCED
 
 
-def _failed(entry: Mapping[str, Any]) -> dict[str, Any]:
+def _failed(entry: Mapping[str, Any], identity: Mapping[str, str]) -> dict[str, Any]:
     message = entry.get("message")
     hook_type = entry.get("hookType")
     return {
-        "group": _text(entry, "group"),
-        "version": _text(entry, "version"),
-        "kind": _text(entry, "kind"),
-        "namespace": _text(entry, "namespace"),
-        "name": _text(entry, "name"),
+        **identity,
         "message": message if isinstance(message, str) else None,
         "hook_type": hook_type if isinstance(hook_type, str) and hook_type else None,
         "images": listed_images(entry),
     }
 
 
-def _changed(entry: Mapping[str, Any], change: str) -> dict[str, Any]:
+def _changed(entry: Mapping[str, Any], identity: Mapping[str, str], change: str) -> dict[str, Any]:
     message = entry.get("message")
     return {
-        "group": _text(entry, "group"),
-        "version": _text(entry, "version"),
-        "kind": _text(entry, "kind"),
-        "namespace": _text(entry, "namespace"),
-        "name": _text(entry, "name"),
+        **identity,
         "change": change,
         "message": message if isinstance(message, str) else None,
     }
@@ -186,10 +186,11 @@ def apply_operation(
     invalid: list[dict[str, str]] = []
 
     for entry in sync_result_entries(sync_result):
-        key = resource_key(entry)
+        identity = _identity(entry)
+        key = _key_of(identity)
         status = entry.get("status")
         if status == SYNC_FAILED:
-            failed.append(_failed(entry))
+            failed.append(_failed(entry, identity))
         if is_hook(entry):
             # Hooks are transient (renamed every sync): reported, never part of the state.
             if _hook_ran(entry):
@@ -203,7 +204,7 @@ def apply_operation(
         if change == UNCHANGED:
             unchanged += 1
         else:
-            changed.append(_changed(entry, change))
+            changed.append(_changed(entry, identity, change))
 
     return AppliedOperation(
         resources=resources,
