@@ -307,3 +307,31 @@ async def test_duplicate_delivery_ids_on_the_topic_are_not_double_counted(
     assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 1
     assert s.value("synctrail_image_changes_total", app="argocd/web") == 5
     assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="replay") == 2
+
+
+async def test_exporter_without_kafka_is_alive_but_not_ready_and_withholds_series(
+    tmp_path: Path,
+):
+    port = free_port()
+    service = Service(
+        ["exporter"],
+        {
+            "SYNCTRAIL_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # nothing listens there
+            "SYNCTRAIL_TOPIC_PREFIX": "nowhere.",
+            "SYNCTRAIL_EXPORTER_PORT": str(port),
+        },
+        tmp_path / "exporter.log",
+    ).start()
+    try:
+        await wait_for(
+            lambda: http_status(f"http://127.0.0.1:{port}/healthz"),
+            timeout=20,
+            what="exporter /healthz",
+        )
+        assert await http_status(f"http://127.0.0.1:{port}/readyz") == 503
+        s = await scrape(f"http://127.0.0.1:{port}/metrics")
+        assert s.value("synctrail_exporter_ready") == 0
+        assert s.series("synctrail_deployments_total") == {}
+        assert service.stop() == 0, service.log()  # SIGTERM while still retrying Kafka
+    finally:
+        service.stop()
