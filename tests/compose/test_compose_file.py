@@ -181,7 +181,7 @@ def test_every_built_and_mounted_path_exists():
 
 
 def copy_sources(dockerfile: Path) -> list[str]:
-    sources = []
+    sources: list[str] = []
     for line in dockerfile.read_text().splitlines():
         parts = line.split()
         if parts and parts[0] == "COPY" and not any(p.startswith("--from") for p in parts):
