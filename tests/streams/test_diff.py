@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.diff import ImageDiff, apply_diff, canonical_sha256, diff_images, fingerprint
@@ -164,12 +164,14 @@ def _flipped(d: ImageDiff) -> list[tuple[str, str, str]]:
     return sorted((c["repository"], c["to"], c["from"]) for c in d.changed)
 
 
+@settings(deadline=None)
 @given(_images)
 def test_diff_of_a_set_with_itself_is_empty(a: list[str]) -> None:
     assert diff_images(a, a).is_empty
     assert diff_images(a, list(reversed(a))).is_empty
 
 
+@settings(deadline=None)
 @given(_images, _images)
 def test_swapping_sides_swaps_added_removed_and_from_to(a: list[str], b: list[str]) -> None:
     ab, ba = diff_images(a, b), diff_images(b, a)
@@ -178,11 +180,13 @@ def test_swapping_sides_swaps_added_removed_and_from_to(a: list[str], b: list[st
     assert _flipped(ab) == sorted((c["repository"], c["from"], c["to"]) for c in ba.changed)
 
 
+@settings(deadline=None)
 @given(_images, _images)
 def test_applying_the_diff_yields_the_other_set(a: list[str], b: list[str]) -> None:
     assert apply_diff(a, diff_images(a, b)) == set(b)
 
 
+@settings(deadline=None)
 @given(_images, _images)
 def test_changed_repositories_run_on_both_sides_added_only_after(
     a: list[str], b: list[str]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.images import (
@@ -197,6 +197,7 @@ def references(draw: st.DrawFn) -> str:
     return text
 
 
+@settings(deadline=None)
 @given(references())
 def test_normalisation_is_idempotent(reference: str) -> None:
     once = normalize_image(reference)
@@ -204,6 +205,7 @@ def test_normalisation_is_idempotent(reference: str) -> None:
     assert parse_image(once) == parse_image(reference)
 
 
+@settings(deadline=None)
 @given(references())
 def test_normalised_form_always_has_registry_and_tag_or_digest(reference: str) -> None:
     ref = parse_image(reference)
@@ -212,6 +214,7 @@ def test_normalised_form_always_has_registry_and_tag_or_digest(reference: str) -
     assert str(ref).startswith(ref.repository)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=80))
 def test_parse_never_crashes_on_arbitrary_text(text: str) -> None:
     try:
@@ -222,6 +225,7 @@ def test_parse_never_crashes_on_arbitrary_text(text: str) -> None:
     assert normalize_image(str(ref)) == str(ref)
 
 
+@settings(deadline=None)
 @given(st.text(alphabet="aZ09._-:/@[]", max_size=40))
 def test_parse_never_crashes_on_reference_like_text(text: str) -> None:
     try:
