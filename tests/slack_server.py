@@ -4,7 +4,7 @@ It implements what synctrail uses: ``chat.postMessage``, ``conversations.history
 ``conversations.replies`` (message metadata only with ``include_all_metadata``), ``auth.test``
 and an incoming-webhook path. Every call is recorded with a ``time.monotonic()`` arrival time,
 so tests can measure pacing and ``Retry-After`` waits from the server's side. Failures are
-scripted per method and consumed in order::
+scripted per method and consumed in call order (``Reply.normal()`` lets one call through)::
 
     server = SlackServer(token="xoxb-test")
     await server.start()
@@ -43,6 +43,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     accept: bool = False
     hangs: bool = False
+
+    @staticmethod
+    def normal() -> Reply:
+        """Answer this call as a healthy Slack would (a placeholder in a script)."""
+        return Reply(status=0)
 
     @staticmethod
     def rate_limited(retry_after: float) -> Reply:
@@ -240,6 +245,8 @@ class SlackServer:
         if not self._script[method]:
             return None
         reply = self._script[method].popleft()
+        if reply.status == 0:
+            return None
         if reply.accept and channel is not None:
             self._record_post(params, channel)
         if reply.hangs:

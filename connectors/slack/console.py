@@ -31,6 +31,7 @@ def plain(mrkdwn: str) -> str:
     text = _BOLD.sub(r"\1", text)
     text = _ITALIC.sub(r"\1", text)
     text = text.replace("`", "")
+    text = re.sub(r"(?m)^>", "│ ", text)  # block quotes, before "&gt;" becomes ">" below
     for code, emoji in _EMOJI.items():
         text = text.replace(code, emoji)
     # Entities last, so an escaped "&lt;" never turns into a link above.

@@ -355,6 +355,9 @@ async def deliver(
         started = time.monotonic()
         attempt = await sender.post(message)
         observe(time.monotonic() - started)
+        # Space from the answer too, not only from the start: the next request then reaches
+        # Slack at least ``interval`` after this one did, whatever the network latency.
+        pacer.hold(pace_key, pacer.interval)
         if attempt.outcome == "posted":
             return Delivery(True, attempt.ts, attempt.channel_id or channel_id, attempts=attempts)
         if attempt.outcome == "permanent":
