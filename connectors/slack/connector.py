@@ -125,7 +125,7 @@ class _Lane:
         self.busy = False
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
 
@@ -187,19 +187,8 @@ class Connector:
         try:
             if not await self._until(stop, producer.start, "start producer"):
                 return 0
-            store = self.store = StateStore(s.kafka_bootstrap, self.state_topic, producer)
-            started = time.monotonic()
-            read = await store.load()
-            pruned = await store.prune(s.slack_state_retention_days * 86400)
-            log.info(
-                "slack state loaded",
-                extra={
-                    "records": read,
-                    "keys": len(store.state.entries),
-                    "pruned": pruned,
-                    "seconds": round(time.monotonic() - started, 3),
-                },
-            )
+            if not await self._until(stop, self._load_state, "load slack-state"):
+                return 0
             code = await self._check_sender()
             if code:
                 return code
@@ -223,6 +212,23 @@ class Connector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
         return False
+
+    async def _load_state(self) -> None:
+        assert self._producer is not None
+        s = self.settings
+        store = self.store = StateStore(s.kafka_bootstrap, self.state_topic, self._producer)
+        started = time.monotonic()
+        read = await store.load()
+        pruned = await store.prune(s.slack_state_retention_days * 86400)
+        log.info(
+            "slack state loaded",
+            extra={
+                "records": read,
+                "keys": len(store.state.entries),
+                "pruned": pruned,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
 
     async def _ensure_topics(self) -> None:
         s = self.settings
@@ -388,7 +394,10 @@ class Connector:
                 continue
             start = self.tracker.first_pending(tp)
             if start is None:
-                start = await consumer.position(tp)
+                try:
+                    start = await consumer.position(tp)
+                except KafkaError:  # IllegalStateError: revoked meanwhile (rebalance)
+                    continue
             backlog += max(0, high - start)
         self.metrics.backlog.set(backlog)
 
@@ -500,7 +509,7 @@ class Connector:
         now = time.time()
         await self._durably(
             "intent",
-            lambda: self.store.write(  # type: ignore[union-attr]
+            lambda: self.store.write(
                 key,
                 entry(
                     "intent",
