@@ -600,6 +600,17 @@ def render_deployment(
     blocks.append(_running_block(deployment))
     blocks.extend(_resource_blocks(deployment))
 
+    invalid = deployment.get("invalid_images") or []
+    if invalid:
+        shown = ", ".join(
+            f"{code(str(i.get('image') or '?'), 150)} in {code(str(i.get('resource') or '?'), 150)}"
+            for i in invalid[:5]
+        )
+        more = f" {ELLIPSIS} and {len(invalid) - 5} more" if len(invalid) > 5 else ""
+        blocks.append(
+            context([f":warning: image references that do not parse (not counted): {shown}{more}"])
+        )
+
     hooks = deployment.get("hook_images") or []
     footer = []
     if hooks:

@@ -17,6 +17,7 @@ _ITALIC = re.compile(r"(?<![\w_])_([^_\n]+)_(?![\w_])")
 _EMOJI = {
     ":rotating_light:": "🚨",
     ":x:": "❌",
+    ":warning:": "\u26a0\ufe0f",
     ":information_source:": "\u2139\ufe0f",
 }
 WIDTH = 78

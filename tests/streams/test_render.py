@@ -391,6 +391,18 @@ def test_cluster_scoped_and_non_ascii_values_render() -> None:
     assert "ClusterRole `acme:deployer` — configured" in resources
 
 
+def test_unparseable_image_references_are_mentioned() -> None:
+    d = fixture_deployments()["03-guestbook-rev-b.json"]
+    d["invalid_images"] = [
+        {"resource": "Deployment/guestbook/web", "image": "Bad Image!", "error": "invalid"}
+    ] * 7
+    text, blocks = render_deployment(d)
+    assert_within_limits(text, blocks)
+    note = next(t for k, t in all_texts(blocks) if "do not parse" in t)
+    assert "`Bad Image!` in `Deployment/guestbook/web`" in note
+    assert note.endswith("… and 2 more")
+
+
 def test_render_violation_names_app_image_and_rule() -> None:
     violation = {
         "schema": "synctrail.violation/v1",
