@@ -165,6 +165,8 @@ class EmbeddedBroker:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
+            # a terminal's Ctrl-C must not stop the broker before the clients that use it
+            start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
 

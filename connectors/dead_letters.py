@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 
+from connectors.offsets import log_end_offsets
 from streams.records import DEAD_LETTER_V1, dumps
 from streams.settings import CommonSettings
 from streams.topics import ALL_TOPICS, DEAD_LETTERS
@@ -153,7 +154,7 @@ async def replay(
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
+        end = await log_end_offsets(consumer, tps)
         pending = []
         for tp in tps:
             while (await consumer.position(tp)) < end[tp]:

@@ -15,9 +15,9 @@ import importlib.util
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
+from asyncio.subprocess import Process
 from pathlib import Path
 
 import aiohttp
@@ -56,9 +56,15 @@ def _child_env(bootstrap: str, token: str) -> dict[str, str]:
         {
             "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
             # the embedded broker makes a first group join wait about the rebalance timeout
-            "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": env.get("SYNCTRAIL_BROKER_SESSION_TIMEOUT_S", "6"),
+            "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": env.get(
+                "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S", "6"
+            ),
             "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": env.get(
                 "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S", "6"
+            ),
+            # Tansu reports end offsets per batch; see CommonSettings.kafka_producer_max_batch_bytes
+            "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES": env.get(
+                "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES", "1"
             ),
             "PYTHONUNBUFFERED": "1",
         }
@@ -66,11 +72,11 @@ def _child_env(bootstrap: str, token: str) -> dict[str, str]:
     return env
 
 
-async def _wait_http_ok(url: str, deadline_s: float, procs: list[subprocess.Popen[bytes]]) -> bool:
+async def _wait_http_ok(url: str, deadline_s: float, procs: list[Process]) -> bool:
     deadline = time.monotonic() + deadline_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in procs):
+            if any(p.returncode is not None for p in procs):
                 return False
             with contextlib.suppress(aiohttp.ClientError, OSError):
                 async with session.get(url) as response:
@@ -84,21 +90,28 @@ async def _serve(settings: CommonSettings) -> int:
     port = 9092 if free_port_is(9092) else free_port()
     broker = EmbeddedBroker(port=port)
     await broker.start()
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Process] = []
     try:
         await ensure_topics(broker.bootstrap, settings.topic_prefix, settings.partitions)
-        token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[0] or secrets.token_urlsafe(
-            24
-        )
+        token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[
+            0
+        ] or secrets.token_urlsafe(24)
         env = _child_env(broker.bootstrap, token)
+        names: list[str] = []
         for command, module in _CHILDREN:
             if importlib.util.find_spec(module) is None:
                 continue
+            names.append(command)
             procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "connectors.cli", command],
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "connectors.cli",
+                    command,
                     env=env,
-                    preexec_fn=die_with_parent,  # noqa: PLW1509
+                    preexec_fn=die_with_parent,
+                    # Ctrl-C reaches only `dev`, which stops the children with SIGTERM in order
+                    start_new_session=True,
                 )
             )
         host = env.get("SYNCTRAIL_BRIDGE_HOST", "127.0.0.1")
@@ -126,21 +139,23 @@ async def _serve(settings: CommonSettings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         while not stop.is_set():
-            exited = [p for p in procs if p.poll() is not None]
+            exited = [
+                name for name, p in zip(names, procs, strict=True) if p.returncode is not None
+            ]
             if exited:
-                print(f"synctrail dev: {exited[0].args[-1]} exited ({exited[0].returncode}); stopping")
+                print(f"synctrail dev: {exited[0]} exited; stopping everything", flush=True)
                 return 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         return 0
     finally:
         for proc in procs:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
                 proc.kill()
         broker.stop()
 

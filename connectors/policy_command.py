@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors import logs
+from connectors.offsets import log_end_offsets
 from streams.policy import PolicyError, rule_id_for, validate_rule
 from streams.policy_publish import publish_rules, remove_rule
 from streams.settings import CommonSettings
@@ -54,7 +55,7 @@ async def read_rules(settings: CommonSettings) -> dict[str, dict[str, Any]]:
         if not tps:
             return {}
         consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
+        end = await log_end_offsets(consumer, tps)
         rules: dict[str, dict[str, Any]] = {}
         for tp in tps:
             while await consumer.position(tp) < end[tp]:

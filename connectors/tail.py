@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from connectors.offsets import log_end_offsets
 from streams.settings import CommonSettings
 from streams.topics import ALL_TOPICS
 
@@ -80,7 +81,7 @@ async def tail(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
+        end = await log_end_offsets(consumer, tps)
         for tp in tps:
             start = begin[tp] if from_beginning else max(begin[tp], end[tp] - last)
             consumer.seek(tp, start)

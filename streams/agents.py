@@ -15,15 +15,18 @@ records that were never written (``take_events`` acks even when the body raises)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from faust.streams import _current_event as faust_current_event
 
 from streams import records
 from streams.app import Topology
@@ -121,6 +124,25 @@ def _state_for(topology: Topology, batch: Batch, key: str) -> Mapping[str, Any] 
     return value if isinstance(value, dict) else None
 
 
+def _already_applied(state: Mapping[str, Any] | None, event: Any) -> bool:
+    """True when the state already includes this record: a replay after a crash.
+
+    State is made durable before the offset is committed, so a restarted worker can see
+    records again whose effects (outputs and state) are complete; they must change nothing.
+    """
+    return (
+        state is not None
+        and state.get("partition") == event.message.partition
+        and state.get("offset", -1) >= event.message.offset
+    )
+
+
+def _stamp(state: dict[str, Any], event: Any) -> None:
+    """Record which source record the state reflects (see ``_already_applied``)."""
+    state["partition"] = event.message.partition
+    state["offset"] = event.message.offset
+
+
 def _handle_sync_event(
     topology: Topology, batch: Batch, event: Any, value: dict[str, Any], now: datetime
 ) -> None:
@@ -129,15 +151,13 @@ def _handle_sync_event(
     message_key = event.message.key.decode() if event.message.key else None
     if message_key != key:
         raise InvalidSyncEvent(f"record key {message_key!r} does not match app {key!r}")
-    decision = decide(
-        value,
-        _state_for(topology, batch, key),
-        _rules(topology),
-        now=now,
-        ctx=topology.decide_context,
-    )
+    state = _state_for(topology, batch, key)
+    if _already_applied(state, event):
+        batch.outcomes.append(("replayed", None))
+        return
+    decision = decide(value, state, _rules(topology), now=now, ctx=topology.decide_context)
     if decision.state is not None:
-        decision.state["partition"] = event.message.partition
+        _stamp(decision.state, event)
         batch.states[key] = (event, decision.state)
     _emit_decision(topology, batch, decision, now)
     latency = next(
@@ -152,24 +172,39 @@ def _handle_policy_check(
     rule = value.get("rule")
     if not isinstance(rule, dict) or not isinstance(rule.get("id"), str):
         raise InvalidSyncEvent("policy check without a rule id")
+    rules = [r for r in _rules(topology) if r.get("id") != rule["id"]] + [rule]
     partition = event.message.partition
-    owned = [
-        (key, state)
-        for key, state in list(topology.apps.items())
-        if isinstance(state, dict) and state.get("partition") == partition
-    ]
-    # state written earlier in this batch wins over the table's
-    owned = [(key, batch.states[key][1] if key in batch.states else state) for key, state in owned]
-    for key, state in owned:
-        decision = recheck_policy(state, rule, now=now)
+    candidates = {key: state for key, state in topology.apps.items() if isinstance(state, dict)}
+    candidates.update({key: state for key, (_, state) in batch.states.items()})  # newer
+    for key, state in candidates.items():
+        if state.get("partition") != partition or _already_applied(state, event):
+            continue
+        decision = recheck_policy(state, rules, now=now)
         if decision is None:
             continue
-        batch.states[key] = (event, decision.state or dict(state))
+        new_state = decision.state or dict(state)
+        _stamp(new_state, event)
+        batch.states[key] = (event, new_state)
         _emit_decision(topology, batch, decision, now)
         topology.metrics.retroactive.inc()
 
 
-async def _flush(topology: Topology, stream: Any, batch: Batch) -> None:
+@contextlib.contextmanager
+def _current_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event in this task only.
+
+    Tables take the changelog partition from the current event. ``Stream._set_current_event``
+    would also overwrite the stream's shared attribute, which ``take_events``' background
+    buffering reads, so only the task-local context variable is set here.
+    """
+    token = faust_current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_current_event.reset(token)
+
+
+async def _flush(topology: Topology, batch: Batch) -> None:
     """Outputs first, then state; both acknowledged by the broker before returning."""
     producer = topology.app.producer
     try:
@@ -179,9 +214,8 @@ async def _flush(topology: Topology, stream: Any, batch: Batch) -> None:
         ]
         await asyncio.gather(*sent)
         for key, (event, state) in batch.states.items():
-            stream._set_current_event(event)  # table writes go to the event's partition
-            topology.apps[key] = state
-        stream._set_current_event(None)
+            with _current_event(event):  # the table writes to the event's partition
+                topology.apps[key] = state
         await topology.apps.wait_durable()
     except Exception:
         log.critical(
@@ -234,7 +268,7 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
                     topology.topic(METRICS.name), key, metric_event("dead_letter", key, None, now)
                 )
                 batch.outcomes.append(("dead_lettered", None))
-        await _flush(topology, stream, batch)
+        await _flush(topology, batch)
         done = datetime.now(UTC)
         for outcome, latency in batch.outcomes:
             metrics.events.labels(outcome).inc()
@@ -254,7 +288,10 @@ def register(topology: Topology) -> None:
     @app.timer(interval=5.0)
     async def _gauges() -> None:
         metrics = topology.metrics
-        for partition, lag in topology.consumer_lag().items():
-            metrics.lag.labels(str(partition)).set(lag)
-        metrics.table_keys.labels("apps").set(len(topology.apps))
-        metrics.table_keys.labels("policy").set(len(topology.policy))
+        try:
+            for partition, lag in topology.consumer_lag().items():
+                metrics.lag.labels(str(partition)).set(lag)
+            metrics.table_keys.labels("apps").set(len(topology.apps))
+            metrics.table_keys.labels("policy").set(len(topology.policy))
+        except Exception:  # gauges must never take the worker down
+            log.exception("could not update worker gauges")

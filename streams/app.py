@@ -14,6 +14,7 @@ partition's deployments and its state writes go to the right changelog partition
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,18 @@ class DurableTable(faust.Table):  # type: ignore[misc]
             await asyncio.gather(*pending)
 
 
+class TopicBackedGlobalTable(faust.GlobalTable):  # type: ignore[misc]
+    """A global table read from a topic of our own (``<prefix>policy``).
+
+    Faust's partition assignor looks the changelog up by the default name
+    ``<app id>-<table>-changelog`` even when ``changelog_topic`` names another topic, and the
+    group join then hangs; answering with the real topic name fixes that.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return str(self.changelog_topic.get_topic_name())
+
+
 @dataclass
 class Topology:
     """Everything the agents and views need, built from one ``WorkerSettings``."""
@@ -83,7 +96,8 @@ class Topology:
         for partition in sorted(self.assigned_partitions()):
             tp = TP(name, partition)
             highwater = consumer.highwater(tp)
-            position = consumer._last_read.get(tp)  # no public accessor for the read position
+            # Faust has no public accessor for the read position
+            position = getattr(consumer, "_read_offset", {}).get(tp)
             if highwater is not None:
                 lag[partition] = max(0, highwater - ((position + 1) if position is not None else 0))
         return lag
@@ -92,6 +106,12 @@ class Topology:
 def build(settings: WorkerSettings | None = None) -> Topology:
     """Create the Faust app with its topics, tables, agents and web views."""
     settings = settings or WorkerSettings()
+    # peers forward query requests to this URL, so a wildcard bind advertises the host name
+    advertised = (
+        socket.gethostname()
+        if settings.worker_web_host in ("0.0.0.0", "::")
+        else settings.worker_web_host
+    )
     app = faust.App(
         settings.worker_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
@@ -102,6 +122,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         topic_allow_declare=True,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        producer_max_batch_size=settings.kafka_producer_max_batch_bytes,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
@@ -110,7 +131,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         web_bind=settings.worker_web_host,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
-        canonical_url=f"http://{settings.worker_web_host}:{settings.worker_web_port}",
+        canonical_url=f"http://{advertised}:{settings.worker_web_port}",
         web_tables_enabled=False,
         table_standby_replicas=0,
         logging_config=None,
@@ -124,32 +145,38 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         value_serializer="raw",
         partitions=settings.partitions,
     )
+    # keys are raw UTF-8 (qualified app names, rule ids); values are JSON objects
+    state_schema = faust.Schema(
+        key_type=str, value_type=None, key_serializer="raw", value_serializer="orjson"
+    )
     apps = app.tables.add(
         DurableTable(
             app,
             name="apps",
-            key_type=str,
-            key_serializer="raw",
-            value_serializer="orjson",
+            schema=state_schema,
             partitions=settings.partitions,
             default=None,
+            beacon=app.tables.beacon,
             help="Per-app state: resources, running images, last operation, recent deploys.",
         )
     )
-    policy = app.GlobalTable(
-        "policy",
-        key_type=str,
-        key_serializer="raw",
-        value_serializer="orjson",
-        partitions=settings.partitions,
-        changelog_topic=app.topic(
-            settings.topic(POLICY.name),
-            key_type=str,
-            key_serializer="raw",
-            value_serializer="orjson",
+    policy = app.tables.add(
+        TopicBackedGlobalTable(
+            app,
+            name="policy",
+            schema=state_schema,
             partitions=settings.partitions,
-            compacting=True,
-        ),
+            changelog_topic=app.topic(
+                settings.topic(POLICY.name),
+                schema=state_schema,
+                partitions=settings.partitions,
+                compacting=True,
+            ),
+            is_global=True,
+            beacon=app.tables.beacon,
+            standby_buffer_size=1,  # apply rule changes as they arrive
+            help="Policy rules by id, from the compacted policy topic.",
+        )
     )
     topology = Topology(
         settings=settings,

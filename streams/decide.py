@@ -15,7 +15,7 @@ from typing import Any
 
 from streams import records
 from streams.diff import canonical_sha256, diff_images, fingerprint
-from streams.policy import find_violations, images_matching_rule
+from streams.policy import find_violations
 from streams.state import apply_operation, outcome_of_bare, running_images
 
 JsonObject = dict[str, Any]
@@ -169,6 +169,7 @@ def metric_event(
         "phase": None,
         "initial": None,
         "rule": None,
+        "image": None,
         **fields,
     }
 
@@ -433,7 +434,15 @@ def decide(
         for v in fresh
     ]
     metrics += [
-        metric_event("violation", app_key, project, now, delivery_id=delivery_id, rule=v["rule"])
+        metric_event(
+            "violation",
+            app_key,
+            project,
+            now,
+            delivery_id=delivery_id,
+            rule=v["rule"],
+            image=v["image"],
+        )
         for v in fresh
     ]
     remediation = (
@@ -454,39 +463,25 @@ def decide(
 
 def recheck_policy(
     state: Mapping[str, Any],
-    rule: Mapping[str, Any],
+    rules: Sequence[Mapping[str, Any]],
     *,
     now: datetime,
 ) -> Decision | None:
-    """Flag an app already running images that a newly added rule forbids (retroactive).
+    """Re-check an app's running images against the rules in force (retroactive flags).
 
-    Returns ``None`` when nothing new is flagged (so replays of the same rule emit nothing).
+    Run when a rule is published; only violations not yet reported for this app are
+    emitted, so replays and re-publications of the same rule emit nothing.
     """
     app_key = f"{state['app_namespace']}/{state['app']}"
-    if rule.get("kind") == "deny":
-        hits = [
-            {
-                "rule": "denylist",
-                "rule_id": rule["id"],
-                "image": image,
-                "reason": rule.get("reason", ""),
-            }
-            for image in images_matching_rule(rule, state.get("images", []))
-        ]
-    else:
-        destination = state.get("destination") or {}
-        hits = [
-            v
-            for v in find_violations(
-                state.get("images", []),
-                [rule],
-                app=state["app"],
-                app_namespace=state["app_namespace"],
-                project=state.get("project"),
-                namespace=destination.get("namespace"),
-            )
-            if v["rule_id"] == rule["id"]
-        ]
+    destination = state.get("destination") or {}
+    hits = find_violations(
+        state.get("images", []),
+        rules,
+        app=state["app"],
+        app_namespace=state["app_namespace"],
+        project=state.get("project"),
+        namespace=destination.get("namespace"),
+    )
     new_state = {**state, "flagged": dict(state.get("flagged", {}))}
     fresh = _new_flags(new_state, hits)
     if not fresh:

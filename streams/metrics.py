@@ -16,7 +16,7 @@ class WorkerMetrics:
             ["outcome"],
             registry=self.registry,
         )
-        for outcome in ("deployed", "duplicate", "resync", "stale", "dead_lettered"):
+        for outcome in ("deployed", "duplicate", "resync", "stale", "replayed", "dead_lettered"):
             self.events.labels(outcome)
         self.processing = Histogram(
             "synctrail_worker_processing_seconds",

@@ -143,6 +143,7 @@ class MetricEvent(_Wire):
     phase: str | None = None  # deployment
     initial: bool | None = None  # deployment
     rule: str | None = None  # violation: denylist | unexpected
+    image: str | None = None  # violation: the offending image
 
 
 class Violation(_Wire):

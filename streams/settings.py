@@ -37,6 +37,15 @@ class CommonSettings(BaseSettings):
     replication_factor: int = Field(
         1, ge=1, description="Replication factor for topics synctrail creates."
     )
+    kafka_producer_max_batch_bytes: int = Field(
+        16384,
+        ge=1,
+        description="Producer batch size in bytes. The embedded Tansu broker reports a "
+        "partition's end offset as the last batch's base offset + 1, so Faust table recovery "
+        "and anything else that reads 'to the end' stops short when batches hold several "
+        "records; `synctrail dev` and the tests set 1 (one record per batch). Keep the default "
+        "on Apache Kafka.",
+    )
     default_app_namespace: str = Field(
         "argocd", description="Application namespace assumed when a body does not say."
     )

@@ -44,12 +44,14 @@ def run(args: argparse.Namespace | None = None) -> int:
     settings = WorkerSettings()
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(prepare(settings))
+    settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     topology = build(settings)
     worker = faust.Worker(
         topology.app,
         loglevel=settings.log_level,
         override_logging=False,
         redirect_stdouts=False,
+        quiet=True,  # no banner or spinner: logs are JSON lines
     )
     worker.execute_from_commandline()
     return 0

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from connectors.offsets import log_end_offsets
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = Path(
     os.environ.get("SYNCTRAIL_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures")
@@ -78,7 +80,7 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> lis
             return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
+        end = await log_end_offsets(consumer, tps)
         records: list[Record] = []
         deadline = time.monotonic() + timeout
 

@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from connectors.broker import ensure_topics
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
+from connectors.offsets import log_end_offsets
 from streams.topics import DEAD_LETTERS, METRICS
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class Exporter:
             tps = await self._partitions(consumer)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            self._targets = await consumer.end_offsets(tps)
+            self._targets = await log_end_offsets(consumer, tps)
         except BaseException:
             await consumer.stop()
             raise

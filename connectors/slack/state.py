@@ -26,6 +26,8 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from connectors.offsets import log_end_offsets
+
 STATE_V1 = "synctrail.slack-state/v1"
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,7 @@ class StateStore:
                 raise RuntimeError(f"topic {self.topic} has no partitions; was it created?")
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
+            ends = await log_end_offsets(consumer, tps)
             deadline = time.monotonic() + timeout_s
             while True:
                 behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]

@@ -1,0 +1,38 @@
+"""End offsets that hold on every Kafka-protocol broker synctrail runs on.
+
+The embedded Tansu broker answers ListOffsets(latest) with the base offset of a partition's last
+record batch + 1, not the offset after its last record. Anything that reads "to the end" (state
+rebuilds, the exporter's catch-up, replays, tools) would stop short whenever that batch held
+several records. ``log_end_offsets`` reads the last batch and takes its last record's offset + 1;
+on Apache Kafka that equals what ListOffsets says, so the correction is harmless there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def log_end_offsets(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], *, timeout_ms: int = 2000
+) -> dict[TopicPartition, int]:
+    """The offset after the last record of each (assigned) partition; positions are kept."""
+    tps = list(partitions)
+    reported = await consumer.end_offsets(tps)
+    positions = {tp: await consumer.position(tp) for tp in tps}
+    ends: dict[TopicPartition, int] = {}
+    try:
+        for tp in tps:
+            end = reported[tp]
+            if end > 0:
+                consumer.seek(tp, end - 1)
+                fetched = await consumer.getmany(tp, timeout_ms=timeout_ms)
+                records = fetched.get(tp, [])
+                if records:
+                    end = max(end, records[-1].offset + 1)
+            ends[tp] = end
+    finally:
+        for tp, position in positions.items():
+            consumer.seek(tp, position)
+    return ends

@@ -1,0 +1,323 @@
+"""The worker on the real embedded broker: the fixture oracle, crashes, scale-out, policy, poison."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import sys
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from connectors.broker import ensure_topics
+from tests.contracts import validate_record
+from tests.e2e.harness import (
+    FixtureEvent,
+    derived_view,
+    expected_view,
+    fixture_events,
+    synthetic_events,
+)
+from tests.support import REPO, produce, read_topic, wait_for, wait_for_records
+
+
+def _announced(events: list[FixtureEvent]) -> list[FixtureEvent]:
+    return [e for e in events if not e.expected.get("duplicateOf")]
+
+
+async def _produce_events(bootstrap: str, prefix: str, events: list[FixtureEvent]) -> None:
+    await produce(bootstrap, f"{prefix}sync-events", [(e.key.encode(), e.raw) for e in events])
+
+
+def _by_app(records: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    per_app: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        per_app[record.key].append(record.value)
+    return per_app
+
+
+def _distinct(sequence: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop byte-identical repeats of a delivery (allowed by at-least-once), keep order."""
+    seen: dict[str, dict[str, Any]] = {}
+    out = []
+    for value in sequence:
+        previous = seen.get(value["delivery_id"])
+        if previous is not None:
+            assert previous == value, "a repeated delivery must repeat the same record"
+            continue
+        seen[value["delivery_id"]] = value
+        out.append(value)
+    return out
+
+
+def _assert_continuity(per_app: dict[str, list[dict[str, Any]]]) -> None:
+    """Each deploy's previous_revision is the revision of the app's last successful deploy."""
+    for app, sequence in per_app.items():
+        last_success = None
+        for deployment in sequence:
+            assert deployment["previous_revision"] == last_success, app
+            if deployment["operation"]["phase"] == "Succeeded":
+                last_success = deployment["revision"]
+
+
+async def _committed_to_end(bootstrap: str, group: str, topic: str) -> bool:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if end[tp] and (committed or 0) < end[tp]:
+                return False
+        return True
+    finally:
+        await consumer.stop()
+
+
+async def test_fixture_sequence_matches_the_oracle(broker, topics, start_worker):
+    events = list(fixture_events())
+    worker = start_worker()
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, events)
+
+    announced = _announced(events)
+    records = await wait_for_records(broker.bootstrap, f"{topics}deployments", len(announced))
+    by_delivery = {r.value["delivery_id"]: r for r in records}
+    assert len(by_delivery) == len(announced)
+    for event in events:
+        record = by_delivery.get(event.event["delivery_id"])
+        if event.expected.get("duplicateOf"):
+            assert record is None, f"{event.file} is a duplicate and must not be announced"
+            continue
+        assert record is not None, f"no deployment for {event.file}"
+        assert record.key == event.key
+        validate_record(record.value)
+        assert derived_view(record.value) == expected_view(event.expected), event.file
+
+    metrics = await wait_for_records(broker.bootstrap, f"{topics}metrics", len(events))
+    kinds = collections.Counter(m.value["kind"] for m in metrics)
+    assert kinds["duplicate"] == 1 and kinds["deployment"] == len(announced)
+    notifications = await wait_for_records(
+        broker.bootstrap, f"{topics}notifications", len(announced)
+    )
+    for note in notifications:
+        validate_record(note.value)
+    for metric in metrics:
+        validate_record(metric.value)
+    assert len({n.value["idempotency_key"] for n in notifications}) == len(announced)
+
+
+async def test_query_api_answers_for_apps_and_images(broker, topics, start_worker):
+    events = list(fixture_events())
+    worker = start_worker()
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, events)
+    await wait_for_records(broker.bootstrap, f"{topics}deployments", len(_announced(events)))
+
+    status, body = await worker.get("/apps/argocd/guestbook")
+    assert status == 200
+    assert body["images"] == [
+        "docker.io/envoyproxy/envoy:v1.30.1",
+        "ghcr.io/acme/guestbook-ui:v1.5.0",
+    ]
+    assert body["deploys"][0]["phase"] == "Failed"
+    status, short = await worker.get("/apps/guestbook")
+    assert status == 200 and short["revision"] == body["revision"]
+    status, missing = await worker.get("/apps/argocd/no-such-app")
+    assert status == 404 and "no-such-app" in missing["error"]
+    status, images = await worker.get("/images", ref="ghcr.io/acme/guestbook-ui:v1.5.0")
+    assert status == 200 and images["apps"] == ["argocd/guestbook"]
+    status, redis = await worker.get("/images", ref="redis:7.2.4")
+    assert status == 200 and redis == {"image": "docker.io/library/redis:7.2.4", "apps": []}
+    status, bad = await worker.get("/images", ref="bad ref with spaces")
+    assert status == 400 and "bad ref with spaces" in bad["error"]
+
+
+async def test_state_survives_a_kill_right_after_the_offset_commit(
+    broker, topics, start_worker, worker_env
+):
+    events = list(fixture_events())
+    first, rest = events[:3], events[3:]  # 01, 02, 03; 04 is 03 again
+    worker = start_worker()
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, first)
+    await wait_for_records(broker.bootstrap, f"{topics}deployments", 3)
+    await wait_for(
+        lambda: _committed_to_end(
+            broker.bootstrap, worker_env["SYNCTRAIL_WORKER_ID"], f"{topics}sync-events"
+        ),
+        timeout=30,
+        what="the worker to commit its offsets",
+    )
+    worker.kill()
+
+    restarted = start_worker()
+    await restarted.wait_ready()
+    await _produce_events(broker.bootstrap, topics, rest)
+    announced = _announced(events)
+    records = await wait_for_records(broker.bootstrap, f"{topics}deployments", len(announced))
+    per_app = _by_app(records)
+    delivered = [v["delivery_id"] for seq in per_app.values() for v in seq]
+    assert len(delivered) == len(set(delivered)) == len(announced)
+    # 04 (a re-delivery of 03) found 03's state after the kill: no announcement
+    assert not any(d.startswith("04-") for d in delivered)
+    _assert_continuity(per_app)
+
+
+async def test_worker_killed_mid_sequence_loses_nothing_and_keeps_continuity(
+    broker, topics, start_worker
+):
+    events = list(fixture_events())
+    worker = start_worker()
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, events[:7])
+    await wait_for_records(broker.bootstrap, f"{topics}deployments", 6)
+    worker.kill()  # no grace: whatever was in flight is replayed
+
+    restarted = start_worker()
+    await restarted.wait_ready()
+    await _produce_events(broker.bootstrap, topics, events[7:])
+    announced = _announced(events)
+
+    async def all_announced() -> list[Any] | None:
+        records = await read_topic(broker.bootstrap, f"{topics}deployments")
+        ids = {r.value["delivery_id"] for r in records}
+        return records if len(ids) >= len(announced) else None
+
+    records = await wait_for(all_announced, timeout=60, interval=0.3, what="every deployment")
+    per_app = {app: _distinct(seq) for app, seq in _by_app(records).items()}
+    expected_per_app: dict[str, list[str]] = collections.defaultdict(list)
+    for event in announced:
+        expected_per_app[event.key].append(event.event["delivery_id"])
+    assert {
+        app: [d["delivery_id"] for d in seq] for app, seq in per_app.items()
+    } == expected_per_app
+    _assert_continuity(per_app)
+
+
+async def test_two_workers_produce_what_one_worker_produces(
+    broker, topics, start_worker, worker_env
+):
+    events = list(synthetic_events(apps=24, deploys=4))
+    single_prefix, shared_prefix = topics, f"{topics}two."
+    await ensure_topics(broker.bootstrap, shared_prefix, partitions=8)
+
+    solo = start_worker()
+    await solo.wait_ready()
+    await _produce_events(broker.bootstrap, single_prefix, events)
+    solo_records = await wait_for_records(
+        broker.bootstrap, f"{single_prefix}deployments", len(events)
+    )
+
+    group = worker_env["SYNCTRAIL_WORKER_ID"] + "-pair"
+    first = start_worker(SYNCTRAIL_TOPIC_PREFIX=shared_prefix, SYNCTRAIL_WORKER_ID=group)
+    await first.wait_ready()
+    third = len(events) // 3
+    await _produce_events(broker.bootstrap, shared_prefix, events[:third])
+    second = start_worker(SYNCTRAIL_TOPIC_PREFIX=shared_prefix, SYNCTRAIL_WORKER_ID=group)
+    await _produce_events(broker.bootstrap, shared_prefix, events[third : 2 * third])  # joining
+    await second.wait_ready()
+    await _produce_events(broker.bootstrap, shared_prefix, events[2 * third :])
+
+    async def all_there() -> list[Any] | None:
+        records = await read_topic(broker.bootstrap, f"{shared_prefix}deployments")
+        return records if len({r.value["delivery_id"] for r in records}) >= len(events) else None
+
+    pair_records = await wait_for(all_there, timeout=90, interval=0.3, what="pair output")
+    solo_by_app = {app: _distinct(seq) for app, seq in _by_app(solo_records).items()}
+    pair_by_app = {app: _distinct(seq) for app, seq in _by_app(pair_records).items()}
+    assert pair_by_app.keys() == solo_by_app.keys()
+    for app, sequence in solo_by_app.items():
+        for solo_record, pair_record in zip(sequence, pair_by_app[app], strict=True):
+            differing = {k for k in solo_record if solo_record[k] != pair_record.get(k)}
+            assert not differing, (
+                app,
+                solo_record["delivery_id"],
+                {
+                    k: (solo_record[k], pair_record.get(k))
+                    for k in differing
+                    if k in ("initial", "previous_revision", "images")
+                },
+            )
+    processed_by_second = await second.metric("synctrail_worker_events_total", outcome="deployed")
+    assert processed_by_second, "the second worker must have taken over some partitions"
+
+
+async def test_deny_rule_added_at_runtime_flags_running_apps(
+    broker, topics, start_worker, worker_env
+):
+    events = [e for e in fixture_events() if e.key == "argocd/guestbook"][:4]  # 01, 03, 04, 07
+    worker = start_worker()
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, events)
+    await wait_for_records(broker.bootstrap, f"{topics}deployments", 3)
+
+    policy = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "connectors.cli",
+        "policy",
+        "deny",
+        "envoyproxy/envoy:v1.30.*",
+        "--reason",
+        "CVE-2026-0001 in envoy 1.30",
+        env={**os.environ, **worker_env},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(policy.communicate(), 60)
+    assert policy.returncode == 0, err.decode()
+    assert b"published rule" in out
+
+    violations = await wait_for_records(broker.bootstrap, f"{topics}violations", 1, timeout=20)
+    assert [(v.key, v.value["image"], v.value["detected"]) for v in violations] == [
+        ("argocd/guestbook", "docker.io/envoyproxy/envoy:v1.30.1", "retroactive")
+    ]
+    validate_record(violations[0].value)
+    remediations = await wait_for_records(broker.bootstrap, f"{topics}remediations", 1)
+    rev_b = events[1].event["revision"]
+    assert remediations[0].value["known_good_revision"] == rev_b
+    validate_record(remediations[0].value)
+    notes = await read_topic(broker.bootstrap, f"{topics}notifications")
+    assert [n.value["kind"] for n in notes].count("violation") == 1
+    status, app = await worker.get("/apps/guestbook")
+    assert status == 200 and app["violations"]
+
+
+async def test_poison_records_go_to_dead_letters_and_the_next_is_processed(
+    broker, topics, start_worker
+):
+    good = next(fixture_events())
+    worker = start_worker()
+    await worker.wait_ready()
+    not_json = b"\x00\x01 definitely not json"
+    wrong_schema = orjson.dumps({"schema": "something/v9", "app": {"name": "x", "namespace": "y"}})
+    await produce(
+        broker.bootstrap,
+        f"{topics}sync-events",
+        [
+            (good.key.encode(), not_json),
+            (good.key.encode(), wrong_schema),
+            (good.key.encode(), good.raw),
+        ],
+    )
+    dead = await wait_for_records(broker.bootstrap, f"{topics}dead-letters", 2)
+    reasons = [d.value["reason"] for d in sorted(dead, key=lambda r: r.offset)]
+    assert "schema" in reasons[1]
+    assert dead[0].value["original_text"] is not None or dead[1].value["original_text"] is not None
+    for record in dead:
+        validate_record(record.value)
+        assert record.value["source_topic"] == f"{topics}sync-events"
+    deployments = await wait_for_records(broker.bootstrap, f"{topics}deployments", 1)
+    assert deployments[0].value["delivery_id"] == good.event["delivery_id"]
+    dead_lettered = await wait_for(
+        lambda: worker.metric("synctrail_worker_events_total", outcome="dead_lettered"),
+        what="the dead-letter count on /metrics",
+    )
+    assert dead_lettered == 2
