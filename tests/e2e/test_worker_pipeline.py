@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.broker import ensure_topics
@@ -79,9 +80,10 @@ async def _committed_to_end(bootstrap: str, group: str, topic: str) -> bool:
         await consumer.stop()
 
 
-async def test_fixture_sequence_matches_the_oracle(broker, topics, start_worker):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_fixture_sequence_matches_the_oracle(broker, topics, start_worker, store):
     events = list(fixture_events())
-    worker = start_worker()
+    worker = start_worker(SYNCTRAIL_WORKER_STORE=store)
     await worker.wait_ready()
     await _produce_events(broker.bootstrap, topics, events)
 
