@@ -30,7 +30,7 @@ from streams.settings import WorkerSettings
 from streams.topics import POLICY, SYNC_EVENTS
 
 
-class DurableTable(faust.Table):  # type: ignore[misc]
+class DurableTable(faust.Table):
     """A table whose changelog writes can be awaited.
 
     Faust buffers changelog writes and may commit the source offset before they reach the
@@ -54,7 +54,7 @@ class DurableTable(faust.Table):  # type: ignore[misc]
             await asyncio.gather(*pending)
 
 
-class TopicBackedGlobalTable(faust.GlobalTable):  # type: ignore[misc]
+class TopicBackedGlobalTable(faust.GlobalTable):
     """A global table read from a topic of our own (``<prefix>policy``).
 
     Faust's partition assignor looks the changelog up by the default name
@@ -146,20 +146,19 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         partitions=settings.partitions,
     )
     # keys are raw UTF-8 (qualified app names, rule ids); values are JSON objects
-    state_schema = faust.Schema(
+    state_schema: faust.Schema = faust.Schema(
         key_type=str, value_type=None, key_serializer="raw", value_serializer="orjson"
     )
-    apps = app.tables.add(
-        DurableTable(
-            app,
-            name="apps",
-            schema=state_schema,
-            partitions=settings.partitions,
-            default=None,
-            beacon=app.tables.beacon,
-            help="Per-app state: resources, running images, last operation, recent deploys.",
-        )
+    apps = DurableTable(
+        app,
+        name="apps",
+        schema=state_schema,
+        partitions=settings.partitions,
+        default=None,
+        beacon=app.tables.beacon,
+        help="Per-app state: resources, running images, last operation, recent deploys.",
     )
+    app.tables.add(apps)
     policy = app.tables.add(
         TopicBackedGlobalTable(
             app,

@@ -50,7 +50,7 @@ class OrjsonCodec(codecs.Codec):
 codecs.register("orjson", OrjsonCodec())
 
 
-class _Wire(faust.Record, include_metadata=False, serializer="orjson"):  # type: ignore[call-arg]
+class _Wire(faust.Record, include_metadata=False, serializer="orjson"):
     """Base of every external record."""
 
 

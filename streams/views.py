@@ -145,7 +145,7 @@ def register(topology: Topology) -> None:
     @app.page("/readyz")
     class ReadyView(View):
         async def get(self, request: Request) -> Response:
-            recovered = app.tables.recovery.completed.is_set()
+            recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
             ready = recovered and not app.rebalancing
             return self.json(
                 {"ready": ready, "recovered": recovered, "rebalancing": app.rebalancing},
