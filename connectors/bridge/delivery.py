@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from connectors.bridge.batcher import Batcher, BatchFailed
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
@@ -118,16 +117,13 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._old_producers: set[asyncio.Task[None]] = set()
         self._last_check = 0.0
-        self._queue: deque[tuple[str, bytes, bytes, asyncio.Future[Any]]] = deque()
-        self._queued = asyncio.Event()
-        self._sending: asyncio.Future[Any] | None = None
-        self._enqueuer: asyncio.Task[None] | None = None
+        self._last_submit = 0.0
+        self._batcher: Batcher | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Connect if the broker is there (never blocks for long) and start maintenance."""
-        self._start_enqueuer()
         await self._connect()
         self._task = asyncio.create_task(self._maintain(), name="bridge-maintenance")
 
@@ -141,11 +137,9 @@ class Dispatcher:
                 await self._task
         producer, self._producer = self._producer, None
         if producer is not None:
+            # Graceful: what the batcher holds is handed over, then the producer flushes it.
             await self._close_producer(producer)
-        if self._enqueuer is not None:
-            self._enqueuer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._enqueuer
+        self._batcher = None
         for task in list(self._old_producers):
             with contextlib.suppress(Exception):
                 await task
@@ -161,7 +155,6 @@ class Dispatcher:
             request_timeout_ms=timeout_ms,
             max_request_size=self.settings.bridge_max_body_bytes * 2 + 65536,
             retry_backoff_ms=100,
-            # Big batches: send() then rarely has to wait for room (see _enqueue_forever).
             max_batch_size=512 * 1024,
             client_id="synctrail-bridge",
         )
@@ -182,13 +175,13 @@ class Dispatcher:
                 ),
                 timeout * 2,
             )
-            # Learn the partitions now, so send() does not have to wait for metadata later.
-            await asyncio.wait_for(producer.partitions_for(self.topic), timeout)
+            partitions = await asyncio.wait_for(producer.partitions_for(self.topic), timeout)
         except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
             self.last_broker_error = f"{type(exc).__name__}: {exc}"
             self._retire(producer)
             return False
         self._producer = producer
+        self._batcher = Batcher(producer, self.topic, sorted(partitions))
         self._set_up(True)
         log.info("kafka reachable", extra={"bootstrap": self.settings.kafka_bootstrap})
         return True
@@ -210,18 +203,15 @@ class Dispatcher:
         self.last_broker_error = reason
         self._set_up(False)
         producer, self._producer = self._producer, None
+        batcher, self._batcher = self._batcher, None
         if producer is not None:
-            self._retire(producer)
+            self._retire(producer, batcher)
         inflight, self._inflight = self._inflight, {}
         for item in inflight.values():
             if not item.result.done():
                 item.result.set_exception(ProduceFailed(reason))
-        if self._sending is not None and self._enqueuer is not None:
-            # send() may wait up to the request timeout for room in a batch: stop waiting.
-            self._enqueuer.cancel()
-            self._start_enqueuer()
 
-    def _retire(self, producer: AIOKafkaProducer) -> None:
+    def _retire(self, producer: AIOKafkaProducer, batcher: Batcher | None = None) -> None:
         """Abandon a producer that failed: its queued records were spooled already.
 
         A plain ``stop()`` would flush its queued batches, and they wait for the broker
@@ -229,11 +219,13 @@ class Dispatcher:
         would then get them a second time, out of order with the spool. So the sender is
         cancelled first and the queued batches are dropped.
         """
-        task = asyncio.ensure_future(self._abort_producer(producer))
+        task = asyncio.ensure_future(self._abort_producer(producer, batcher))
         self._old_producers.add(task)
         task.add_done_callback(self._old_producers.discard)
 
-    async def _abort_producer(self, producer: AIOKafkaProducer) -> None:
+    async def _abort_producer(self, producer: AIOKafkaProducer, batcher: Batcher | None) -> None:
+        if batcher is not None:
+            await batcher.abort()
         timeout = self.settings.bridge_produce_timeout_s + 1
         sender = getattr(producer, "_sender", None)
         with contextlib.suppress(Exception):
@@ -288,58 +280,32 @@ class Dispatcher:
                 del self._tails[key]
 
     def _submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
-        """Queue a record for the producer; the future resolves with its RecordMetadata."""
-        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """Queue a record; the future resolves to ``(partition, offset)`` once acknowledged."""
+        batcher = self._batcher
+        if batcher is not None and topic == batcher.topic:
+            fut = batcher.submit(key, value)
+        elif self._producer is not None:
+            # Only spooled records of another prefix (settings changed between runs) get here.
+            fut = asyncio.ensure_future(_send_one(self._producer, topic, key, value))
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(ProduceFailed("kafka unreachable"))
+            return fut
         ident = self._next_id
         self._next_id += 1
-        self._inflight[ident] = _InFlight(time.monotonic(), mine)
-        mine.add_done_callback(lambda _f: self._inflight.pop(ident, None))
-        self._queue.append((topic, key, value, mine))
-        self._queued.set()
-        return mine
+        self._last_submit = now = time.monotonic()
+        self._inflight[ident] = _InFlight(now, fut)
+        fut.add_done_callback(lambda _f: self._inflight.pop(ident, None))
+        return fut
 
     async def _produce(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
         started = time.monotonic()
         try:
-            meta = await self._submit(topic, key, value)
-        except KafkaError as exc:
+            partition, offset = await self._submit(topic, key, value)
+        except (KafkaError, BatchFailed) as exc:
             raise ProduceFailed(f"{type(exc).__name__}: {exc}") from exc
         self.metrics.produce_duration.observe(time.monotonic() - started)
-        return meta.partition, meta.offset
-
-    async def _enqueue_forever(self) -> None:
-        # The only caller of producer.send(): one FIFO for every record keeps each partition's
-        # records in arrival order even when send() has to wait for room in a batch.
-        queue = self._queue
-        while True:
-            if not queue:
-                self._queued.clear()
-                await self._queued.wait()
-                continue
-            topic, key, value, mine = queue.popleft()
-            if mine.done():
-                continue
-            producer = self._producer
-            if producer is None:
-                mine.set_exception(ProduceFailed("kafka unreachable"))
-                continue
-            self._sending = mine
-            try:
-                ack = await producer.send(topic, value, key=key)
-            except asyncio.CancelledError:
-                if not mine.done():
-                    mine.set_exception(ProduceFailed("kafka unreachable"))
-                raise
-            except Exception as exc:
-                if not mine.done():
-                    mine.set_exception(ProduceFailed(f"{type(exc).__name__}: {exc}"))
-                continue
-            finally:
-                self._sending = None
-            ack.add_done_callback(functools.partial(_copy_result, dst=mine))
-
-    def _start_enqueuer(self) -> None:
-        self._enqueuer = asyncio.create_task(self._enqueue_forever(), name="bridge-enqueuer")
+        return partition, offset
 
     # ------------------------------------------------------------------ maintenance
 
@@ -387,9 +353,12 @@ class Dispatcher:
             await self._connect()
 
     async def _check_topic(self) -> None:
-        # The embedded broker forgets its topics when restarted; notice it while idle too.
+        # The embedded broker forgets its topics when restarted; notice it while idle. Only
+        # while idle: a metadata request shares the connection with produce requests and
+        # would delay them. Under load a dead broker shows up as slow produces anyway.
         now = time.monotonic()
-        if now - self._last_check < self.settings.bridge_drain_interval_s or self._inflight:
+        interval = self.settings.bridge_drain_interval_s
+        if now - self._last_check < interval or now - self._last_submit < interval:
             return
         self._last_check = now
         producer = self._producer
@@ -428,12 +397,8 @@ class Dispatcher:
             log.info("spool drained", extra={"drained_total": self.spool.drained_total})
 
 
-def _copy_result(src: asyncio.Future[Any], *, dst: asyncio.Future[Any]) -> None:
-    if dst.done():
-        return
-    if src.cancelled():
-        dst.set_exception(ProduceFailed("produce cancelled"))
-    elif (exc := src.exception()) is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result())
+async def _send_one(
+    producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes
+) -> tuple[int, int]:
+    meta = await (await producer.send(topic, value, key=key))
+    return meta.partition, meta.offset

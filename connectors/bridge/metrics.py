@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -23,8 +24,6 @@ _LATENCY_BUCKETS = (
     10.0,
 )
 _BODY_BUCKETS = tuple(float(2**n) for n in range(8, 23, 2))  # 256 B .. 4 MiB
-
-OUTCOMES = ("published", "spooled", "rejected")
 
 
 class BridgeMetrics:
@@ -64,8 +63,11 @@ class BridgeMetrics:
             ["outcome"],
             registry=r,
         )
-        for outcome in OUTCOMES:
-            self.deliveries.labels(outcome)
+        # Label children resolved once: labels() costs a lock and a dict build per call.
+        self.published = self.deliveries.labels("published")
+        self.spooled = self.deliveries.labels("spooled")
+        self.rejected = self.deliveries.labels("rejected")
+        self._by_route: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.spool_records = Gauge(
             "synctrail_bridge_spool_records", "Records waiting in the spool.", registry=r
         )
@@ -82,6 +84,17 @@ class BridgeMetrics:
             "1 while the bridge can reach Kafka, 0 while it spools.",
             registry=r,
         )
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and observe its duration."""
+        children = self._by_route.get((route, status))
+        if children is None:
+            children = self._by_route[(route, status)] = (
+                self.requests.labels(route, str(status)),
+                self.request_duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_spool(self, records: Callable[[], float], size: Callable[[], float]) -> None:
         """Read the spool gauges from the spool itself at scrape time."""

@@ -70,7 +70,10 @@ class BridgeSettings(CommonSettings):
         500, ge=1, description="Spooled records sent to Kafka per drain round."
     )
     bridge_linger_ms: int = Field(
-        1, ge=0, description="Producer linger: how long to wait to fill a batch, milliseconds."
+        0,
+        ge=0,
+        description="Producer linger in milliseconds. 0 suits the bridge: records already "
+        "gather into batches while the previous request is in flight.",
     )
     bridge_shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM, the longest wait for in-flight requests."

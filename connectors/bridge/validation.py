@@ -199,6 +199,124 @@ def _check_sync_result(c: _Checker, obj: dict[str, Any], path: str) -> None:
     c.expect(obj, "managedNamespaceMetadata", path, _is_obj, "an object")
 
 
+_MISSING: Any = object()
+_NO_STRINGS: list[str] = []
+
+
+def _str_list_ok(value: Any) -> bool:
+    if value.__class__ is not list:
+        return False
+    for item in value:  # noqa: SIM110 - a plain loop is faster than all() here
+        if item.__class__ is not str:
+            return False
+    return True
+
+
+def _resources_ok(resources: Any) -> bool:
+    if resources.__class__ is not list:
+        return False
+    for res in resources:
+        if res.__class__ is not dict:
+            return False
+        get = res.get
+        for key in _RESOURCE_REQUIRED:
+            if get(key).__class__ is not str:
+                return False
+        for key in _RESOURCE_OPTIONAL_STR:
+            value = get(key, _MISSING)
+            if value is not _MISSING and value.__class__ is not str:
+                return False
+        images = get("images", _NO_STRINGS)
+        if images is not _NO_STRINGS and not _str_list_ok(images):
+            return False
+    return True
+
+
+def _sync_result_ok(obj: dict[str, Any]) -> bool:
+    """True if ``obj`` is a valid syncResult: a fast check that builds no messages.
+
+    Must accept exactly what :func:`_check_sync_result` accepts; when it says no, the slow
+    checker runs to name every problem.
+    """
+    get = obj.get
+    resources = get("resources", _MISSING)
+    if resources is not _MISSING and not _resources_ok(resources):
+        return False
+    value = get("revision", _MISSING)
+    if value is not _MISSING and value.__class__ is not str:
+        return False
+    value = get("revisions", _MISSING)
+    if value is not _MISSING and not _str_list_ok(value):
+        return False
+    for key in ("source", "managedNamespaceMetadata"):
+        value = get(key, _MISSING)
+        if value is not _MISSING and value.__class__ is not dict:
+            return False
+    value = get("sources", _MISSING)
+    if value is not _MISSING:
+        if value.__class__ is not list:
+            return False
+        for item in value:
+            if item.__class__ is not dict:
+                return False
+    return True
+
+
+def _opt(obj: dict[str, Any], key: str, types: tuple[type, ...]) -> bool:
+    value = obj.get(key, _MISSING)
+    return value is _MISSING or value.__class__ in types
+
+
+_STR_OR_NULL = (str, type(None))
+_OBJ_OR_NULL = (dict, type(None))
+
+
+def _envelope_ok(body: dict[str, Any]) -> bool:
+    """Fast acceptance check of an envelope (see :func:`_sync_result_ok`)."""
+    if body.get("schemaVersion", 1) != 1 or body.get("schemaVersion", 1).__class__ is not int:
+        return False
+    app = body.get("app")
+    if app.__class__ is not dict:
+        return False
+    name = app.get("name")
+    if name.__class__ is not str or name_problem(name) is not None:
+        return False
+    namespace = app.get("namespace", "")
+    if namespace.__class__ is not str or (namespace and namespace_problem(namespace)):
+        return False
+    if not (_opt(app, "project", _STR_OR_NULL) and _opt(app, "uid", _STR_OR_NULL)):
+        return False
+    dest = body.get("destination")
+    if dest is not None:
+        if dest.__class__ is not dict:
+            return False
+        for key in ("server", "name", "namespace"):
+            if not _opt(dest, key, (str,)):
+                return False
+    op = body.get("operation")
+    if op.__class__ is not dict:
+        return False
+    if op.get("phase").__class__ is not str or op.get("startedAt").__class__ is not str:
+        return False
+    if not (
+        _opt(op, "message", _STR_OR_NULL)
+        and _opt(op, "finishedAt", _STR_OR_NULL)
+        and _opt(op, "initiatedBy", _OBJ_OR_NULL)
+        and _opt(op, "retryCount", (int,))
+        and _opt(body, "health", _STR_OR_NULL)
+        and _opt(body, "syncStatus", _STR_OR_NULL)
+        and _opt(body, "revision", (str,))
+    ):
+        return False
+    revisions = body.get("revisions", _MISSING)
+    if revisions is not _MISSING and not _str_list_ok(revisions):
+        return False
+    sync_result = body.get("syncResult")
+    if sync_result is None:
+        return True
+    return sync_result.__class__ is dict and _sync_result_ok(sync_result)
+
+
 def looks_like_bare_sync_result(body: dict[str, Any]) -> bool:
     """True for a body that has syncResult keys at the top and no envelope keys."""
     return (
@@ -216,15 +334,29 @@ def check_bare(body: dict[str, Any]) -> None:
             400,
             "body: this is a synctrail envelope (it has `app`/`syncResult`); POST it to /v1/sync",
         )
+    if _sync_result_ok(body):
+        return
+    _raise_if(sync_result_problems(body))
+
+
+def sync_result_problems(body: dict[str, Any]) -> list[str]:
+    """Every problem of a bare syncResult, with field paths (the thorough, slow check)."""
     c = _Checker()
     _check_sync_result(c, body, "")
-    _raise_if(c)
+    return c.problems
 
 
 def check_envelope(body: dict[str, Any]) -> None:
     """Validate an envelope body; 422 for a bare syncResult, 400 listing every other problem."""
+    if _envelope_ok(body):
+        return
     if looks_like_bare_sync_result(body):
         raise Rejection(422, FIX_BARE_WITHOUT_APP)
+    _raise_if(envelope_problems(body))
+
+
+def envelope_problems(body: dict[str, Any]) -> list[str]:
+    """Every problem of an envelope, with field paths (the thorough, slow check)."""
     c = _Checker()
     if "schemaVersion" in body and body["schemaVersion"] != 1:
         c.add(
@@ -259,7 +391,7 @@ def check_envelope(body: dict[str, Any]) -> None:
     c.expect(body, "revisions", "", _is_str_list, "a list of strings")
     if c.expect(body, "syncResult", "", _is_obj_or_null, "an object") and body["syncResult"]:
         _check_sync_result(c, body["syncResult"], "syncResult")
-    _raise_if(c)
+    return c.problems
 
 
 def check_route_identity(namespace: str, name: str) -> None:
@@ -275,6 +407,6 @@ def check_route_identity(namespace: str, name: str) -> None:
         raise Rejection(400, "; ".join(problems), problems)
 
 
-def _raise_if(c: _Checker) -> None:
-    if c.problems:
-        raise Rejection(400, "; ".join(c.problems), c.problems)
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise Rejection(400, "; ".join(problems), problems)

@@ -83,3 +83,22 @@ def test_bare_record_has_no_envelope_metadata() -> None:
 
 def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_now_rfc3339())
+
+
+def test_schema_id_matches_the_record_module() -> None:
+    from connectors.bridge.events import SYNC_EVENT_V1
+    from streams.records import SYNC_EVENT_V1 as RECORDS_SYNC_EVENT_V1
+
+    assert SYNC_EVENT_V1 == RECORDS_SYNC_EVENT_V1
+
+
+def test_delivery_ids_are_uuid4_hex_and_unique() -> None:
+    import uuid
+
+    from connectors.bridge.events import new_delivery_id
+
+    ids = [new_delivery_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids[:200]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value

@@ -202,3 +202,44 @@ def test_any_json_value_is_either_accepted_or_rejected_cleanly(value: object) ->
         check_bare(body)
     except Rejection as rej:
         assert rej.status == 400 and rej.problems
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=6,
+)
+_ENVELOPE_PATHS = [
+    ("schemaVersion",), ("app",), ("app", "name"), ("app", "namespace"), ("app", "project"),
+    ("app", "uid"), ("destination",), ("destination", "server"), ("operation",),
+    ("operation", "phase"), ("operation", "startedAt"), ("operation", "message"),
+    ("operation", "finishedAt"), ("operation", "initiatedBy"), ("operation", "retryCount"),
+    ("health",), ("syncStatus",), ("revision",), ("revisions",), ("syncResult",),
+    ("syncResult", "resources"), ("syncResult", "revision"), ("syncResult", "revisions"),
+    ("syncResult", "source"), ("syncResult", "sources"), ("syncResult", "resources", 0, "images"),
+    ("syncResult", "resources", 0, "kind"), ("syncResult", "resources", 0, "status"),
+    ("syncResult", "resources", 2),
+]  # fmt: skip
+_BASE = orjson.loads(fixture_bytes("07-guestbook-rev-c.json"))
+
+
+@given(st.lists(st.tuples(st.sampled_from(_ENVELOPE_PATHS), _json | st.just(KeyError)), max_size=3))
+def test_the_fast_path_never_accepts_what_the_thorough_check_rejects(edits) -> None:
+    from connectors.bridge.validation import _envelope_ok, envelope_problems
+
+    body = copy.deepcopy(_BASE)
+    for path, value in edits:
+        target = body
+        try:
+            for step in path[:-1]:
+                target = target[step]
+            if value is KeyError:
+                target.pop(path[-1], None) if isinstance(target, dict) else None
+            else:
+                target[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    if _envelope_ok(body):
+        assert envelope_problems(body) == []
+    if not envelope_problems(body):
+        check_envelope(body)  # accepted either way

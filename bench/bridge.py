@@ -1,0 +1,280 @@
+"""Bridge benchmark: the real bridge against a bare aiohttp handler, same load, same machine.
+
+``python -m bench.bridge`` (``make bench``) starts the embedded broker, the bridge (a child
+process, as in production) and a bare aiohttp server whose handler only reads the body and
+answers 202. wrk (1 thread, 32 connections) POSTs ``03-guestbook-rev-b.json`` to both, in
+alternating rounds so that a noisy machine hurts both alike; the medians are reported. Then an
+open-loop asyncio client sends a steady 1,000 req/s to the bridge and reports latency measured
+from each request's scheduled start (so a stall is not hidden by the client waiting).
+
+Output: one ``BENCH <name> <value> <unit>`` line per figure. Needs wrk
+(``apt-get install -y wrk``); without it the script says so and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+BODY = REPO / "examples" / "payloads" / "03-guestbook-rev-b.json"
+TOKEN = "bench-token"
+
+LUA = """\
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+"""
+
+
+def serve_bare(port: int) -> None:
+    """The baseline: read the body, answer 202 (no validation, no Kafka)."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=202, body=b'{"accepted":true}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/sync", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def _free_port() -> int:
+    from connectors.broker import free_port
+
+    return free_port()
+
+
+async def _wait_http(url: str, timeout: float = 30.0, want: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    text = await resp.text()
+                    if resp.status < 500 and (want is None or want in text):
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout}s")
+
+
+@contextmanager
+def _child(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _parse_ms(text: str) -> float:
+    value = float(re.match(r"[\d.]+", text).group(0))  # type: ignore[union-attr]
+    if text.endswith("us"):
+        return value / 1000
+    if text.endswith("ms"):
+        return value
+    if text.endswith("s"):
+        return value * 1000
+    return value
+
+
+def run_wrk(url: str, seconds: int, lua: Path, env: dict[str, str]) -> dict[str, float]:
+    """One wrk run; returns req/s, p50/p99 in ms and the count of non-2xx answers."""
+    cmd = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(lua), url]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _parse_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _parse_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "errors": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": 1.0 if socket_errors else 0.0,
+    }
+
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for this benchmark.
+
+    A hand-rolled client costs a fraction of aiohttp's client CPU, so on a small machine the
+    figure measures the bridge rather than the load generator.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def post(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+async def paced(url: str, rate: int, seconds: float, body: bytes) -> list[float]:
+    """Open-loop load at ``rate`` req/s; latencies (ms) counted from each scheduled start."""
+    host, _, port = url.split("//", 1)[1].split("/", 1)[0].partition(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    idle: list[_Conn] = []
+    latencies: list[float] = []
+    failures = 0
+
+    async def one(scheduled: float) -> None:
+        nonlocal failures
+        conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, int(port)))
+        if await conn.post(request) != 202:
+            failures += 1
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+        idle.append(conn)
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.writer.close()
+    if failures:
+        raise RuntimeError(f"{failures} paced requests failed")
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench(seconds: int, rounds: int, rate: int, paced_seconds: float) -> int:
+    """Run everything and print the BENCH lines."""
+    from connectors.broker import EmbeddedBroker, ensure_topics
+
+    if shutil.which("wrk") is None:
+        print(
+            "bench.bridge needs wrk: install it with `sudo apt-get install -y wrk` "
+            "(Debian/Ubuntu) or `brew install wrk` (macOS), then run `make bench` again.",
+            file=sys.stderr,
+        )
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="synctrail-bench-"))
+    lua = work / "post.lua"
+    lua.write_text(LUA)
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    broker = EmbeddedBroker()
+    broker.start_sync()
+    try:
+        asyncio.run(ensure_topics(broker.bootstrap, prefix, 8))
+        bridge_port, bare_port = _free_port(), _free_port()
+        env = {
+            **os.environ,
+            "SYNCTRAIL_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "SYNCTRAIL_TOPIC_PREFIX": prefix,
+            "SYNCTRAIL_BRIDGE_PORT": str(bridge_port),
+            "SYNCTRAIL_BRIDGE_TOKENS": TOKEN,
+            "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(work / "spool"),
+            "SYNCTRAIL_LOG_LEVEL": "WARNING",
+        }
+        bridge_cmd = [sys.executable, "-m", "connectors.cli", "bridge"]
+        bare_cmd = [sys.executable, "-m", "bench.bridge", "--serve-bare", str(bare_port)]
+        with (
+            _child(bridge_cmd, env, work / "bridge.log"),
+            _child(bare_cmd, env, work / "bare.log"),
+        ):
+            bridge_url = f"http://127.0.0.1:{bridge_port}"
+            bare_url = f"http://127.0.0.1:{bare_port}"
+            asyncio.run(_wait_http(f"{bridge_url}/readyz", want='"broker":"up"'))
+            asyncio.run(_wait_http(f"{bare_url}/"))
+            wrk_env = {**os.environ, "BENCH_BODY_FILE": str(BODY), "BENCH_TOKEN": TOKEN}
+            for url in (bare_url, bridge_url):  # warm-up
+                run_wrk(f"{url}/v1/sync", 2, lua, wrk_env)
+            bare_runs, bridge_runs = [], []
+            for _ in range(rounds):
+                bare_runs.append(run_wrk(f"{bare_url}/v1/sync", seconds, lua, wrk_env))
+                bridge_runs.append(run_wrk(f"{bridge_url}/v1/sync", seconds, lua, wrk_env))
+            latencies = asyncio.run(
+                paced(f"{bridge_url}/v1/sync", rate, paced_seconds, BODY.read_bytes())
+            )
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    bare_rps, bridge_rps = med(bare_runs, "rps"), med(bridge_runs, "rps")
+    print(f"BENCH bare_req_per_s {bare_rps:.0f} req/s")
+    print(f"BENCH bridge_req_per_s {bridge_rps:.0f} req/s")
+    print(f"BENCH bridge_ratio {bridge_rps / bare_rps:.2f} x")
+    print(f"BENCH bare_p50_ms {med(bare_runs, 'p50'):.2f} ms")
+    print(f"BENCH bare_p99_ms {med(bare_runs, 'p99'):.2f} ms")
+    print(f"BENCH bridge_p50_ms {med(bridge_runs, 'p50'):.2f} ms")
+    print(f"BENCH bridge_p99_ms {med(bridge_runs, 'p99'):.2f} ms")
+    print(f"BENCH bridge_non_2xx {sum(r['errors'] for r in bridge_runs):.0f} responses")
+    print(f"BENCH bridge_p50_at_{rate}_rps_ms {_pct(latencies, 0.50):.2f} ms")
+    print(f"BENCH bridge_p99_at_{rate}_rps_ms {_pct(latencies, 0.99):.2f} ms")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.bridge``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=8, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/bridge rounds")
+    parser.add_argument("--rate", type=int, default=1000, help="steady rate for the p99 figure")
+    parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of that run")
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    return bench(args.seconds, args.rounds, args.rate, args.paced_seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
