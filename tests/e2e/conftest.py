@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from connectors.broker import free_port
+from tests.compose.conftest import real_prometheus  # noqa: F401  (re-exported for tests/e2e)
 from tests.e2e.harness import Worker
+from tests.e2e.pipeline import BRIDGE_TOKEN, HttpService, Pipeline, common_env
+from tests.slack_server import SlackServer
+from tests.support import Service
 
 
 @pytest.fixture
@@ -50,3 +55,57 @@ async def start_worker(
             f"--- {worker.log_path.name} (last lines) ---\n"
             + "\n".join(worker.log().splitlines()[-80:])
         )
+
+
+@pytest.fixture
+async def start_pipeline(
+    broker, topics: str, tmp_path: Path, start_worker: Callable[..., Worker]
+) -> AsyncIterator[Callable[..., Pipeline]]:
+    """``start_pipeline(slack_server, exporter=False, **worker_env)`` → bridge, worker and
+    Slack connector (token mode, talking to ``slack_server``; and the exporter) started as child processes on this test's topics, not
+    yet waited for (``await pipeline.wait_ready()``); all are killed at the end of the test."""
+    started: list[Service] = []
+    env = common_env(broker.bootstrap, topics)
+
+    def start(slack_server: SlackServer, *, exporter: bool = False, **worker_env: str) -> Pipeline:
+        def service(name: str, port: int, ready: str, **extra: str) -> HttpService:
+            process = HttpService([name], {**env, **extra}, tmp_path / f"{name}.log", port, ready)
+            started.append(process.start())
+            return process
+
+        bridge_port = free_port()
+        bridge = service(
+            "bridge",
+            bridge_port,
+            "/readyz",
+            SYNCTRAIL_BRIDGE_PORT=str(bridge_port),
+            SYNCTRAIL_BRIDGE_TOKENS=BRIDGE_TOKEN,
+            SYNCTRAIL_BRIDGE_SPOOL_DIR=str(tmp_path / "spool"),
+        )
+        slack_port = free_port()
+        slack = service(
+            "slack",
+            slack_port,
+            "/healthz",
+            SYNCTRAIL_SLACK_TOKEN=slack_server.token or "",
+            SYNCTRAIL_SLACK_API_URL=slack_server.api_url,
+            SYNCTRAIL_SLACK_GROUP_ID=f"{topics}slack",
+            SYNCTRAIL_SLACK_METRICS_PORT=str(slack_port),
+            # paced, but not at Slack's one message per second per channel
+            SYNCTRAIL_SLACK_RATE_PER_CHANNEL_S="0.05",
+            SYNCTRAIL_SLACK_BACKOFF_BASE_S="0.05",
+        )
+        metrics = None
+        if exporter:
+            exporter_port = free_port()
+            metrics = service(
+                "exporter", exporter_port, "/readyz", SYNCTRAIL_EXPORTER_PORT=str(exporter_port)
+            )
+        worker = start_worker(**worker_env)
+        return Pipeline(broker.bootstrap, topics, bridge, worker, slack, metrics)
+
+    yield start
+    for process in started:
+        process.kill()
+        # shown by pytest only when the test failed
+        print(f"--- {process.log_path.name} (last lines) ---\n" + process.log()[-6000:])
