@@ -4,6 +4,7 @@ as Prometheus series that a real Prometheus scrapes from every process."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
 from collections.abc import Sequence
@@ -90,8 +91,8 @@ async def test_every_real_deploy_is_posted_once_to_its_routed_channel(start_pipe
             timeout=60,
             what=f"{len(announced)} Slack posts",
         )
-        # Idle: the worker counted every accepted webhook and has no lag, the connector
-        # handled every notification and has no backlog. Only then is "no more posts" true.
+        # Idle: the worker counted every accepted webhook, the connector handled every
+        # notification and has no backlog. Only then is "no more posts" true.
         accepted = [a for a in answers if a.status == 202]
         outcomes = await pipeline.wait_worker_done(len(accepted))
         slack_metrics = await pipeline.wait_slack_idle()
@@ -178,8 +179,10 @@ async def test_real_prometheus_evaluates_every_dashboard_and_alert_query_over_th
     accepted = [w for w in sent if w.valid]
     async with SlackServer() as slack_server:
         pipeline = start_pipeline(slack_server, exporter=True, SYNCTRAIL_SLACK_ROUTES=ROUTES)
-        await pipeline.wait_ready()
-        prometheus = await real_prometheus(pipeline.targets())
+        # Prometheus starts with the processes; it is up once it scraped all four
+        _, prometheus = await asyncio.gather(
+            pipeline.wait_ready(), real_prometheus(pipeline.targets())
+        )
 
         answers = await pipeline.post(sent)
         assert_bridge_answers(answers)
