@@ -129,7 +129,7 @@ async def test_every_real_deploy_is_posted_once_to_its_routed_channel(start_pipe
         post = matching[0]
         app = webhook.entry["app"]
         assert post.channel == ROUTED.get(app, DEFAULT_CHANNEL), webhook.name
-        assert post.key.startswith(f"{app}:"), post.key
+        assert note["idempotency_key"].startswith(f"{app}:"), note["idempotency_key"]
         assert app.split("/")[1] in post.text, (webhook.name, post.text)
         for word in revision_words(webhook.entry):
             assert word in post.text, (webhook.name, word, post.text)
