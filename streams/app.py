@@ -30,7 +30,20 @@ from streams.settings import WorkerSettings
 from streams.topics import POLICY, SYNC_EVENTS
 
 
-class DurableTable(faust.Table):
+class _RawKeyJsonValues:
+    """Keys as raw UTF-8, values as orjson, in the table and its changelog.
+
+    Faust derives a table's serializers from ``key_type``/``value_type`` (``json`` for ``str``)
+    and ignores the schema's; the policy topic is written by other tools with raw keys.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.key_serializer = "raw"
+        self.value_serializer = "orjson"
+
+
+class DurableTable(_RawKeyJsonValues, faust.Table):
     """A table whose changelog writes can be awaited.
 
     Faust buffers changelog writes and may commit the source offset before they reach the
@@ -54,7 +67,7 @@ class DurableTable(faust.Table):
             await asyncio.gather(*pending)
 
 
-class TopicBackedGlobalTable(faust.GlobalTable):
+class TopicBackedGlobalTable(_RawKeyJsonValues, faust.GlobalTable):
     """A global table read from a topic of our own (``<prefix>policy``).
 
     Faust's partition assignor looks the changelog up by the default name
@@ -145,14 +158,14 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    # keys are raw UTF-8 (qualified app names, rule ids); values are JSON objects
+    # the policy topic: keys are raw UTF-8 rule ids, values JSON objects (written by other tools)
     state_schema: faust.Schema = faust.Schema(
         key_type=str, value_type=None, key_serializer="raw", value_serializer="orjson"
     )
     apps = DurableTable(
         app,
         name="apps",
-        schema=state_schema,
+        key_type=str,
         partitions=settings.partitions,
         default=None,
         beacon=app.tables.beacon,
@@ -163,7 +176,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         TopicBackedGlobalTable(
             app,
             name="policy",
-            schema=state_schema,
+            key_type=str,
             partitions=settings.partitions,
             changelog_topic=app.topic(
                 settings.topic(POLICY.name),

@@ -199,19 +199,24 @@ def _violation_record(
     }
 
 
-def _flag_key(violation: Mapping[str, Any]) -> str:
-    return f"{violation['rule_id']}|{violation['image']}"
-
-
 def _new_flags(
     state: JsonObject, violations: Iterable[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
-    """Violations not yet reported for this app; marks them reported in ``state``."""
-    flagged: dict[str, bool] = state.setdefault("flagged", {})
-    fresh = [v for v in violations if _flag_key(v) not in flagged]
+    """Violations not yet reported for this app; marks them reported in ``state``.
+
+    ``state["flagged"]`` maps each running image to the ids of the rules it was reported for.
+    """
+    flagged: dict[str, list[str]] = state.setdefault("flagged", {})
+    fresh = [v for v in violations if v["rule_id"] not in flagged.get(v["image"], ())]
     for v in fresh:
-        flagged[_flag_key(v)] = True
+        flagged[v["image"]] = sorted({*flagged.get(v["image"], ()), v["rule_id"]})
     return fresh
+
+
+def _still_running(flagged: Mapping[str, list[str]], images: Iterable[str]) -> dict[str, list[str]]:
+    """Forget reports for images no longer running, so a redeploy of one is reported again."""
+    running = set(images)
+    return {image: list(rules) for image, rules in flagged.items() if image in running}
 
 
 def _remediation(
@@ -305,11 +310,7 @@ def decide(
         },
         "last_success": last_success,
         "history": history,
-        "flagged": {
-            k: v
-            for k, v in dict((state or {}).get("flagged", {})).items()
-            if k.split("|", 1)[1] in images_after
-        },
+        "flagged": _still_running((state or {}).get("flagged", {}), images_after),
         "updated_at": iso_now(now),
     }
     success = phase == "Succeeded"
@@ -482,7 +483,10 @@ def recheck_policy(
         project=state.get("project"),
         namespace=destination.get("namespace"),
     )
-    new_state = {**state, "flagged": dict(state.get("flagged", {}))}
+    new_state = {
+        **state,
+        "flagged": _still_running(state.get("flagged", {}), state.get("images", [])),
+    }
     fresh = _new_flags(new_state, hits)
     if not fresh:
         return None

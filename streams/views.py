@@ -35,7 +35,10 @@ def app_summary(state: dict[str, Any]) -> dict[str, Any]:
         "images": state.get("images", []),
         "health": state.get("health"),
         "last_operation": state.get("last_operation"),
-        "violations": sorted(state.get("flagged", {})),
+        "violations": [
+            {"image": image, "rule_ids": rules}
+            for image, rules in sorted(state.get("flagged", {}).items())
+        ],
         "deploys": list(reversed(state.get("history", []))),
         "updated_at": state.get("updated_at"),
     }

@@ -323,3 +323,40 @@ async def test_poison_records_go_to_dead_letters_and_the_next_is_processed(
         what="the dead-letter count on /metrics",
     )
     assert dead_lettered == 2
+
+
+async def test_policy_file_rules_apply_to_new_deploys_and_survive_a_restart(
+    broker, topics, start_worker, tmp_path
+):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "deny:\n"
+        "  - image: redis:7.2.4\n"
+        "    reason: CVE-2026-7777 in redis 7.2.4\n"
+        "allow:\n"
+        "  - projects: default\n"
+        "    registries: [ghcr.io]\n"
+    )
+    events = [e for e in fixture_events() if e.key == "argocd/guestbook"][:2]  # 01, 03
+    worker = start_worker(SYNCTRAIL_POLICY_FILE=str(policy))
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, events[:1])
+    (first,) = await wait_for_records(broker.bootstrap, f"{topics}deployments", 1)
+    assert sorted((v["rule"], v["image"]) for v in first.value["violations"]) == [
+        ("denylist", "docker.io/library/redis:7.2.4"),
+        ("unexpected", "docker.io/library/redis:7.2.4"),
+    ]
+    remediations = await wait_for_records(broker.bootstrap, f"{topics}remediations", 1)
+    assert remediations[0].value["known_good_revision"] is None  # nothing good before
+
+    worker.kill()
+    restarted = start_worker(SYNCTRAIL_POLICY_FILE=str(policy))
+    await restarted.wait_ready()  # reads the rules back from the policy topic
+    await _produce_events(broker.bootstrap, topics, events[1:])
+    records = await wait_for_records(broker.bootstrap, f"{topics}deployments", 2)
+    second = next(r for r in records if r.value["delivery_id"] == events[1].event["delivery_id"])
+    assert {v["rule_id"] for v in second.value["violations"]} == {
+        v["rule_id"] for v in first.value["violations"]
+    }
+    violations = await read_topic(broker.bootstrap, f"{topics}violations")
+    assert len(violations) == 2, "each (rule, image) is reported once while it runs"

@@ -283,3 +283,28 @@ def test_retroactive_allow_rule_flags_images_outside_every_applicable_allow_rule
     ]
     allow_hub = {**allow_ghcr, "id": "allow:hub", "patterns": ["docker.io"]}
     assert recheck_policy(state, [allow_ghcr, allow_hub], now=NOW) is None
+
+
+def test_a_violation_is_reported_once_while_the_image_keeps_running():
+    allow = {
+        "id": "allow:projects=default|ghcr.io",  # rule ids may contain any character
+        "kind": "allow",
+        "patterns": ["ghcr.io"],
+        "reason": "ghcr only",
+        "apps": "*",
+        "projects": "*",
+        "namespaces": "*",
+    }
+    a = event(
+        "a" * 40, {"web": "nginx:1.1", "api": "ghcr.io/acme/api:1"}, started="2026-07-06T09:00:00Z"
+    )
+    b = event(
+        "b" * 40, {"web": "nginx:1.1", "api": "ghcr.io/acme/api:2"}, started="2026-07-06T10:00:00Z"
+    )
+    gone = event("c" * 40, {"api": "ghcr.io/acme/api:3"}, started="2026-07-06T11:00:00Z")
+    back = event(
+        "d" * 40, {"web": "nginx:1.1", "api": "ghcr.io/acme/api:3"}, started="2026-07-06T12:00:00Z"
+    )
+    decisions = run(a, b, gone, back, rules=[allow])
+    assert [len(d.violations) for d in decisions] == [1, 0, 0, 1]
+    assert [len(d.deployment["violations"]) for d in decisions] == [1, 1, 0, 1]
