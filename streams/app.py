@@ -37,8 +37,11 @@ class _RawKeyJsonValues:
     and ignores the schema's; the policy topic is written by other tools with raw keys.
     """
 
+    key_serializer: Any
+    value_serializer: Any
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
         self.key_serializer = "raw"
         self.value_serializer = "orjson"
 

@@ -301,7 +301,15 @@ def test_a_violation_is_reported_once_while_the_image_keeps_running():
     b = event(
         "b" * 40, {"web": "nginx:1.1", "api": "ghcr.io/acme/api:2"}, started="2026-07-06T10:00:00Z"
     )
-    gone = event("c" * 40, {"api": "ghcr.io/acme/api:3"}, started="2026-07-06T11:00:00Z")
+    gone = event(
+        "c" * 40,
+        {},
+        started="2026-07-06T11:00:00Z",
+        resources=[
+            resource("api", "ghcr.io/acme/api:3"),
+            resource("web", "nginx:1.1", status="Pruned"),
+        ],
+    )
     back = event(
         "d" * 40, {"web": "nginx:1.1", "api": "ghcr.io/acme/api:3"}, started="2026-07-06T12:00:00Z"
     )
