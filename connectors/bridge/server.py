@@ -42,7 +42,7 @@ from connectors.bridge.events import (
 )
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeConfigError, BridgeSettings
-from connectors.bridge.spool import Spool, SpoolError
+from connectors.bridge.spool import Spool, SpoolError, SpoolInUse
 from connectors.bridge.validation import (
     Rejection,
     check_bare,
@@ -366,5 +366,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("bridge refuses to start", extra={"reason": str(exc)})
         print(f"synctrail bridge: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except SpoolInUse as exc:
+        log.error("bridge refuses to start", extra={"reason": str(exc)})
+        print(f"synctrail bridge: {exc}", file=sys.stderr)
+        return 2
     return 0

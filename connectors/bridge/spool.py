@@ -5,6 +5,7 @@ Layout of the spool folder::
     00000000000000000007.seg   append-only segment files of framed records
     00000000000000000008.seg   (the highest number is the one being written)
     position                   JSON {"segment": 7, "offset": 4096}: first record not yet drained
+    lock                       flock'd by the bridge that owns the folder (one writer only)
 
 A frame is ``length:u32 | crc32:u32 | topic_len:u16 | key_len:u16 | topic | key | value`` (big
 endian; ``length`` and the CRC cover everything after the CRC). An append is written with one
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -39,6 +41,7 @@ _FRAME = struct.Struct(">II")  # body length, crc32(body)
 _BODY = struct.Struct(">HH")  # topic length, key length
 _SUFFIX = ".seg"
 _POSITION = "position"
+_LOCK = "lock"
 
 
 class SpoolError(Exception):
@@ -51,6 +54,10 @@ class SpoolFull(SpoolError):
 
 class SpoolUnavailable(SpoolError):
     """The spool folder cannot be written (or made durable) right now."""
+
+
+class SpoolInUse(RuntimeError):
+    """Another process holds this spool folder: two writers would corrupt it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +141,18 @@ class Spool:
         self._written = 0
         self._synced = 0
         self._sync_task: asyncio.Future[None] | None = None
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ start-up and state
 
     def open(self) -> None:
-        """Create the folder if needed and recover its records; sets ``error`` on failure."""
+        """Create the folder if needed and recover its records; sets ``error`` on failure.
+
+        Raises :class:`SpoolInUse` if another process has the folder open.
+        """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
             self._recover()
             self.error = None
         except OSError as exc:
@@ -148,6 +160,18 @@ class Spool:
             log.error(
                 "spool unusable", extra={"spool_dir": str(self.directory), "error": self.error}
             )
+
+    def _lock(self) -> None:
+        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolInUse(
+                f"spool folder {self.directory} is in use by another bridge; "
+                "give each bridge its own SYNCTRAIL_BRIDGE_SPOOL_DIR"
+            ) from None
+        self._lock_fd = fd
 
     def _read_position(self) -> tuple[int, int]:
         path = self.directory / _POSITION
@@ -396,6 +420,9 @@ class Spool:
         for seq in list(self._fds):
             self._close_fd(seq)
         self._active = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
 
 def _fsync_all(fds: list[int]) -> None:

@@ -155,3 +155,13 @@ async def test_concurrent_appends_share_fsyncs_and_all_land(tmp_path: Path, monk
     assert spool.records == 200
     assert sorted(int(r.value) for r in spool.peek(1000)) == list(range(200))
     assert len(calls) < 100  # group commit: far fewer fsyncs than appends
+
+
+def test_a_spool_folder_has_one_owner_at_a_time(tmp_path: Path) -> None:
+    from connectors.bridge.spool import SpoolInUse
+
+    first = _open(tmp_path)
+    with pytest.raises(SpoolInUse, match="SYNCTRAIL_BRIDGE_SPOOL_DIR"):
+        Spool(tmp_path, 1 << 20).open()
+    first.close()
+    _open(tmp_path).close()
