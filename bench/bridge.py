@@ -240,6 +240,10 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float) -> int:
             latencies = asyncio.run(
                 paced(f"{bridge_url}/v1/sync", rate, paced_seconds, BODY.read_bytes())
             )
+            # The same steady load on the bare handler: what this machine adds by itself.
+            bare_latencies = asyncio.run(
+                paced(f"{bare_url}/v1/sync", rate, paced_seconds, BODY.read_bytes())
+            )
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -258,6 +262,8 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float) -> int:
     print(f"BENCH bridge_non_2xx {sum(r['errors'] for r in bridge_runs):.0f} responses")
     print(f"BENCH bridge_p50_at_{rate}_rps_ms {_pct(latencies, 0.50):.2f} ms")
     print(f"BENCH bridge_p99_at_{rate}_rps_ms {_pct(latencies, 0.99):.2f} ms")
+    print(f"BENCH bare_p50_at_{rate}_rps_ms {_pct(bare_latencies, 0.50):.2f} ms")
+    print(f"BENCH bare_p99_at_{rate}_rps_ms {_pct(bare_latencies, 0.99):.2f} ms")
     return 0
 
 
