@@ -22,13 +22,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 
 from connectors.offsets import log_end_offsets
-from streams.records import DEAD_LETTER_V1, dumps
+from streams.records import DEAD_LETTER_V1, dumps, loads_or_none
 from streams.settings import CommonSettings
 from streams.topics import ALL_TOPICS, DEAD_LETTERS
 
@@ -110,15 +109,6 @@ def describe(decision: Decision, partition: int, offset: int, dry_run: bool) -> 
     )
 
 
-def _json(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
 async def _topic_exists(bootstrap: str, topic: str) -> bool:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
@@ -162,7 +152,7 @@ async def replay(
                 for message in batch.get(tp, []):
                     if message.offset >= end[tp]:
                         continue  # arrived after we started: the next run takes it
-                    decision = decide(_json(message.value), settings.topic_prefix)
+                    decision = decide(loads_or_none(message.value), settings.topic_prefix)
                     print(describe(decision, tp.partition, message.offset, dry_run), file=out)
                     if not decision.send:
                         counts[decision.outcome] += 1

@@ -36,3 +36,15 @@ async def log_end_offsets(
         for tp, position in positions.items():
             consumer.seek(tp, position)
     return ends
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, refreshing metadata once if the client does not know it yet.
+
+    Empty when the topic does not exist; callers decide whether that is an error.
+    """
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()  # no public refresh in aiokafka
+        partitions = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(partitions or ())]

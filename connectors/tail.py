@@ -14,10 +14,10 @@ import sys
 from typing import Any, TextIO
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from connectors.offsets import log_end_offsets
+from connectors.offsets import log_end_offsets, topic_partitions
 from streams.settings import CommonSettings
 from streams.topics import ALL_TOPICS
 
@@ -72,13 +72,9 @@ async def tail(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
             raise TopicNotFound(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)
         end = await log_end_offsets(consumer, tps)

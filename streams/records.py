@@ -37,6 +37,16 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default)
 
 
+def loads_or_none(raw: bytes | None) -> Any:
+    """A record value as JSON, or ``None`` for a tombstone or bytes that are not JSON."""
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
 class OrjsonCodec(codecs.Codec):
     """Faust codec ``orjson``: records as compact JSON objects, fast."""
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from connectors.offsets import log_end_offsets
+from connectors.offsets import log_end_offsets, topic_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = Path(
@@ -71,11 +71,7 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> lis
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return []
         consumer.assign(tps)

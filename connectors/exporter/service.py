@@ -15,9 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
 
-import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -27,22 +25,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from connectors.broker import ensure_topics
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
-from connectors.offsets import log_end_offsets
+from connectors.offsets import log_end_offsets, topic_partitions
+from streams.records import loads_or_none
 from streams.topics import DEAD_LETTERS, METRICS
 
 log = logging.getLogger(__name__)
 
 _RETRY_S = 2.0
-
-
-def decode(raw: bytes | None) -> Any:
-    """A record value as JSON, or None when it is a tombstone or not JSON."""
-    if raw is None:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
 
 
 class Exporter:
@@ -113,13 +102,10 @@ class Exporter:
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         tps: list[TopicPartition] = []
         for topic in (self.metrics_topic, self.dead_letters_topic):
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic)
+            parts = await topic_partitions(consumer, topic)
             if not parts:
                 raise KafkaError(f"no partitions known for {topic}")
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+            tps.extend(parts)
         return tps
 
     async def _connect_with_retry(self) -> AIOKafkaConsumer:
@@ -155,7 +141,7 @@ class Exporter:
                         else self.folder.fold_dead_letter
                     )
                     for message in messages:
-                        fold(decode(message.value))
+                        fold(loads_or_none(message.value))
                 if self.ready:
                     self._behind_gauge.set(await self._lag(consumer))
         finally:

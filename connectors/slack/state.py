@@ -26,7 +26,7 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.offsets import log_end_offsets
+from connectors.offsets import log_end_offsets, topic_partitions
 
 STATE_V1 = "synctrail.slack-state/v1"
 
@@ -157,11 +157,7 @@ class StateStore:
         await consumer.start()
         read = 0
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            tps = await topic_partitions(consumer, self.topic)
             if not tps:
                 raise RuntimeError(f"topic {self.topic} has no partitions; was it created?")
             consumer.assign(tps)
