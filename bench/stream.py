@@ -6,10 +6,8 @@
    ``examples/payloads/03-guestbook-rev-b.json``, 2,598-byte body, ~2.7 KB record) are produced
    to a topic of their own; then a child process consumes them (aiokafka, up to 500 per fetch),
    parses each with orjson and produces it to an output topic, awaiting the acks (``acks=all``)
-   once per fetched batch. Run with aiokafka's default 16384-byte producer batches (the
-   baseline) and again with 1-byte batches (``raw_batch1_*``), which the embedded broker needs.
-2. **Preload**: a ``synctrail worker`` child (``SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES=1``)
-   processes the first deploy of each of A apps (10,000); its RSS is read from
+   once per fetched batch, with aiokafka's default 16384-byte producer batches.
+2. **Preload**: a ``synctrail worker`` child (default settings) processes the first deploy of each of A apps (10,000); its RSS is read from
    ``/proc/<pid>/status`` (``worker_rss_preload_mb``). It is then stopped (SIGTERM).
 3. **Recovery and throughput** (``recovery_s``, ``stream_events_per_s``): N more deploys (two
    per app; each a real deploy: new revision, new image tag, later ``startedAt``) are produced
@@ -32,14 +30,10 @@
    time at which the client received the bridge's 202 (sent once Kafka has the sync event).
    Records are read after the run, not by a live consumer, for the reason given in 3. Client,
    bridge, worker and broker share the 2 cores.
-5. **Producer batch cost** (``stream_default_batch_*``): step 3 again (N more deploys) with a
-   worker whose producer uses 16384-byte batches. Its state still recovers fully, because the
-   changelog it reads was written one record per batch.
 
 ``*_lost_events`` counts events that reached sync-events but never produced a deployment
-record: a worker that starts with a backlog can drop some (Faust's recovery races its fetcher
-and acknowledges records it skipped); the waits end once the worker reports no lag and has
-been quiet for 6 s, so a loss is reported rather than hanging the run.
+record (it must be 0); the waits end once the worker reports no lag and has been quiet for
+6 s, so a loss is reported rather than hanging the run.
 
 Output: one ``BENCH <name> <value> <unit>`` line per figure; progress goes to stderr.
 ``--profile DIR`` samples the draining workers with py-spy (collapsed stacks); ``--keep``
@@ -85,7 +79,6 @@ TEMPLATE_STARTED = datetime(2026, 7, 7, 14, 2, 11, tzinfo=UTC)
 TEMPLATE_FINISHED = datetime(2026, 7, 7, 14, 3, 5, tzinfo=UTC)
 RAW_IN = TopicSpec("bench-raw-in", "raw", "raw passthrough input")
 RAW_OUT = TopicSpec("bench-raw-out", "raw", "raw passthrough output")
-RAW_OUT_1 = TopicSpec("bench-raw-out-1", "raw", "raw passthrough output, 1-byte batches")
 
 
 def say(message: str) -> None:
@@ -365,7 +358,7 @@ class Bench:
             deploy += 1
         return out
 
-    def start_worker(self, batch_bytes: int) -> tuple[Child, str]:
+    def start_worker(self) -> tuple[Child, str]:
         self.started_workers += 1
         port = free_port()
         env = {
@@ -374,7 +367,6 @@ class Bench:
             "SYNCTRAIL_WORKER_ID": self.worker_id,
             "SYNCTRAIL_WORKER_WEB_PORT": str(port),
             "SYNCTRAIL_WORKER_DATA_DIR": str(self.work / f"worker-{self.started_workers}"),
-            "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES": str(batch_bytes),
             # as `synctrail dev` and the tests: a short session makes group joins quick
             "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": "6",
             "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
@@ -397,10 +389,7 @@ class Bench:
     async def raw(self, items: list[tuple[bytes, bytes]]) -> None:
         """The baseline, with aiokafka's default producer batches and with 1-byte batches."""
         await produce_all(self.bootstrap, self.topic(RAW_IN), items)
-        for spec, batch, name in (
-            (RAW_OUT, 16384, "raw_events_per_s"),
-            (RAW_OUT_1, 1, "raw_batch1_events_per_s"),
-        ):
+        for spec, batch, name in ((RAW_OUT, 16384, "raw_events_per_s"),):
             args = ["bench.stream", "--raw-passthrough", self.bootstrap, self.topic(RAW_IN)]
             args += [self.topic(spec), str(len(items)), str(batch)]
             broker_cpu = cpu_seconds(self.broker_pid)
@@ -423,7 +412,7 @@ class Bench:
 
     async def preload(self, deployments: TopicReader) -> None:
         """Worker 1 takes every app's first deploy; its RSS then counts A apps of state."""
-        worker, url = self.start_worker(1)
+        worker, url = self.start_worker()
         await wait_http(worker, f"{url}/readyz", 90)
         items = sync_events(self.template, range(self.apps), 0)
         say(f"preload: producing {len(items)} first deploys")
@@ -436,14 +425,14 @@ class Bench:
         worker.stop()
 
     async def backlog(
-        self, deployments: TopicReader, first_deploy: int, batch_bytes: int, label: str
+        self, deployments: TopicReader, first_deploy: int, label: str
     ) -> tuple[Child, str, Read]:
         """Produce a timed round with no worker running, then start one and let it drain it."""
         items = self.timed_round(first_deploy)
         say(f"backlog: producing {len(items)} deploys (no worker running)")
         await produce_all(self.bootstrap, self.topic(SYNC_EVENTS), items)
         start = await deployments.ends()
-        worker, url = self.start_worker(batch_bytes)
+        worker, url = self.start_worker()
         ready_at = await wait_http(worker, f"{url}/readyz", 90)
         self.figure(f"{label}_ready_s", ready_at - worker.started, "s")
         spy = self.spy(worker, label)
@@ -471,7 +460,7 @@ class Bench:
         return worker, url, read
 
     async def throughput_and_recovery(self, deployments: TopicReader) -> tuple[Child, str]:
-        worker, url, read = await self.backlog(deployments, 1, 1, "stream")
+        worker, url, read = await self.backlog(deployments, 1, "stream")
         self.figure("recovery_s", min(read.timestamps) / 1000 - worker.started, "s")
         self.figure("stream_events_per_s", middle_rate(read.timestamps), "events/s")
         return worker, url
@@ -561,13 +550,6 @@ class Bench:
     def _preload_rss(self) -> float:
         return next(v for n, v, _ in self.figures if n == "worker_rss_preload_mb")
 
-    async def default_batch(self, deployments: TopicReader, first_deploy: int) -> None:
-        worker, _url, read = await self.backlog(
-            deployments, first_deploy, 16384, "stream_default_batch"
-        )
-        worker.stop()
-        self.figure("stream_default_batch_events_per_s", middle_rate(read.timestamps), "events/s")
-
 
 async def worker_metrics(url: str) -> tuple[dict[str, float], list[float]]:
     """The worker's events-by-outcome counters and its consumer-lag gauges (``/metrics``)."""
@@ -642,9 +624,9 @@ async def paced_post(url: str, bodies: list[bytes], rate: int) -> dict[str, floa
     return accepted
 
 
-async def run_all(bench: Bench, rate: int, seconds: float, extra: bool) -> None:
+async def run_all(bench: Bench, rate: int, seconds: float) -> None:
     """Every phase, in the order the module docstring gives."""
-    topics = [RAW_IN, RAW_OUT, RAW_OUT_1]
+    topics = [RAW_IN, RAW_OUT]
     await ensure_topics(bench.bootstrap, bench.prefix, PARTITIONS)
     await ensure_topics(bench.bootstrap, bench.prefix, PARTITIONS, topics=topics)
     say(f"building {bench.events} payloads")
@@ -660,9 +642,6 @@ async def run_all(bench: Bench, rate: int, seconds: float, extra: bool) -> None:
             await bench.end_to_end(deployments, worker, url, rate, seconds)
         finally:
             worker.stop()
-        if extra:
-            e2e_deploys = -(-int(rate * seconds) // bench.apps)
-            await bench.default_batch(deployments, 1 + -(-bench.events // bench.apps) + e2e_deploys)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -676,9 +655,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000, help="events per timed round (N)")
     parser.add_argument("--rate", type=int, default=200, help="deliveries/s for the e2e figure")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the e2e run")
-    parser.add_argument(
-        "--no-default-batch", action="store_true", help="skip the 16384-byte producer run"
-    )
     parser.add_argument("--log-level", default="WARNING", help="log level of the children")
     parser.add_argument(
         "--profile",
@@ -709,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     began = time.monotonic()
     try:
-        asyncio.run(run_all(bench, args.rate, args.seconds, not args.no_default_batch))
+        asyncio.run(run_all(bench, args.rate, args.seconds))
     except BaseException:
         say(f"failed; logs kept in {work}")
         raise

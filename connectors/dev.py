@@ -62,10 +62,6 @@ def _child_env(bootstrap: str, token: str) -> dict[str, str]:
             "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": env.get(
                 "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S", "6"
             ),
-            # Tansu reports end offsets per batch; see CommonSettings.kafka_producer_max_batch_bytes
-            "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES": env.get(
-                "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES", "1"
-            ),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -21,7 +21,10 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from streams import records  # noqa: F401 - registers the orjson codec
+from streams import (
+    faust_fixes,
+    records,  # noqa: F401 - registers the orjson codec
+)
 from streams.decide import Context
 from streams.metrics import WorkerMetrics
 from streams.notify import NotifyConfig
@@ -128,7 +131,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         if settings.worker_web_host in ("0.0.0.0", "::")
         else settings.worker_web_host
     )
-    app = faust.App(
+    app = faust_fixes.App(
         settings.worker_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         store=settings.worker_store,
@@ -152,6 +155,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         table_standby_replicas=0,
         logging_config=None,
         loghandlers=[],
+        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
     )
     sync_events = app.topic(
         settings.topic(SYNC_EVENTS.name),

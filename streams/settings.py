@@ -40,11 +40,7 @@ class CommonSettings(BaseSettings):
     kafka_producer_max_batch_bytes: int = Field(
         16384,
         ge=1,
-        description="Producer batch size in bytes. The embedded Tansu broker reports a "
-        "partition's end offset as the last batch's base offset + 1, so Faust table recovery "
-        "and anything else that reads 'to the end' stops short when batches hold several "
-        "records; `synctrail dev` and the tests set 1 (one record per batch). Keep the default "
-        "on Apache Kafka.",
+        description="Producer batch size in bytes (aiokafka's max_batch_size).",
     )
     default_app_namespace: str = Field(
         "argocd", description="Application namespace assumed when a body does not say."
@@ -76,6 +72,14 @@ class WorkerSettings(CommonSettings):
         0.02, gt=0, description="Longest wait to fill a batch, seconds."
     )
     worker_history: int = Field(10, ge=1, description="Deploys kept per app (last known-good).")
+    worker_fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=30000,
+        description="Longest time a fetch waits for new records. Faust's own 1500 ms adds up "
+        "to that much latency to every deploy on brokers that answer long polls only at the "
+        "deadline (the embedded one does).",
+    )
     broker_session_timeout_s: float = Field(
         10.0, gt=0, description="Consumer session timeout; short values speed up rebalances."
     )

@@ -117,12 +117,24 @@ async def wait_for_records(
 
 
 async def produce(
-    bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]
+    bootstrap: str,
+    topic: str,
+    items: list[tuple[bytes | None, bytes | None]],
+    *,
+    batched: bool = False,
 ) -> None:
-    """Produce (key, value) pairs with acks=all, in order."""
+    """Produce (key, value) pairs with acks=all, in order.
+
+    ``batched`` sends without waiting for each ack, so records share batches as they do
+    behind the bridge (per-partition order still holds: one producer, one request in flight).
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
+        if batched:
+            sent = [await producer.send(topic, value, key=key) for key, value in items]
+            await asyncio.gather(*sent)
+            return
         for key, value in items:
             await producer.send_and_wait(topic, value, key=key)
     finally:

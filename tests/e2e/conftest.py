@@ -27,8 +27,6 @@ def worker_env(broker, topics: str) -> dict[str, str]:
         "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
         "SYNCTRAIL_LOG_LEVEL": "INFO",
         "SYNCTRAIL_WORKER_BATCH_WITHIN_S": "0.01",
-        # Tansu reports end offsets per batch; see CommonSettings.kafka_producer_max_batch_bytes
-        "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES": "1",
     }
 
 

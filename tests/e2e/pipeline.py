@@ -39,8 +39,6 @@ def common_env(bootstrap: str, prefix: str) -> dict[str, str]:
         # the embedded broker: a first group join waits about the rebalance timeout
         "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": "6",
         "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
-        # Tansu reports end offsets per batch; see CommonSettings.kafka_producer_max_batch_bytes
-        "SYNCTRAIL_KAFKA_PRODUCER_MAX_BATCH_BYTES": "1",
     }
 
 

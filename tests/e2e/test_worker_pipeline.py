@@ -202,6 +202,55 @@ async def test_worker_killed_mid_sequence_loses_nothing_and_keeps_continuity(
     _assert_continuity(per_app)
 
 
+async def test_worker_started_on_a_backlog_announces_every_delivery_once(
+    broker, topics, start_worker
+):
+    """Thousands of records waiting for a worker that restarts with state: none lost or doubled.
+
+    The state changelog and the outputs are written in multi-record batches, so the restart
+    also proves that table recovery reads to the true end of every changelog partition.
+    """
+    apps, deploys = 200, 12
+    events = synthetic_events(apps=apps, deploys=deploys)
+    first_round, backlog = events[:apps], events[apps:]
+    worker = start_worker()
+    await worker.wait_ready()
+    await produce(
+        broker.bootstrap,
+        f"{topics}sync-events",
+        [(e.key.encode(), e.raw) for e in first_round],
+        batched=True,
+    )
+    await wait_for_records(broker.bootstrap, f"{topics}deployments", apps)
+    assert worker.stop() == 0
+
+    await produce(
+        broker.bootstrap,
+        f"{topics}sync-events",
+        [(e.key.encode(), e.raw) for e in backlog],
+        batched=True,
+    )
+    restarted = start_worker()
+    await restarted.wait_ready()
+
+    async def all_announced() -> list[Any] | None:
+        records = await read_topic(broker.bootstrap, f"{topics}deployments")
+        return records if len({r.value["delivery_id"] for r in records}) >= len(events) else None
+
+    records = await wait_for(all_announced, timeout=120, interval=0.5, what="every deployment")
+    per_app = {app: _distinct(seq) for app, seq in _by_app(records).items()}
+    expected: dict[str, list[str]] = collections.defaultdict(list)
+    for event in events:
+        expected[event.key].append(event.event["delivery_id"])
+    assert {app: [d["delivery_id"] for d in seq] for app, seq in per_app.items()} == expected
+    _assert_continuity(per_app)
+    assert all(
+        deployment["initial"] == (index == 0)
+        for sequence in per_app.values()
+        for index, deployment in enumerate(sequence)
+    )
+
+
 async def test_two_workers_produce_what_one_worker_produces(
     broker, topics, start_worker, worker_env
 ):

@@ -1,0 +1,153 @@
+"""Three corrections to Faust 0.15 that synctrail needs on every broker it runs on.
+
+1. **Stream partitions are sought before they are resumed.** After a table recovery, Faust
+   resumes the source partitions and only then seeks them to their committed offsets. In the
+   gap the fetcher delivers records from wherever the consumer stood; the seek then moves the
+   read position back, records fetched before it arrive after it, Faust takes the jump in
+   offsets for a gap in the log and marks the offsets in between as acknowledged, and the
+   records in flight are never processed: a worker that starts on a backlog lost one record
+   batch per partition now and then (seen with ``make bench``; upstream: faust-streaming
+   issues 596 and 606). Seeking while the partitions are still paused closes the gap.
+2. **True end offsets for table recovery.** Faust recovers a table by reading its changelog up
+   to the end offset that ListOffsets(latest) reports. The embedded Tansu broker answers with
+   the base offset of the partition's last record batch + 1, so when that batch holds several
+   records, recovery stops short and the state written by them is silently lost.
+   ``connectors.offsets.log_end_offsets`` reads the last batch and takes its last record's
+   offset + 1 instead; on Apache Kafka both agree, so the correction costs one short fetch per
+   changelog partition at each recovery and changes nothing else. With it, producers may batch
+   normally, which is most of the worker's throughput.
+3. **The fetch wait is a setting.** Faust hard-codes ``fetch_max_wait_ms=1500``. A broker that
+   answers a long-poll fetch only at that deadline (Tansu does) adds up to 1.5 s to every
+   deploy's latency; ``SYNCTRAIL_WORKER_FETCH_MAX_WAIT_MS`` bounds it.
+
+Each overrides a method Faust has no public hook for (``Recovery.on_recovery_completed``,
+``AIOKafkaConsumerThread._highwaters`` and ``_create_worker_consumer``);
+``tests/streams/test_faust_fixes.py`` and the worker's restart tests pin the behaviour against
+the real broker, so that a Faust upgrade that moves them fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, cast
+
+import aiokafka
+import faust
+from faust.tables.manager import TableManager as FaustTableManager
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.transports import ConsumerT, TransportT
+
+from connectors.offsets import log_end_offsets
+
+
+async def true_end_offsets(bootstrap: list[str], partitions: Iterable[TP]) -> dict[TP, int]:
+    """The offset after each partition's last record, read with a short-lived client."""
+    tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    if not tps:
+        return {}
+    consumer = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await log_end_offsets(consumer, tps)
+    finally:
+        await consumer.stop()
+    return {TP(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+
+class _SeekThenResumeRecovery(Recovery):
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Faust's own, with the seek moved before ``resume_partitions`` (see fix 1)."""
+        consumer = self.app.consumer
+        self.log.info("Restore complete!")
+        await self.app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(
+                    self.actives_for_table[table], self.standbys_for_table[table]
+                )
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        assignment = consumer.assignment()
+        if self.app.consumer_generation_id != generation_id:
+            self.log.warning(
+                "Recovery rebalancing again: app generation %r, recovery generation %r",
+                self.app.consumer_generation_id,
+                generation_id,
+            )
+            return
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        self.completed.set()
+        self.app.flow_control.resume()
+        consumer.resume_flow()
+        await self.app._fetcher.maybe_start()  # type: ignore[attr-defined]
+        self.tables.on_actives_ready()
+        if not self.app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+
+class TableManager(FaustTableManager):
+    """Faust's table manager on the corrected recovery (fix 1)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _SeekThenResumeRecovery(
+                self.app, self, beacon=self.beacon, loop=self.loop
+            )
+        return self._recovery
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    fetch_max_wait_ms: int = 1500
+
+    def _create_worker_consumer(
+        self, transport: faust_aiokafka.Transport
+    ) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        if self.consumer.in_transaction:  # pragma: no cover - synctrail never uses them
+            return await super()._highwaters(partitions)
+        transport = cast(faust_aiokafka.Transport, self.transport)
+        bootstrap = faust_aiokafka.server_list(transport.url, transport.default_port)
+        return await true_end_offsets(bootstrap, partitions)
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        return thread
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer: ClassVar[type[ConsumerT]] = _Consumer
+
+
+class App(faust.App):
+    """A ``faust.App`` with the corrections of the module docstring."""
+
+    def __init__(self, *args: Any, fetch_max_wait_ms: int = 1500, **kwargs: Any) -> None:
+        super().__init__(*args, TableManager=TableManager, **kwargs)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+
+    def _new_transport(self) -> TransportT:
+        return _Transport(self.conf.broker_consumer, self)
