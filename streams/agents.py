@@ -14,7 +14,6 @@ records that were never written (``take_events`` acks even when the body raises)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -42,6 +41,7 @@ from streams.decide import (
 )
 from streams.notify import deployment_notifications, violation_notification
 from streams.policy_publish import POLICY_CHECK_V1
+from streams.produce import OutputProducer
 from streams.topics import (
     DEAD_LETTERS,
     DEPLOYMENTS,
@@ -204,15 +204,10 @@ def _current_event(event: Any) -> Iterator[None]:
         faust_current_event.reset(token)
 
 
-async def _flush(topology: Topology, batch: Batch) -> None:
+async def _flush(topology: Topology, outputs: OutputProducer, batch: Batch) -> None:
     """Outputs first, then state; both acknowledged by the broker before returning."""
-    producer = topology.app.producer
     try:
-        sent = [
-            await producer.send(topic, key, value, None, None, None)
-            for topic, key, value in batch.outputs
-        ]
-        await asyncio.gather(*sent)
+        await outputs.send_all(batch.outputs)
         for key, (event, state) in batch.states.items():
             with _current_event(event):  # the table writes to the event's partition
                 topology.apps[key] = state
@@ -228,6 +223,20 @@ async def _flush(topology: Topology, batch: Batch) -> None:
 
 async def process_sync_events(topology: Topology, stream: Any) -> None:
     """The agent body: every sync event to a decision, every decision to records."""
+    settings = topology.settings
+    outputs = OutputProducer(
+        [host.strip() for host in settings.kafka_bootstrap.split(",")],
+        max_batch_bytes=settings.kafka_producer_max_batch_bytes,
+        client_id=f"{settings.worker_id}-outputs",
+    )
+    await outputs.start()
+    try:
+        await _process(topology, outputs, stream)
+    finally:
+        await outputs.stop()
+
+
+async def _process(topology: Topology, outputs: OutputProducer, stream: Any) -> None:
     settings = topology.settings
     metrics = topology.metrics
     async for events in stream.take_events(
@@ -268,7 +277,7 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
                     topology.topic(METRICS.name), key, metric_event("dead_letter", key, None, now)
                 )
                 batch.outcomes.append(("dead_lettered", None))
-        await _flush(topology, batch)
+        await _flush(topology, outputs, batch)
         done = datetime.now(UTC)
         for outcome, latency in batch.outcomes:
             metrics.events.labels(outcome).inc()

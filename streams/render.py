@@ -73,7 +73,9 @@ def escape(text: str) -> str:
 
 def slack_len(text: str) -> int:
     """Length as Slack counts it: UTF-16 code units (an emoji outside the BMP counts 2)."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+    if text.isascii():  # the common case, without encoding
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _is_extender(ch: str) -> bool:

@@ -1,0 +1,53 @@
+"""The worker's output producer, against the real embedded broker."""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from connectors.broker import ensure_topics
+from streams.produce import OutputProducer, kafka_partition
+from streams.topics import DEPLOYMENTS, METRICS
+from tests.support import read_topic
+
+
+def test_partition_is_the_kafka_default_for_keyed_records():
+    default = DefaultPartitioner()
+    for key in (b"argocd/guestbook", b"team-a/api", b"x"):
+        assert kafka_partition(key, 8) == default(key, list(range(8)), list(range(8)))
+
+
+async def test_every_record_arrives_in_order_on_its_key_partition(broker, prefix):
+    await ensure_topics(broker.bootstrap, prefix, partitions=8, topics=[DEPLOYMENTS, METRICS])
+    deployments, metrics = DEPLOYMENTS.address(prefix), METRICS.address(prefix)
+    records = [
+        (topic, f"argocd/app-{i % 13}".encode(), b'{"n": %d, "pad": "%s"}' % (i, b"x" * 900))
+        for i in range(400)
+        for topic in (deployments, metrics)
+    ]
+    # small batches: the records of one partition span several of them
+    outputs = OutputProducer([broker.bootstrap], max_batch_bytes=4096)
+    await outputs.start()
+    try:
+        assert await outputs.send_all(records) == len(records)
+    finally:
+        await outputs.stop()
+
+    for topic in (deployments, metrics):
+        seen = await read_topic(broker.bootstrap, topic)
+        assert len(seen) == 400
+        per_key: dict[str, list[int]] = {}
+        for record in seen:  # sorted by partition and offset
+            assert record.partition == kafka_partition(record.key.encode(), 8)
+            per_key.setdefault(record.key, []).append(record.value["n"])
+        for key, numbers in per_key.items():
+            app = int(key.rsplit("-", 1)[1])
+            assert numbers == [n for n in range(400) if n % 13 == app]
+
+
+async def test_nothing_to_send_returns_at_once(broker):
+    outputs = OutputProducer([broker.bootstrap], max_batch_bytes=16384)
+    await outputs.start()
+    try:
+        assert await outputs.send_all([]) == 0
+    finally:
+        await outputs.stop()
