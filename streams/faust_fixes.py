@@ -8,6 +8,11 @@
    records in flight are never processed: a worker that starts on a backlog lost one record
    batch per partition now and then (seen with ``make bench``; upstream: faust-streaming
    issues 596 and 606). Seeking while the partitions are still paused closes the gap.
+   Related: Faust's "paused" is only a filter over what aiokafka prefetched, and it hands its
+   live set of active partitions to a fetch that runs in the consumer thread; when the set is
+   emptied meanwhile (recovery pausing the changelogs), aiokafka reads the empty set as "every
+   partition" and returns source records that Faust then drops although their offsets count as
+   consumed. Each fetch therefore gets a snapshot of the set.
 2. **True end offsets for table recovery.** Faust recovers a table by reading its changelog up
    to the end offset that ListOffsets(latest) reports. The embedded Tansu broker answers with
    the base offset of the partition's last record batch + 1, so when that batch holds several
@@ -21,7 +26,7 @@
    deploy's latency; ``SYNCTRAIL_WORKER_FETCH_MAX_WAIT_MS`` bounds it.
 
 Each overrides a method Faust has no public hook for (``Recovery.on_recovery_completed``,
-``AIOKafkaConsumerThread._highwaters`` and ``_create_worker_consumer``);
+``AIOKafkaConsumerThread.getmany``, ``_highwaters`` and ``_create_worker_consumer``);
 ``tests/streams/test_faust_fixes.py`` and the worker's restart tests pin the behaviour against
 the real broker, so that a Faust upgrade that moves them fails loudly.
 """
@@ -122,6 +127,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # read by AIOKafkaConsumer.start() when it builds its Fetcher
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
+
+    async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        if active_partitions is None:
+            return await super().getmany(None, timeout)
+        snapshot = set(active_partitions)  # see fix 1: never the live set
+        if not snapshot:
+            return {}
+        return await super().getmany(snapshot, timeout)
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if self.consumer.in_transaction:  # pragma: no cover - synctrail never uses them

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from connectors.broker import ensure_topics
+from streams import faust_fixes
 from streams.app import build
 from streams.faust_fixes import true_end_offsets
 from streams.settings import WorkerSettings
@@ -92,3 +94,25 @@ async def test_recovery_seeks_stream_partitions_before_it_resumes_them(tmp_path)
     ]
     assert app.tables.recovery.completed.is_set()
     assert not app.rebalancing
+
+
+async def test_a_fetch_gets_a_snapshot_of_the_active_partitions_never_the_live_set(monkeypatch):
+    handed: list[set[TP] | None] = []
+
+    async def fetch(self: object, active_partitions: set[TP] | None, timeout: float) -> dict:
+        handed.append(active_partitions)
+        live.clear()  # Faust pausing partitions while the fetch runs in the consumer thread
+        return {}
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "getmany", fetch)
+    thread = object.__new__(faust_fixes._ConsumerThread)  # no consumer needed for this
+    live = {TP("t", 0), TP("t", 1)}
+
+    await thread.getmany(live, 1.0)
+    # aiokafka would read an emptied set as "every partition"
+    assert handed == [{TP("t", 0), TP("t", 1)}]
+    assert handed[0] is not live
+
+    handed.clear()
+    assert await thread.getmany(set(), 1.0) == {}
+    assert handed == []  # nothing active: no fetch at all
