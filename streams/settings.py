@@ -69,11 +69,11 @@ class WorkerSettings(CommonSettings):
     worker_data_dir: Path = Field(Path("./var/worker"), description="Faust data dir (rocksdb).")
     worker_batch_size: int = Field(500, ge=1, description="Events taken per batch.")
     worker_batch_within_s: float = Field(
-        0.02, gt=0, description="Longest wait to fill a batch, seconds."
+        0.01, gt=0, description="Longest wait to fill a batch, seconds."
     )
     worker_history: int = Field(10, ge=1, description="Deploys kept per app (last known-good).")
     worker_fetch_max_wait_ms: int = Field(
-        100,
+        25,
         ge=1,
         le=30000,
         description="Longest time a fetch waits for new records. Faust's own 1500 ms adds up "
