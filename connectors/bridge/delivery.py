@@ -61,10 +61,31 @@ class Outcome:
 
 @dataclass(slots=True)
 class _Settle:
-    """The latest not-yet-settled delivery of one app."""
+    """The latest not-yet-settled delivery of one app.
 
-    done: asyncio.Future[str]
+    A future is made only for a later delivery that has to wait: mostly none does.
+    """
+
     direct: bool = False
+    result: str | None = None
+    waiters: list[asyncio.Future[str]] | None = None
+
+    def settle(self, result: str) -> None:
+        """Record where the delivery went and wake whoever waits for it."""
+        self.result = result
+        for waiter in self.waiters or ():
+            if not waiter.done():
+                waiter.set_result(result)
+
+    async def settled(self) -> str:
+        """Where the delivery went, once it is settled."""
+        if self.result is not None:
+            return self.result
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        return await waiter
 
 
 @dataclass(slots=True)
@@ -136,10 +157,16 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         producer, self._producer = self._producer, None
+        batcher, self._batcher = self._batcher, None
         if producer is not None:
-            # Graceful: what the batcher holds is handed over, then the producer flushes it.
+            # Graceful: what the batcher holds is handed over and acknowledged, then the
+            # producer flushes whatever else it has.
+            if batcher is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        batcher.drain(), self.settings.bridge_produce_timeout_s + 1
+                    )
             await self._close_producer(producer)
-        self._batcher = None
         for task in list(self._old_producers):
             with contextlib.suppress(Exception):
                 await task
@@ -204,6 +231,8 @@ class Dispatcher:
         self._set_up(False)
         producer, self._producer = self._producer, None
         batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.fail_all(reason)
         if producer is not None:
             self._retire(producer, batcher)
         inflight, self._inflight = self._inflight, {}
@@ -241,27 +270,27 @@ class Dispatcher:
 
     async def deliver(self, key: bytes, value: bytes) -> Outcome:
         """Publish ``value`` under ``key`` (or spool it); raises SpoolError when neither works."""
-        loop = asyncio.get_running_loop()
         prev = self._tails.get(key)
-        me = _Settle(loop.create_future())
+        me = _Settle()
         self._tails[key] = me
         result = FAILED
         try:
-            direct = (
-                self.broker_up
-                and self._producer is not None
+            batcher = self._batcher if self.broker_up else None
+            if (
+                batcher is not None
                 and not self.spool.pending(key)
-                and (prev is None or prev.direct or prev.done.done())
-            )
-            if direct:
+                and (prev is None or prev.direct or prev.result is not None)
+            ):
                 me.direct = True
+                self._last_submit = started = time.monotonic()
                 try:
-                    partition, offset = await self._produce(self.topic, key, value)
-                except ProduceFailed as exc:
+                    partition, offset = await batcher.submit(key, value)
+                except BatchFailed as exc:
                     me.direct = False
                     self.mark_down(str(exc))
                 else:
-                    if prev is not None and await asyncio.shield(prev.done) == SPOOLED:
+                    self.metrics.produce_duration.observe(time.monotonic() - started)
+                    if prev is not None and (prev.result or await prev.settled()) == SPOOLED:
                         # An earlier delivery of this app is now behind this one: repeat this
                         # one after it so the app's last record is its latest delivery.
                         with contextlib.suppress(SpoolError):
@@ -269,43 +298,42 @@ class Dispatcher:
                     result = PUBLISHED
                     return Outcome(self.topic, partition, offset)
             if prev is not None:
-                await asyncio.shield(prev.done)
+                await prev.settled()
             await self.spool.append(self.topic, key, value)
             result = SPOOLED
             self._wake.set()
             return Outcome(self.topic, spooled=True)
         finally:
-            me.done.set_result(result)
+            me.settle(result)
             if self._tails.get(key) is me:
                 del self._tails[key]
 
     def _submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
         """Queue a record; the future resolves to ``(partition, offset)`` once acknowledged."""
+        self._last_submit = now = time.monotonic()
         batcher = self._batcher
         if batcher is not None and topic == batcher.topic:
-            fut = batcher.submit(key, value)
-        elif self._producer is not None:
-            # Only spooled records of another prefix (settings changed between runs) get here.
-            fut = asyncio.ensure_future(_send_one(self._producer, topic, key, value))
-        else:
+            # The batcher tracks its records' age itself (per batch, cheaper than per record).
+            return batcher.submit(key, value)
+        if self._producer is None:
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(ProduceFailed("kafka unreachable"))
             return fut
+        # Only spooled records of another prefix (settings changed between runs) get here.
+        fut = asyncio.ensure_future(_send_one(self._producer, topic, key, value))
         ident = self._next_id
         self._next_id += 1
-        self._last_submit = now = time.monotonic()
         self._inflight[ident] = _InFlight(now, fut)
         fut.add_done_callback(lambda _f: self._inflight.pop(ident, None))
         return fut
 
-    async def _produce(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
-        started = time.monotonic()
-        try:
-            partition, offset = await self._submit(topic, key, value)
-        except (KafkaError, BatchFailed) as exc:
-            raise ProduceFailed(f"{type(exc).__name__}: {exc}") from exc
-        self.metrics.produce_duration.observe(time.monotonic() - started)
-        return partition, offset
+    def _oldest_unacknowledged(self) -> float | None:
+        starts = [item.started for item in self._inflight.values()]
+        if self._batcher is not None:
+            oldest = self._batcher.oldest_unacknowledged()
+            if oldest is not None:
+                starts.append(oldest)
+        return min(starts, default=None)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -332,11 +360,10 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), tick)
 
     async def _watch_inflight(self) -> None:
-        if not self._inflight:
+        oldest = self._oldest_unacknowledged()
+        if oldest is None:
             return
-        now = time.monotonic()
-        oldest = min(item.started for item in self._inflight.values())
-        age = now - oldest
+        age = time.monotonic() - oldest
         if age > self.settings.bridge_produce_timeout_s:
             self.mark_down(f"no acknowledgement in {self.settings.bridge_produce_timeout_s}s")
         elif age > self.settings.bridge_probe_after_s and not await tcp_reachable(
