@@ -266,6 +266,24 @@ async def test_health_readiness_and_metrics(
     assert "synctrail_bridge_spool_records 0.0" in text
 
 
+async def test_other_methods_get_aiohttps_405_with_allow_and_are_counted_unmatched(
+    broker: EmbeddedBroker, topics: str, tmp_path: Path
+) -> None:
+    async with running_bridge(bridge_settings(broker.bootstrap, topics, tmp_path)) as (client, _):
+        wrong = await client.get("/v1/sync", headers=AUTH)
+        assert (wrong.status, wrong.headers["Allow"]) == (405, "POST")
+        wrong = await client.put("/v1/sync/argocd/payments-api", headers=AUTH)
+        assert (wrong.status, wrong.headers["Allow"]) == (405, "POST")
+        wrong = await client.post("/healthz")
+        assert (wrong.status, set(wrong.headers["Allow"].split(","))) == (405, {"GET", "HEAD"})
+        assert (await client.head("/healthz")).status == 200
+        assert (await client.get("/v1/sync/a/b/c")).status == 404
+        text = await (await client.get("/metrics")).text()
+    assert 'synctrail_bridge_requests_total{route="unmatched",status="405"} 3.0' in text
+    assert 'synctrail_bridge_requests_total{route="unmatched",status="404"} 1.0' in text
+    assert 'synctrail_bridge_requests_total{route="/healthz",status="200"} 1.0' in text
+
+
 async def test_anonymous_bridge_accepts_unauthenticated_posts(
     broker: EmbeddedBroker, topics: str, tmp_path: Path
 ) -> None:
