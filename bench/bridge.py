@@ -3,9 +3,14 @@
 ``python -m bench.bridge`` (``make bench``) starts the embedded broker, the bridge (a child
 process, as in production) and a bare aiohttp server whose handler only reads the body and
 answers 202. wrk (1 thread, 32 connections) POSTs ``03-guestbook-rev-b.json`` to both, in
-alternating rounds so that a noisy machine hurts both alike; the medians are reported. Then an
-open-loop asyncio client sends a steady 1,000 req/s to the bridge and reports latency measured
-from each request's scheduled start (so a stall is not hidden by the client waiting).
+alternating rounds so that a noisy machine hurts both alike; the medians are reported.
+
+Then an open-loop client starts requests at a steady 1,000 req/s, whatever the answers, and
+measures each latency from the request's scheduled start (so a stall is not hidden by the
+client waiting). It runs against the bridge, the bare handler and the broker itself (an
+aiokafka ``send_and_wait`` of a record of the same size, acks=all: the floor under the bridge's
+"202 only once the broker acknowledged" latency), in alternating rounds; per-round p50/p99 are
+reported as medians over the rounds.
 
 Output: one ``BENCH <name> <value> <unit>`` line per figure. Needs wrk
 (``apt-get install -y wrk``); without it the script says so and exits with status 2.
@@ -25,11 +30,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+
+from streams.topics import SYNC_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = REPO / "examples" / "payloads" / "03-guestbook-rev-b.json"
@@ -150,25 +157,24 @@ class _Conn:
         return status
 
 
-async def paced(url: str, rate: int, seconds: float, body: bytes) -> list[float]:
-    """Open-loop load at ``rate`` req/s; latencies (ms) counted from each scheduled start."""
-    host, _, port = url.split("//", 1)[1].split("/", 1)[0].partition(":")
-    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    idle: list[_Conn] = []
+Send = Callable[[], Awaitable[bool]]
+
+
+async def open_loop(rate: int, seconds: float, send: Send) -> tuple[list[float], int]:
+    """Start ``send()`` ``rate`` times a second whatever the answers.
+
+    Returns the latencies (ms) of the sends that succeeded, each from its scheduled start, and
+    how many failed.
+    """
     latencies: list[float] = []
     failures = 0
 
     async def one(scheduled: float) -> None:
         nonlocal failures
-        conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, int(port)))
-        if await conn.post(request) != 202:
+        if await send():
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+        else:
             failures += 1
-        latencies.append((time.perf_counter() - scheduled) * 1000)
-        idle.append(conn)
 
     tasks = []
     start = time.perf_counter()
@@ -179,10 +185,69 @@ async def paced(url: str, rate: int, seconds: float, body: bytes) -> list[float]
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
-    for conn in idle:
-        conn.writer.close()
+    return latencies, failures
+
+
+async def paced(url: str, rate: int, seconds: float, body: bytes) -> list[float]:
+    """Open-loop POSTs of ``body`` to ``url`` (keep-alive connections, as many as in flight)."""
+    host, _, port = url.split("//", 1)[1].split("/", 1)[0].partition(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    idle: list[_Conn] = []
+
+    async def send() -> bool:
+        conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, int(port)))
+        status = await conn.post(request)
+        idle.append(conn)
+        return status == 202
+
+    try:
+        latencies, failures = await open_loop(rate, seconds, send)
+    finally:
+        for conn in idle:
+            conn.writer.close()
     if failures:
-        raise RuntimeError(f"{failures} paced requests failed")
+        raise RuntimeError(f"{failures} paced requests to {url} failed")
+    return latencies
+
+
+async def paced_kafka(
+    bootstrap: str, topic: str, rate: int, seconds: float, value: bytes
+) -> list[float]:
+    """Open-loop ``send_and_wait`` of one keyed record, acks=all: the broker's own latency.
+
+    The producer is configured like the bridge's (no linger, batches up to 512 KiB), so that
+    records sent while a request is in flight go together in the next one, as in the bridge.
+    """
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+        max_batch_size=512 * 1024,
+    )
+    await producer.start()
+
+    async def send() -> bool:
+        try:
+            await producer.send_and_wait(topic, value, key=b"argocd/guestbook")
+        except KafkaError:
+            return False
+        return True
+
+    try:
+        await open_loop(rate, 1.0, send)  # warm-up: connections, metadata
+        latencies, failures = await open_loop(rate, seconds, send)
+    finally:
+        await producer.stop()
+    if failures:
+        print(f"bench.bridge: {failures} records to the broker failed", file=sys.stderr)
     return latencies
 
 
@@ -191,7 +256,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench(seconds: int, rounds: int, rate: int, paced_seconds: float) -> int:
+def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_rounds: int) -> int:
     """Run everything and print the BENCH lines."""
     from connectors.broker import EmbeddedBroker, ensure_topics
 
@@ -237,13 +302,16 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float) -> int:
             for _ in range(rounds):
                 bare_runs.append(run_wrk(f"{bare_url}/v1/sync", seconds, lua, wrk_env))
                 bridge_runs.append(run_wrk(f"{bridge_url}/v1/sync", seconds, lua, wrk_env))
-            latencies = asyncio.run(
-                paced(f"{bridge_url}/v1/sync", rate, paced_seconds, BODY.read_bytes())
-            )
-            # The same steady load on the bare handler: what this machine adds by itself.
-            bare_latencies = asyncio.run(
-                paced(f"{bare_url}/v1/sync", rate, paced_seconds, BODY.read_bytes())
-            )
+            # The same steady load on the bridge, on the bare handler (what this machine and
+            # the client add by themselves) and on the broker alone (the acknowledgement).
+            steady: dict[str, list[list[float]]] = {"bridge": [], "bare": [], "kafka": []}
+            body, topic = BODY.read_bytes(), SYNC_EVENTS.address(prefix)
+            for _ in range(paced_rounds):
+                for name, url in (("bridge", bridge_url), ("bare", bare_url)):
+                    run = paced(f"{url}/v1/sync", rate, paced_seconds, body)
+                    steady[name].append(asyncio.run(run))
+                run = paced_kafka(broker.bootstrap, topic, rate, paced_seconds, body)
+                steady["kafka"].append(asyncio.run(run))
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -260,10 +328,10 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float) -> int:
     print(f"BENCH bridge_p50_ms {med(bridge_runs, 'p50'):.2f} ms")
     print(f"BENCH bridge_p99_ms {med(bridge_runs, 'p99'):.2f} ms")
     print(f"BENCH bridge_non_2xx {sum(r['errors'] for r in bridge_runs):.0f} responses")
-    print(f"BENCH bridge_p50_at_{rate}_rps_ms {_pct(latencies, 0.50):.2f} ms")
-    print(f"BENCH bridge_p99_at_{rate}_rps_ms {_pct(latencies, 0.99):.2f} ms")
-    print(f"BENCH bare_p50_at_{rate}_rps_ms {_pct(bare_latencies, 0.50):.2f} ms")
-    print(f"BENCH bare_p99_at_{rate}_rps_ms {_pct(bare_latencies, 0.99):.2f} ms")
+    for name in ("bridge", "bare", "kafka"):
+        for q in (50, 99):
+            value = statistics.median(_pct(run, q / 100) for run in steady[name])
+            print(f"BENCH {name}_p{q}_at_{rate}_rps_ms {value:.2f} ms")
     return 0
 
 
@@ -273,13 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=8, help="length of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/bridge rounds")
     parser.add_argument("--rate", type=int, default=1000, help="steady rate for the p99 figure")
-    parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of that run")
+    parser.add_argument("--paced-seconds", type=float, default=8.0, help="length of those runs")
+    parser.add_argument(
+        "--paced-rounds", type=int, default=3, help="alternating bridge/bare/kafka steady runs"
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return 0
-    return bench(args.seconds, args.rounds, args.rate, args.paced_seconds)
+    return bench(args.seconds, args.rounds, args.rate, args.paced_seconds, args.paced_rounds)
 
 
 if __name__ == "__main__":
