@@ -120,8 +120,7 @@ def _emit_decision(topology: Topology, batch: Batch, decision: Decision, now: da
 def _state_for(topology: Topology, batch: Batch, key: str) -> Mapping[str, Any] | None:
     if key in batch.states:
         return batch.states[key][1]
-    value = topology.apps.get(key)
-    return value if isinstance(value, dict) else None
+    return topology.apps.app_state(key)
 
 
 def _already_applied(state: Mapping[str, Any] | None, event: Any) -> bool:
@@ -174,7 +173,8 @@ def _handle_policy_check(
         raise InvalidSyncEvent("policy check without a rule id")
     rules = [r for r in _rules(topology) if r.get("id") != rule["id"]] + [rule]
     partition = event.message.partition
-    candidates = {key: state for key, state in topology.apps.items() if isinstance(state, dict)}
+    # Only this partition's apps, and only their states are decoded.
+    candidates = dict(topology.apps.app_states(containing=b'"partition":%d' % partition))
     candidates.update({key: state for key, (_, state) in batch.states.items()})  # newer
     for key, state in candidates.items():
         if state.get("partition") != partition or _already_applied(state, event):
@@ -210,7 +210,7 @@ async def _flush(topology: Topology, outputs: OutputProducer, batch: Batch) -> N
         await outputs.send_all(batch.outputs)
         for key, (event, state) in batch.states.items():
             with _current_event(event):  # the table writes to the event's partition
-                topology.apps[key] = state
+                topology.apps.put_app_state(key, state)
         await topology.apps.wait_durable()
     except Exception:
         log.critical(

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP
 
 from streams import (
@@ -49,8 +51,16 @@ class _RawKeyJsonValues:
         self.value_serializer = "orjson"
 
 
-class DurableTable(_RawKeyJsonValues, faust.Table):
-    """A table whose changelog writes can be awaited.
+class DurableTable(faust.Table):
+    """Per-app state: JSON objects held as their serialized bytes, writes that can be awaited.
+
+    Held serialized, not as Python objects: 10,000 apps of state are a few million objects
+    that the cyclic garbage collector rescans on every full collection (0.1-0.4 s pauses every
+    few seconds under load, seen as end-to-end p99 spikes), while bytes are never scanned and
+    take a third of the memory. Recovery stores the changelog's bytes as they are, and each
+    write serializes once, for the table and its changelog alike (the changelog's bytes are
+    the same as before: compact JSON). Use :meth:`app_state`, :meth:`put_app_state` and
+    :meth:`app_states`, not the mapping interface.
 
     Faust buffers changelog writes and may commit the source offset before they reach the
     broker; a worker killed in that window loses the update (seen on the embedded broker).
@@ -59,7 +69,31 @@ class DurableTable(_RawKeyJsonValues, faust.Table):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Faust derives the serializers from key_type/value_type and ignores explicit ones.
+        self.key_serializer = "raw"
+        self.value_serializer = "raw"
         self._unconfirmed: list[asyncio.Future[Any]] = []
+
+    def app_state(self, key: str) -> dict[str, Any] | None:
+        """The state of app ``key``, or ``None`` when there is none (or it is not an object)."""
+        return _state_of(self.get(key))
+
+    def put_app_state(self, key: str, state: Mapping[str, Any]) -> None:
+        """Replace the state of app ``key`` (in the changelog partition of the current event)."""
+        self[key] = orjson.dumps(state)
+
+    def app_states(self, containing: bytes = b"") -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every app's state on this worker (a snapshot; decoded as it goes).
+
+        ``containing``: only states whose serialized form contains these bytes, a cheap
+        pre-filter (callers still check the decoded state).
+        """
+        for key, raw in list(self.items()):
+            if containing and (not isinstance(raw, bytes) or containing not in raw):
+                continue
+            state = _state_of(raw)
+            if state is not None:
+                yield key, state
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         future = super().send_changelog(*args, **kwargs)
@@ -71,6 +105,16 @@ class DurableTable(_RawKeyJsonValues, faust.Table):
         pending, self._unconfirmed = self._unconfirmed, []
         if pending:
             await asyncio.gather(*pending)
+
+
+def _state_of(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        state = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return state if isinstance(state, dict) else None
 
 
 class TopicBackedGlobalTable(_RawKeyJsonValues, faust.GlobalTable):

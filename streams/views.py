@@ -49,10 +49,8 @@ def local_apps_running(topology: Topology, image: str) -> list[str]:
     owned = topology.assigned_partitions()
     return sorted(
         key
-        for key, state in list(topology.apps.items())
-        if isinstance(state, dict)
-        and state.get("partition") in owned
-        and image in state.get("images", ())
+        for key, state in topology.apps.app_states(containing=orjson.dumps(image))
+        if state.get("partition") in owned and image in state.get("images", ())
     )
 
 
@@ -68,8 +66,8 @@ def register(topology: Topology) -> None:
             pass
         except (KeyError, ServiceUnavailable):
             return view.error(503, "partition assignment in progress; retry shortly")
-        state = topology.apps.get(key)
-        if not isinstance(state, dict):
+        state = topology.apps.app_state(key)
+        if state is None:
             return view.notfound(f"no deployments seen for app {key!r}", app=key)
         return view.json(app_summary(state))
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
+import time
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from mode.types.signals import BaseSignalT
 
 from connectors import logs
 from connectors.broker import ensure_topics
@@ -39,6 +43,27 @@ async def prepare(settings: WorkerSettings) -> None:
     log.info("policy file published", extra={"rules": count, "file": str(settings.policy_file)})
 
 
+def freeze_heap(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
+    """Collect once, then exempt every object alive now from later cyclic collections.
+
+    Connected to ``on_rebalance_complete``: what is alive then (modules, Faust's and
+    aiokafka's machinery, the recovered tables' keys) lives as long as the worker, yet full
+    collections rescanned it every few seconds under load, 0.1-0.4 s each, which made the
+    end-to-end p99. Garbage made later is collected as usual; frozen objects that die are
+    still freed by reference counting.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "heap frozen",
+        extra={
+            "objects": gc.get_freeze_count(),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
 def run(args: argparse.Namespace | None = None) -> int:
     """Run the worker until SIGTERM/SIGINT."""
     settings = WorkerSettings()
@@ -46,6 +71,7 @@ def run(args: argparse.Namespace | None = None) -> int:
     asyncio.run(prepare(settings))
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     topology = build(settings)
+    topology.app.on_rebalance_complete.connect(freeze_heap)
     worker = faust.Worker(
         topology.app,
         loglevel=settings.log_level,
