@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
+
+from streams.produce import kafka_partition
 
 _PARTITION_CACHE_MAX = 100_000
 
@@ -42,11 +43,6 @@ class _Batch:
     builder: BatchBuilder
     started: float  # time.monotonic() when its first record was submitted
     waiters: list[asyncio.Future[tuple[int, int]]] = field(default_factory=list)
-
-
-def kafka_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partition for a keyed record."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Batcher:
