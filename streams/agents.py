@@ -208,10 +208,11 @@ async def _flush(topology: Topology, outputs: OutputProducer, batch: Batch) -> N
     """Outputs first, then state; both acknowledged by the broker before returning."""
     try:
         await outputs.send_all(batch.outputs)
+        apps = topology.apps
         for key, (event, state) in batch.states.items():
             with _current_event(event):  # the table writes to the event's partition
-                topology.apps.put_app_state(key, state)
-        await topology.apps.wait_durable()
+                apps.put_app_state(key, state)
+        apps.changelog_acknowledged(await outputs.send_placed(apps.take_changelog()))
     except Exception:
         log.critical(
             "could not write outputs or state; exiting so that no offset is committed",

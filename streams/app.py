@@ -13,10 +13,10 @@ partition's deployments and its state writes go to the right changelog partition
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -62,9 +62,13 @@ class DurableTable(faust.Table):
     the same as before: compact JSON). Use :meth:`app_state`, :meth:`put_app_state` and
     :meth:`app_states`, not the mapping interface.
 
-    Faust buffers changelog writes and may commit the source offset before they reach the
-    broker; a worker killed in that window loses the update (seen on the embedded broker).
-    The agent awaits ``wait_durable()`` before it lets the batch's offsets be acknowledged.
+    Changelog writes do not go through Faust's producer: Faust buffers them and may commit the
+    source offset before they reach the broker (a worker killed in that window loses the
+    update; seen on the embedded broker), and its per-record path made them the slowest part of
+    a batch. ``send_changelog`` queues each write instead; the agent takes them with
+    :meth:`take_changelog`, sends them with its own producer once the batch's outputs are
+    acknowledged, and reports the offsets with :meth:`changelog_acknowledged` before it lets
+    the batch's source offsets be committed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -72,7 +76,7 @@ class DurableTable(faust.Table):
         # Faust derives the serializers from key_type/value_type and ignores explicit ones.
         self.key_serializer = "raw"
         self.value_serializer = "raw"
-        self._unconfirmed: list[asyncio.Future[Any]] = []
+        self._changelog: list[tuple[int, bytes, bytes]] = []
 
     def app_state(self, key: str) -> dict[str, Any] | None:
         """The state of app ``key``, or ``None`` when there is none (or it is not an object)."""
@@ -95,16 +99,35 @@ class DurableTable(faust.Table):
             if state is not None:
                 yield key, state
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        future = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(future)
-        return future
+    def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> Any:
+        """Queue a table write for the agent's producer (Faust calls this on every write)."""
+        if partition is None or not isinstance(value, bytes):
+            raise RuntimeError("the apps table takes writes of serialized state inside the agent")
+        self._changelog.append((partition, key.encode() if isinstance(key, str) else key, value))
+        # Faust reads the partition back from what it takes for the send's future
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
-    async def wait_durable(self) -> None:
-        """Return once every changelog write so far is acknowledged by the broker."""
-        pending, self._unconfirmed = self._unconfirmed, []
-        if pending:
-            await asyncio.gather(*pending)
+    def take_changelog(self) -> list[tuple[str, int, bytes, bytes]]:
+        """The ``(topic, partition, key, value)`` changelog records queued since the last call."""
+        topic = self.changelog_topic.get_topic_name()
+        pending, self._changelog = self._changelog, []
+        return [(topic, partition, key, value) for partition, key, value in pending]
+
+    def changelog_acknowledged(self, last_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Record the acknowledged changelog offsets in the store.
+
+        What Faust's ``_on_changelog_sent`` does for the writes it sends itself: a RocksDB store
+        keeps the offset, so that a restarted worker reads only the changelog's tail.
+        """
+        for (topic, partition), offset in last_offsets.items():
+            self.data.set_persisted_offset(TP(topic, partition), offset)
 
 
 def _state_of(raw: Any) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -66,27 +67,45 @@ class OutputProducer:
         return cached
 
     async def send_all(self, records: Iterable[tuple[str, bytes, bytes]]) -> int:
-        """Send ``(topic, key, value)`` records; return their count once all are acknowledged.
+        """Send ``(topic, key, value)`` records to their keys' partitions; return their count
+        once all are acknowledged.
 
         Raises whatever the producer raises when the broker refuses a batch.
         """
-        grouped: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
-        count = 0
+        placed = []
         for topic, key, value in records:
-            partition = self._partition(key, await self._partitions(topic))
+            placed.append((topic, self._partition(key, await self._partitions(topic)), key, value))
+        await self.send_placed(placed)
+        return len(placed)
+
+    async def send_placed(
+        self, records: Iterable[tuple[str, int, bytes, bytes]]
+    ) -> dict[tuple[str, int], int]:
+        """Send ``(topic, partition, key, value)`` records; once all are acknowledged, return
+        the offset of the last record written to each ``(topic, partition)``.
+
+        Records of one partition go in one batch (or more, when full), in the order given.
+        Raises whatever the producer raises when the broker refuses a batch.
+        """
+        grouped: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for topic, partition, key, value in records:
             grouped.setdefault((topic, partition), []).append((key, value))
-            count += 1
-        delivered = []
-        for (topic, partition), items in grouped.items():
-            batch = self.producer.create_batch()
+        delivered: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
+        for tp, items in grouped.items():
+            batch, size = self.producer.create_batch(), 0
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     # full: send it and start another (a record always fits an empty batch)
-                    delivered.append(
-                        await self.producer.send_batch(batch, topic, partition=partition)
-                    )
-                    batch = self.producer.create_batch()
+                    sent = await self.producer.send_batch(batch, tp[0], partition=tp[1])
+                    delivered.append((tp, size, sent))
+                    batch, size = self.producer.create_batch(), 0
                     batch.append(key=key, value=value, timestamp=None)
-            delivered.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*delivered)
-        return count
+                size += 1
+            delivered.append(
+                (tp, size, await self.producer.send_batch(batch, tp[0], partition=tp[1]))
+            )
+        metadata = await asyncio.gather(*(sent for _, _, sent in delivered))
+        last: dict[tuple[str, int], int] = {}
+        for (tp, size, _), meta in zip(delivered, metadata, strict=True):
+            last[tp] = max(last.get(tp, -1), meta.offset + size - 1)
+        return last

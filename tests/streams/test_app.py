@@ -6,7 +6,9 @@ import gc
 from pathlib import Path
 
 import orjson
+from faust.types import TP
 
+from streams.agents import _current_event
 from streams.app import build
 from streams.settings import WorkerSettings
 
@@ -46,3 +48,37 @@ def test_app_states_prefilter_only_skips_states_without_the_bytes(tmp_path):
     assert sorted(nginx) == ["argocd/a", "argocd/c"]
     # a pre-filter: "partition":1 also matches 12; callers check the decoded value
     assert sorted(dict(apps.app_states(containing=b'"partition":1'))) == ["argocd/a", "argocd/b"]
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class _Event:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
+
+
+def test_state_writes_are_queued_for_the_agents_producer_on_the_events_partition(tmp_path):
+    topology = _topology(tmp_path)
+    apps = topology.apps
+    source = topology.sync_events.get_topic_name()
+    apps._verified_source_topics_for_partitions.add(source)  # Faust asks the consumer otherwise
+    event = _Event(source, partition=6)
+    with _current_event(event):
+        apps.put_app_state("argocd/web", {"revision": "abc"})
+        apps.put_app_state("argocd/api", {"revision": "def"})
+
+    changelog = apps.changelog_topic.get_topic_name()
+    assert apps.take_changelog() == [
+        (changelog, 6, b"argocd/web", b'{"revision":"abc"}'),
+        (changelog, 6, b"argocd/api", b'{"revision":"def"}'),
+    ]
+    assert apps.take_changelog() == []  # taken once
+    assert apps.app_state("argocd/api") == {"revision": "def"}  # and readable at once
+
+    persisted: list[tuple[TP, int]] = []
+    apps.data.set_persisted_offset = lambda tp, offset: persisted.append((tp, offset))
+    apps.changelog_acknowledged({(changelog, 6): 41})
+    assert persisted == [(TP(changelog, 6), 41)]

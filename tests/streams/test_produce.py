@@ -51,3 +51,25 @@ async def test_nothing_to_send_returns_at_once(broker):
         assert await outputs.send_all([]) == 0
     finally:
         await outputs.stop()
+
+
+async def test_placed_records_go_to_their_partition_and_report_each_last_offset(broker, prefix):
+    await ensure_topics(broker.bootstrap, prefix, partitions=8, topics=[DEPLOYMENTS])
+    topic = DEPLOYMENTS.address(prefix)
+    # partition 5 whatever the key hashes to (a changelog follows its source partition)
+    records = [(topic, 5, f"argocd/app-{i}".encode(), b'{"n": %d}' % i) for i in range(30)]
+    records += [(topic, 2, b"argocd/other", b'{"n": 100}')]
+    outputs = OutputProducer([broker.bootstrap], max_batch_bytes=256)  # several batches
+    await outputs.start()
+    try:
+        first = await outputs.send_placed(records)
+        again = await outputs.send_placed(records[:3])
+    finally:
+        await outputs.stop()
+
+    assert first == {(topic, 5): 29, (topic, 2): 0}
+    assert again == {(topic, 5): 32}
+    seen = await read_topic(broker.bootstrap, topic)
+    on_5 = [r.value["n"] for r in seen if r.partition == 5]
+    assert on_5 == [*range(30), 0, 1, 2]
+    assert [(r.partition, r.offset) for r in seen if r.value["n"] == 100] == [(2, 0)]
