@@ -140,12 +140,16 @@ async def test_query_api_answers_for_apps_and_images(broker, topics, start_worke
     assert status == 400 and "bad ref with spaces" in bad["error"]
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 async def test_state_survives_a_kill_right_after_the_offset_commit(
-    broker, topics, start_worker, worker_env
+    broker, topics, start_worker, worker_env, store, tmp_path
 ):
     events = list(fixture_events())
     first, rest = events[:3], events[3:]  # 01, 02, 03; 04 is 03 again
-    worker = start_worker()
+    # one data dir for both runs: a RocksDB store reads only the changelog after the offsets
+    # it recorded, so those must be right
+    env = {"SYNCTRAIL_WORKER_STORE": store, "SYNCTRAIL_WORKER_DATA_DIR": str(tmp_path / "data")}
+    worker = start_worker(**env)
     await worker.wait_ready()
     await _produce_events(broker.bootstrap, topics, first)
     await wait_for_records(broker.bootstrap, f"{topics}deployments", 3)
@@ -158,7 +162,7 @@ async def test_state_survives_a_kill_right_after_the_offset_commit(
     )
     worker.kill()
 
-    restarted = start_worker()
+    restarted = start_worker(**env)
     await restarted.wait_ready()
     await _produce_events(broker.bootstrap, topics, rest)
     announced = _announced(events)
