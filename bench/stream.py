@@ -540,7 +540,7 @@ class Bench:
         self.profile.mkdir(parents=True, exist_ok=True)
         out = self.profile / f"{name}.txt"
         say(f"profiling worker {child.pid} into {out}")
-        command = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking"]
+        command = [_py_spy(), "record", "--format", "raw", "--rate", "200", "--nonblocking"]
         return subprocess.Popen(
             [*command, "--pid", str(child.pid), "-o", str(out)],
             stdout=subprocess.DEVNULL,
@@ -549,6 +549,16 @@ class Bench:
 
     def _preload_rss(self) -> float:
         return next(v for n, v, _ in self.figures if n == "worker_rss_preload_mb")
+
+
+def _py_spy() -> str:
+    """py-spy from this interpreter's environment or PATH (``pip install py-spy``)."""
+    found = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if found is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
 
 
 async def worker_metrics(url: str) -> tuple[dict[str, float], list[float]]:
@@ -664,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
     parser.add_argument("--raw-passthrough", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        _py_spy()  # fail before the run, not in the middle of it
     if args.raw_passthrough:
         bootstrap, source, target, count, batch = args.raw_passthrough
         asyncio.run(raw_passthrough(bootstrap, source, target, int(count), int(batch)))

@@ -8,6 +8,7 @@ No I/O here: the agent reads state, calls these, and writes what they return.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,8 +51,13 @@ class Decision:
     metrics: list[JsonObject] = field(default_factory=list)
 
 
+@functools.lru_cache(maxsize=64)
 def iso_now(now: datetime) -> str:
-    """RFC 3339 UTC with milliseconds, as every synctrail timestamp is written."""
+    """RFC 3339 UTC with milliseconds, as every synctrail timestamp is written.
+
+    Cached: the agent stamps every record of a batch with the same ``now``, several times per
+    record, and ``strftime`` is not cheap.
+    """
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
