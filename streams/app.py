@@ -52,7 +52,7 @@ class _RawKeyJsonValues:
 
 
 class DurableTable(faust.Table):
-    """Per-app state: JSON objects held as their serialized bytes, writes that can be awaited.
+    """Per-app state: JSON objects held as their serialized bytes; the agent sends the changelog.
 
     Held serialized, not as Python objects: 10,000 apps of state are a few million objects
     that the cyclic garbage collector rescans on every full collection (0.1-0.4 s pauses every
