@@ -1,5 +1,9 @@
 """The worker's output producer: a batch's records as one record batch per topic partition.
 
+It sends the agent's outputs (keyed, to their keys' partitions: :meth:`OutputProducer.send_all`)
+and then the ``apps`` table's changelog writes (to the partition of the event that made them:
+:meth:`OutputProducer.send_placed`).
+
 ``producer.send()`` costs a partitioner call, a few coroutines and a future per record, and the
 worker writes four or five records per deploy. Records of one agent batch are instead grouped
 by topic partition and appended to aiokafka ``BatchBuilder``s, so a batch of 500 deploys is a

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -161,6 +162,13 @@ async def test_state_survives_a_kill_right_after_the_offset_commit(
         what="the worker to commit its offsets",
     )
     worker.kill()
+    if store == "rocksdb://":
+        # each partition's store recorded the offset of its last acknowledged changelog write
+        changelog = await read_topic(
+            broker.bootstrap, f"{worker_env['SYNCTRAIL_WORKER_ID']}-apps-changelog"
+        )
+        last = {r.partition: r.offset for r in changelog}  # sorted by partition and offset
+        assert last and _rocksdb_persisted_offsets(tmp_path / "data") == last
 
     restarted = start_worker(**env)
     await restarted.wait_ready()
@@ -173,6 +181,22 @@ async def test_state_survives_a_kill_right_after_the_offset_commit(
     # 04 (a re-delivery of 03) found 03's state after the kill: no announcement
     assert not any(d.startswith("04-") for d in delivered)
     _assert_continuity(per_app)
+
+
+def _rocksdb_persisted_offsets(data_dir: Path) -> dict[int, int]:
+    """The changelog offset each ``apps`` partition store recorded (Faust's offset key)."""
+    from rocksdict import AccessType, Options, Rdict
+
+    offsets: dict[int, int] = {}
+    for path in data_dir.rglob("apps-*.db"):
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            offset = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        if offset is not None:
+            offsets[int(path.name.removeprefix("apps-").removesuffix(".db"))] = int(offset)
+    return offsets
 
 
 async def test_worker_killed_mid_sequence_loses_nothing_and_keeps_continuity(
