@@ -275,16 +275,16 @@ class Dispatcher:
         self._tails[key] = me
         result = FAILED
         try:
-            batcher = self._batcher if self.broker_up else None
             if (
-                batcher is not None
+                self.broker_up
+                and self._batcher is not None
                 and not self.spool.pending(key)
                 and (prev is None or prev.direct or prev.result is not None)
             ):
                 me.direct = True
-                self._last_submit = started = time.monotonic()
+                started = time.monotonic()
                 try:
-                    partition, offset = await batcher.submit(key, value)
+                    partition, offset = await self._submit(self.topic, key, value)
                 except BatchFailed as exc:
                     me.direct = False
                     self.mark_down(str(exc))
