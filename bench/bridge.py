@@ -36,6 +36,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.loadgen import no_collector_pauses
 from streams.topics import SYNC_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,14 +178,15 @@ async def open_loop(rate: int, seconds: float, send: Send) -> tuple[list[float],
             failures += 1
 
     tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
-    await asyncio.gather(*tasks)
+    with no_collector_pauses():
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
     return latencies, failures
 
 

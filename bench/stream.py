@@ -63,6 +63,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.loadgen import no_collector_pauses
 from connectors.broker import EmbeddedBroker, ensure_topics, free_port
 from connectors.offsets import log_end_offsets
 from streams.topics import DEPLOYMENTS, SYNC_EVENTS, TopicSpec
@@ -622,13 +623,14 @@ async def paced_post(url: str, bodies: list[bytes], rate: int) -> dict[str, floa
                 accepted[orjson.loads(text)["delivery_id"]] = time.time()
 
         tasks = []
-        begin = time.perf_counter()
-        for i, body in enumerate(bodies):
-            delay = begin + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(post(body)))
-        await asyncio.gather(*tasks)
+        with no_collector_pauses():
+            begin = time.perf_counter()
+            for i, body in enumerate(bodies):
+                delay = begin + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(post(body)))
+            await asyncio.gather(*tasks)
     if failures:
         raise RuntimeError(f"{len(failures)} deliveries refused, e.g. {failures[0]}")
     return accepted
