@@ -1,19 +1,26 @@
 """The agent: read sync events in batches, decide with the pure functions, emit, store.
 
 Order of effects per batch, which is what makes at-least-once safe without transactions:
-1. decide every event against the state (earlier events of the batch included);
+1. decide every event against the state (earlier events and batches included);
 2. send every output record and wait until the broker has them all;
 3. write the new app states and wait until their changelog records are acknowledged;
-4. only then does the batch's offset become committable (``take_events`` acks after the body).
+4. only then do the batch's offsets become committable (its events are acked).
 A crash before 2 completes replays the batch: outputs may repeat (consumers dedupe by
 ``delivery_id`` / idempotency key) but nothing is lost. A crash between 2 and 3 replays too and
 re-emits the same records. Once 3 is done a replay finds duplicates and emits nothing.
 If the broker refuses outputs, the process exits at once so that no offset is committed past
-records that were never written (``take_events`` acks even when the body raises).
+records that were never written.
+
+Steps 2-4 run in a :class:`Flusher` task, so that the agent decides the next batch while the
+broker acknowledges the last one: one round trip per batch instead of two on the path of every
+event. Its outputs are handed to the producer at once, behind the earlier batches' on every
+partition; decided states wait in :attr:`Flusher.pending` (read before the table) until their
+outputs are acknowledged, because a state must never be durable before its outputs are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -54,15 +61,20 @@ from streams.topics import (
 log = logging.getLogger(__name__)
 
 EXIT_OUTPUT_FAILED = 75  # EX_TEMPFAIL: the supervisor should restart us
+# On stop, how long decided batches may take to be written (else they are read again).
+DRAIN_TIMEOUT_S = 10.0
 
 
 @dataclass
 class Batch:
     """Outputs and state updates collected while deciding one batch."""
 
+    events: list[Any] = field(default_factory=list)
     outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     states: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     outcomes: list[tuple[str, float | None]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def emit(self, topic: str, key: str, value: Any) -> None:
         self.outputs.append((topic, key.encode(), records.dumps(value)))
@@ -117,10 +129,10 @@ def _emit_decision(topology: Topology, batch: Batch, decision: Decision, now: da
         batch.emit(t(METRICS.name), key, metric)
 
 
-def _state_for(topology: Topology, batch: Batch, key: str) -> Mapping[str, Any] | None:
+def _state_for(flusher: Flusher, batch: Batch, key: str) -> Mapping[str, Any] | None:
     if key in batch.states:
         return batch.states[key][1]
-    return topology.apps.app_state(key)
+    return flusher.state(key)
 
 
 def _already_applied(state: Mapping[str, Any] | None, event: Any) -> bool:
@@ -143,14 +155,15 @@ def _stamp(state: dict[str, Any], event: Any) -> None:
 
 
 def _handle_sync_event(
-    topology: Topology, batch: Batch, event: Any, value: dict[str, Any], now: datetime
+    flusher: Flusher, batch: Batch, event: Any, value: dict[str, Any], now: datetime
 ) -> None:
+    topology = flusher.topology
     validate_event(value)
     key = app_key_of(value)
     message_key = event.message.key.decode() if event.message.key else None
     if message_key != key:
         raise InvalidSyncEvent(f"record key {message_key!r} does not match app {key!r}")
-    state = _state_for(topology, batch, key)
+    state = _state_for(flusher, batch, key)
     if _already_applied(state, event):
         batch.outcomes.append(("replayed", None))
         return
@@ -166,8 +179,9 @@ def _handle_sync_event(
 
 
 def _handle_policy_check(
-    topology: Topology, batch: Batch, event: Any, value: dict[str, Any], now: datetime
+    flusher: Flusher, batch: Batch, event: Any, value: dict[str, Any], now: datetime
 ) -> None:
+    topology = flusher.topology
     rule = value.get("rule")
     if not isinstance(rule, dict) or not isinstance(rule.get("id"), str):
         raise InvalidSyncEvent("policy check without a rule id")
@@ -175,7 +189,8 @@ def _handle_policy_check(
     partition = event.message.partition
     # Only this partition's apps, and only their states are decoded.
     candidates = dict(topology.apps.app_states(containing=b'"partition":%d' % partition))
-    candidates.update({key: state for key, (_, state) in batch.states.items()})  # newer
+    candidates.update(flusher.pending)  # decided, outputs not yet acknowledged: newer
+    candidates.update({key: state for key, (_, state) in batch.states.items()})  # newest
     for key, state in candidates.items():
         if state.get("partition") != partition or _already_applied(state, event):
             continue
@@ -204,22 +219,95 @@ def _current_event(event: Any) -> Iterator[None]:
         faust_current_event.reset(token)
 
 
-async def _flush(topology: Topology, outputs: OutputProducer, batch: Batch) -> None:
-    """Outputs first, then state; both acknowledged by the broker before returning."""
-    try:
-        await outputs.send_all(batch.outputs)
+class Flusher:
+    """Writes decided batches in order: outputs, then states, then lets their offsets commit.
+
+    :meth:`submit` hands a batch's outputs to the producer and queues the batch; a background
+    task waits for their acknowledgement, writes the states to the table, waits for the
+    changelog's, and acks the events. ``depth`` batches may wait behind the one being written,
+    after which :meth:`submit` waits: that bounds memory and how far decisions run ahead.
+    """
+
+    def __init__(self, topology: Topology, outputs: OutputProducer, depth: int = 1) -> None:
+        self.topology = topology
+        self.outputs = outputs
+        #: States decided but not in the table yet (their outputs are not acknowledged).
+        self.pending: dict[str, dict[str, Any]] = {}
+        self._queue: asyncio.Queue[tuple[Batch, asyncio.Future[Any]]] = asyncio.Queue(depth)
+        self._task: asyncio.Task[None] | None = None
+
+    def state(self, key: str) -> Mapping[str, Any] | None:
+        """The newest state of ``key``: decided, or else stored."""
+        pending = self.pending.get(key)
+        return pending if pending is not None else self.topology.apps.app_state(key)
+
+    def start(self) -> None:
+        """Start writing; call from the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, batch: Batch) -> None:
+        """Hand over a decided batch; returns once it is queued (see the class docstring)."""
+        for event in batch.events:
+            event.message.incref()  # not committable when the agent's take acks it
+        for key, (_, state) in batch.states.items():
+            self.pending[key] = state
+        try:
+            acknowledged = await self.outputs.hand_over(await self.outputs.place(batch.outputs))
+        except Exception:
+            _exit_unwritten()
+        await self._queue.put((batch, acknowledged))
+
+    async def drain(self) -> None:
+        """Return once every submitted batch is written and acked."""
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        """Stop writing; batches not written stay unacked and are read again after a restart."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            batch, acknowledged = await self._queue.get()
+            try:
+                await self._write(batch, acknowledged)
+            except Exception:
+                _exit_unwritten()
+            self._queue.task_done()
+
+    async def _write(self, batch: Batch, acknowledged: asyncio.Future[Any]) -> None:
+        topology = self.topology
+        await acknowledged
         apps = topology.apps
         for key, (event, state) in batch.states.items():
             with _current_event(event):  # the table writes to the event's partition
                 apps.put_app_state(key, state)
-        apps.changelog_acknowledged(await outputs.send_placed(apps.take_changelog()))
-    except Exception:
-        log.critical(
-            "could not write outputs or state; exiting so that no offset is committed",
-            exc_info=True,
-        )
-        logging.shutdown()
-        os._exit(EXIT_OUTPUT_FAILED)
+            if self.pending.get(key) is state:  # a later batch may have decided it again
+                del self.pending[key]
+        apps.changelog_acknowledged(await self.outputs.send_placed(apps.take_changelog()))
+        consumer, on_message_out = topology.app.consumer, topology.app.sensors.on_message_out
+        for event in batch.events:
+            message = event.message
+            if message.ack(consumer):  # the last reference: the offset may be committed
+                on_message_out(message.tp, message.offset, message)
+        done = datetime.now(UTC)
+        metrics = topology.metrics
+        for outcome, latency in batch.outcomes:
+            metrics.events.labels(outcome).inc()
+            if latency is not None:
+                metrics.processing.observe(latency + (done - batch.now).total_seconds())
+        metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+
+
+def _exit_unwritten() -> None:
+    log.critical(
+        "could not write outputs or state; exiting so that no offset is committed",
+        exc_info=True,
+    )
+    logging.shutdown()
+    os._exit(EXIT_OUTPUT_FAILED)
 
 
 async def process_sync_events(topology: Topology, stream: Any) -> None:
@@ -231,60 +319,67 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
         client_id=f"{settings.worker_id}-outputs",
     )
     await outputs.start()
+    flusher = Flusher(topology, outputs)
+    flusher.start()
     try:
-        await _process(topology, outputs, stream)
+        await _process(flusher, stream)
     finally:
-        await outputs.stop()
+        try:
+            # what was decided is written if the broker allows (a stop cancels this wait)
+            await asyncio.wait_for(flusher.drain(), DRAIN_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("stopping with batches unwritten; they are read again after a restart")
+        finally:
+            await flusher.stop()
+            await outputs.stop()
 
 
-async def _process(topology: Topology, outputs: OutputProducer, stream: Any) -> None:
-    settings = topology.settings
-    metrics = topology.metrics
+def decide_batch(flusher: Flusher, events: list[Any]) -> Batch:
+    """Decide every event of one take against the newest states; nothing is written yet."""
+    topology = flusher.topology
+    batch = Batch(events=list(events))
+    now = batch.now
+    for event in events:
+        try:
+            value = orjson.loads(event.message.value)
+            if isinstance(value, dict) and value.get("schema") == POLICY_CHECK_V1:
+                _handle_policy_check(flusher, batch, event, value, now)
+            else:
+                _handle_sync_event(flusher, batch, event, value, now)
+        except Exception as exc:  # every failure is dead-lettered, never dropped
+            reason = (
+                str(exc)
+                if isinstance(exc, InvalidSyncEvent | orjson.JSONDecodeError)
+                else (f"unexpected error: {exc}")
+            )
+            log.warning(
+                "dead-lettering a record",
+                extra={
+                    "reason": reason,
+                    "partition": event.message.partition,
+                    "offset": event.message.offset,
+                },
+                exc_info=not isinstance(exc, InvalidSyncEvent | orjson.JSONDecodeError),
+            )
+            key = event.message.key.decode("utf-8", "replace") if event.message.key else ""
+            batch.emit(
+                topology.topic(DEAD_LETTERS.name),
+                key,
+                _dead_letter(topology, event, reason, exc, now),
+            )
+            batch.emit(
+                topology.topic(METRICS.name), key, metric_event("dead_letter", key, None, now)
+            )
+            batch.outcomes.append(("dead_lettered", None))
+    return batch
+
+
+async def _process(flusher: Flusher, stream: Any) -> None:
+    settings = flusher.topology.settings
     async for events in stream.take_events(
         settings.worker_batch_size, settings.worker_batch_within_s
     ):
-        started = time.perf_counter()
-        now = datetime.now(UTC)
-        batch = Batch()
-        for event in events:
-            try:
-                value = orjson.loads(event.message.value)
-                if isinstance(value, dict) and value.get("schema") == POLICY_CHECK_V1:
-                    _handle_policy_check(topology, batch, event, value, now)
-                else:
-                    _handle_sync_event(topology, batch, event, value, now)
-            except Exception as exc:  # every failure is dead-lettered, never dropped
-                reason = (
-                    str(exc)
-                    if isinstance(exc, InvalidSyncEvent | orjson.JSONDecodeError)
-                    else (f"unexpected error: {exc}")
-                )
-                log.warning(
-                    "dead-lettering a record",
-                    extra={
-                        "reason": reason,
-                        "partition": event.message.partition,
-                        "offset": event.message.offset,
-                    },
-                    exc_info=not isinstance(exc, InvalidSyncEvent | orjson.JSONDecodeError),
-                )
-                key = event.message.key.decode("utf-8", "replace") if event.message.key else ""
-                batch.emit(
-                    topology.topic(DEAD_LETTERS.name),
-                    key,
-                    _dead_letter(topology, event, reason, exc, now),
-                )
-                batch.emit(
-                    topology.topic(METRICS.name), key, metric_event("dead_letter", key, None, now)
-                )
-                batch.outcomes.append(("dead_lettered", None))
-        await _flush(topology, outputs, batch)
-        done = datetime.now(UTC)
-        for outcome, latency in batch.outcomes:
-            metrics.events.labels(outcome).inc()
-            if latency is not None:
-                metrics.processing.observe(latency + (done - now).total_seconds())
-        metrics.batch_seconds.observe(time.perf_counter() - started)
+        await flusher.submit(decide_batch(flusher, events))
 
 
 def register(topology: Topology) -> None:

@@ -76,11 +76,19 @@ class OutputProducer:
 
         Raises whatever the producer raises when the broker refuses a batch.
         """
+        placed = await self.place(records)
+        await (await self.hand_over(placed))
+        return len(placed)
+
+    async def place(
+        self, records: Iterable[tuple[str, bytes, bytes]]
+    ) -> list[tuple[str, int, bytes, bytes]]:
+        """``(topic, key, value)`` records as ``(topic, partition, key, value)``: each on its
+        key's partition."""
         placed = []
         for topic, key, value in records:
             placed.append((topic, self._partition(key, await self._partitions(topic)), key, value))
-        await self.send_placed(placed)
-        return len(placed)
+        return placed
 
     async def send_placed(
         self, records: Iterable[tuple[str, int, bytes, bytes]]
@@ -88,8 +96,20 @@ class OutputProducer:
         """Send ``(topic, partition, key, value)`` records; once all are acknowledged, return
         the offset of the last record written to each ``(topic, partition)``.
 
-        Records of one partition go in one batch (or more, when full), in the order given.
         Raises whatever the producer raises when the broker refuses a batch.
+        """
+        return await (await self.hand_over(records))
+
+    async def hand_over(
+        self, records: Iterable[tuple[str, int, bytes, bytes]]
+    ) -> asyncio.Future[dict[tuple[str, int], int]]:
+        """Give ``(topic, partition, key, value)`` records to the producer, without waiting for
+        the broker; the returned future resolves to :meth:`send_placed`'s answer.
+
+        Records of one partition go in one batch (or more, when full), in the order given, and
+        after those of every earlier call: a caller that hands over batch after batch keeps
+        their order on every partition while their acknowledgements are still outstanding.
+        The future fails with whatever the producer raises when the broker refuses a batch.
         """
         grouped: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         for topic, partition, key, value in records:
@@ -108,8 +128,14 @@ class OutputProducer:
             delivered.append(
                 (tp, size, await self.producer.send_batch(batch, tp[0], partition=tp[1]))
             )
-        metadata = await asyncio.gather(*(sent for _, _, sent in delivered))
-        last: dict[tuple[str, int], int] = {}
-        for (tp, size, _), meta in zip(delivered, metadata, strict=True):
-            last[tp] = max(last.get(tp, -1), meta.offset + size - 1)
-        return last
+        return asyncio.ensure_future(_last_offsets(delivered))
+
+
+async def _last_offsets(
+    delivered: list[tuple[tuple[str, int], int, asyncio.Future[Any]]],
+) -> dict[tuple[str, int], int]:
+    metadata = await asyncio.gather(*(sent for _, _, sent in delivered))
+    last: dict[tuple[str, int], int] = {}
+    for (tp, size, _), meta in zip(delivered, metadata, strict=True):
+        last[tp] = max(last.get(tp, -1), meta.offset + size - 1)
+    return last
