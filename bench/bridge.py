@@ -11,6 +11,8 @@ client waiting). It runs against the bridge, the bare handler and the broker its
 aiokafka ``send_and_wait`` of a record of the same size, acks=all: the floor under the bridge's
 "202 only once the broker acknowledged" latency), in alternating rounds; per-round p50/p99 are
 reported as medians over the rounds.
+The client does not collect garbage during a run (``bench.loadgen``): its own pauses would
+otherwise show up as the server's latency.
 
 Output: one ``BENCH <name> <value> <unit>`` line per figure. Needs wrk
 (``apt-get install -y wrk``); without it the script says so and exits with status 2.

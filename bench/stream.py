@@ -29,7 +29,8 @@
    producer stamps it when it sends the record; acknowledged a few ms later) minus the wall
    time at which the client received the bridge's 202 (sent once Kafka has the sync event).
    Records are read after the run, not by a live consumer, for the reason given in 3. Client,
-   bridge, worker and broker share the 2 cores.
+   bridge, worker and broker share the 2 cores; the client does not collect garbage during the
+   run (``bench.loadgen``).
 
 ``*_lost_events`` counts events that reached sync-events but never produced a deployment
 record (it must be 0); the waits end once the worker reports no lag and has been quiet for
