@@ -73,3 +73,34 @@ async def test_placed_records_go_to_their_partition_and_report_each_last_offset(
     on_5 = [r.value["n"] for r in seen if r.partition == 5]
     assert on_5 == [*range(30), 0, 1, 2]
     assert [(r.partition, r.offset) for r in seen if r.value["n"] == 100] == [(2, 0)]
+
+
+async def test_records_handed_over_before_earlier_ones_are_acknowledged_keep_their_order(
+    broker, prefix
+):
+    await ensure_topics(broker.bootstrap, prefix, partitions=8, topics=[DEPLOYMENTS])
+    topic = DEPLOYMENTS.address(prefix)
+    outputs = OutputProducer([broker.bootstrap], max_batch_bytes=2048)  # several batches each
+    await outputs.start()
+    try:
+        acknowledgements = []
+        for start in (0, 100, 200):  # three agent batches, none awaited before the next
+            records = [
+                (topic, f"argocd/app-{i % 7}".encode(), b'{"n": %d, "pad": "%s"}' % (i, b"x" * 300))
+                for i in range(start, start + 100)
+            ]
+            acknowledgements.append(await outputs.hand_over(await outputs.place(records)))
+        results = [await ack for ack in acknowledgements]
+    finally:
+        await outputs.stop()
+
+    seen = await read_topic(broker.bootstrap, topic)
+    assert len(seen) == 300
+    per_key: dict[str, list[int]] = {}
+    for record in seen:
+        per_key.setdefault(record.key, []).append(record.value["n"])
+    for key, numbers in per_key.items():
+        app = int(key.rsplit("-", 1)[1])
+        assert numbers == [n for n in range(300) if n % 7 == app]
+    # every batch has every key: the last one ends each partition
+    assert results[-1] == {(topic, r.partition): r.offset for r in seen}
