@@ -3,7 +3,10 @@
 ``python -m bench.bridge`` (``make bench``) starts the embedded broker, the bridge (a child
 process, as in production) and a bare aiohttp server whose handler only reads the body and
 answers 202. wrk (1 thread, 32 connections) POSTs ``03-guestbook-rev-b.json`` to both, in
-alternating rounds so that a noisy machine hurts both alike; the medians are reported.
+alternating rounds so that a noisy machine hurts both alike; the medians are reported. A third
+server in the same rounds is the issue's reference point (``naive_*``): a handler that only
+parses the body with orjson and awaits an aiokafka ``send_and_wait`` (acks=all), which the issue
+measured at a ratio of 0.32 on its machine; ``bridge_vs_naive`` compares the bridge with it.
 
 Then an open-loop client starts requests at a steady 1,000 req/s, whatever the answers, and
 measures each latency from the request's scheduled start (so a stall is not hidden by the
@@ -35,8 +38,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 
 from bench.loadgen import no_collector_pauses
 from streams.topics import SYNC_EVENTS
@@ -64,6 +69,34 @@ def serve_bare(port: int) -> None:
         return web.Response(status=202, body=b'{"accepted":true}', content_type="application/json")
 
     app = web.Application()
+    app.router.add_post("/v1/sync", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_naive(port: int, bootstrap: str, topic: str) -> None:
+    """The issue's reference point: parse the body with orjson, ``send_and_wait`` it (acks=all).
+
+    No validation, no batching of its own, no spool: what a first bridge would do.
+    """
+    from aiohttp import web
+    from aiokafka import AIOKafkaProducer
+
+    producers: list[AIOKafkaProducer] = []  # made in the server's loop
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        orjson.loads(body)
+        await producers[0].send_and_wait(topic, body, key=b"argocd/guestbook")
+        return web.Response(status=202, body=b'{"accepted":true}', content_type="application/json")
+
+    async def lifecycle(app: web.Application) -> Any:
+        producers.append(AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all"))
+        await producers[0].start()
+        yield
+        await producers[0].stop()
+
+    app = web.Application()
+    app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/sync", handle)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -279,7 +312,7 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
     broker.start_sync()
     try:
         asyncio.run(ensure_topics(broker.bootstrap, prefix, 8))
-        bridge_port, bare_port = _free_port(), _free_port()
+        bridge_port, bare_port, naive_port = _free_port(), _free_port(), _free_port()
         env = {
             **os.environ,
             "SYNCTRAIL_KAFKA_BOOTSTRAP": broker.bootstrap,
@@ -291,21 +324,27 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
         }
         bridge_cmd = [sys.executable, "-m", "connectors.cli", "bridge"]
         bare_cmd = [sys.executable, "-m", "bench.bridge", "--serve-bare", str(bare_port)]
+        naive_cmd = [sys.executable, "-m", "bench.bridge", "--serve-naive", str(naive_port)]
+        naive_cmd += [broker.bootstrap, SYNC_EVENTS.address(prefix)]
         with (
             _child(bridge_cmd, env, work / "bridge.log"),
             _child(bare_cmd, env, work / "bare.log"),
+            _child(naive_cmd, env, work / "naive.log"),
         ):
             bridge_url = f"http://127.0.0.1:{bridge_port}"
             bare_url = f"http://127.0.0.1:{bare_port}"
+            naive_url = f"http://127.0.0.1:{naive_port}"
             asyncio.run(_wait_http(f"{bridge_url}/readyz", want='"broker":"up"'))
             asyncio.run(_wait_http(f"{bare_url}/"))
+            asyncio.run(_wait_http(f"{naive_url}/"))
             wrk_env = {**os.environ, "BENCH_BODY_FILE": str(BODY), "BENCH_TOKEN": TOKEN}
-            for url in (bare_url, bridge_url):  # warm-up
+            for url in (bare_url, bridge_url, naive_url):  # warm-up
                 run_wrk(f"{url}/v1/sync", 2, lua, wrk_env)
-            bare_runs, bridge_runs = [], []
+            bare_runs, bridge_runs, naive_runs = [], [], []
             for _ in range(rounds):
                 bare_runs.append(run_wrk(f"{bare_url}/v1/sync", seconds, lua, wrk_env))
                 bridge_runs.append(run_wrk(f"{bridge_url}/v1/sync", seconds, lua, wrk_env))
+                naive_runs.append(run_wrk(f"{naive_url}/v1/sync", seconds, lua, wrk_env))
             # The same steady load on the bridge, on the bare handler (what this machine and
             # the client add by themselves) and on the broker alone (the acknowledgement).
             steady: dict[str, list[list[float]]] = {"bridge": [], "bare": [], "kafka": []}
@@ -327,6 +366,10 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
     print(f"BENCH bare_req_per_s {bare_rps:.0f} req/s")
     print(f"BENCH bridge_req_per_s {bridge_rps:.0f} req/s")
     print(f"BENCH bridge_ratio {bridge_rps / bare_rps:.2f} x")
+    naive_rps = med(naive_runs, "rps")
+    print(f"BENCH naive_req_per_s {naive_rps:.0f} req/s")
+    print(f"BENCH naive_ratio {naive_rps / bare_rps:.2f} x")
+    print(f"BENCH bridge_vs_naive {bridge_rps / naive_rps:.2f} x")
     print(f"BENCH bare_p50_ms {med(bare_runs, 'p50'):.2f} ms")
     print(f"BENCH bare_p99_ms {med(bare_runs, 'p99'):.2f} ms")
     print(f"BENCH bridge_p50_ms {med(bridge_runs, 'p50'):.2f} ms")
@@ -350,9 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         "--paced-rounds", type=int, default=3, help="alternating bridge/bare/kafka steady runs"
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-naive", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
         serve_bare(args.serve_bare)
+        return 0
+    if args.serve_naive:
+        port, bootstrap, topic = args.serve_naive
+        serve_naive(int(port), bootstrap, topic)
         return 0
     return bench(args.seconds, args.rounds, args.rate, args.paced_seconds, args.paced_rounds)
 
