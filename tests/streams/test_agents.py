@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,7 +99,8 @@ class Outputs:
 
 
 @pytest.fixture
-def parts() -> SimpleNamespace:
+async def parts() -> AsyncIterator[SimpleNamespace]:
+    """A started flusher over stand-ins that log what happens, in order."""
     log: list[str] = []
     consumer = SimpleNamespace(acked=[])
     topology = SimpleNamespace(
@@ -110,13 +111,12 @@ def parts() -> SimpleNamespace:
         metrics=WorkerMetrics(),
     )
     outputs = Outputs(log)
-    return SimpleNamespace(
-        log=log,
-        consumer=consumer,
-        apps=topology.apps,
-        outputs=outputs,
-        flusher=Flusher(topology, outputs),
-    )  # type: ignore[arg-type]
+    flusher = Flusher(topology, outputs)  # type: ignore[arg-type]
+    flusher.start()
+    yield SimpleNamespace(
+        log=log, consumer=consumer, apps=topology.apps, outputs=outputs, flusher=flusher
+    )
+    await flusher.stop()
 
 
 def batch_of(offset: int, key: str, version: int) -> Batch:
@@ -130,7 +130,6 @@ def batch_of(offset: int, key: str, version: int) -> Batch:
 
 async def test_a_state_reaches_the_table_only_after_its_outputs_are_acknowledged(parts):
     flusher = parts.flusher
-    flusher.start()
     batch = batch_of(10, "argocd/guestbook", 1)
     await flusher.submit(batch)
     await wait_until(lambda: flusher._queue.empty())  # the flusher holds it now
@@ -149,12 +148,10 @@ async def test_a_state_reaches_the_table_only_after_its_outputs_are_acknowledged
     ]
     assert flusher.pending == {}
     assert parts.apps.stored == {"argocd/guestbook": {"v": 1}}
-    await flusher.stop()
 
 
 async def test_offsets_become_committable_only_once_the_state_is_acknowledged(parts):
     flusher = parts.flusher
-    flusher.start()
     batch = batch_of(7, "argocd/guestbook", 1)
     await flusher.submit(batch)
     message = batch.events[0].message
@@ -164,12 +161,10 @@ async def test_offsets_become_committable_only_once_the_state_is_acknowledged(pa
     parts.outputs.acknowledge(0)
     await flusher.drain()
     assert parts.consumer.acked == [7]
-    await flusher.stop()
 
 
 async def test_the_next_batch_is_handed_over_while_the_last_awaits_its_acknowledgement(parts):
     flusher = parts.flusher
-    flusher.start()
     await flusher.submit(batch_of(1, "argocd/a", 1))
     await flusher.submit(batch_of(2, "argocd/b", 2))
 
@@ -182,12 +177,10 @@ async def test_the_next_batch_is_handed_over_while_the_last_awaits_its_acknowled
         "put argocd/a v1",
         "put argocd/b v2",
     ]
-    await flusher.stop()
 
 
 async def test_a_key_decided_again_keeps_its_newer_undurable_state(parts):
     flusher = parts.flusher
-    flusher.start()
     await flusher.submit(batch_of(1, "argocd/guestbook", 1))
     await flusher.submit(batch_of(2, "argocd/guestbook", 2))
 
@@ -200,12 +193,10 @@ async def test_a_key_decided_again_keeps_its_newer_undurable_state(parts):
     await flusher.drain()
     assert parts.apps.stored["argocd/guestbook"] == {"v": 2}
     assert flusher.pending == {}
-    await flusher.stop()
 
 
 async def test_submit_waits_while_the_queue_is_full(parts):
     flusher = parts.flusher  # depth 1: one batch written, one waiting
-    flusher.start()
     await flusher.submit(batch_of(1, "argocd/a", 1))
     await wait_until(lambda: flusher._queue.empty())
     await flusher.submit(batch_of(2, "argocd/b", 1))
@@ -219,4 +210,3 @@ async def test_submit_waits_while_the_queue_is_full(parts):
         parts.outputs.acknowledge(index)
     await flusher.drain()
     assert sorted(parts.apps.stored) == ["argocd/a", "argocd/b", "argocd/c"]
-    await flusher.stop()
