@@ -46,6 +46,7 @@ class OutputProducer:
         )
         self._partition_counts: dict[str, int] = {}
         self._partition_of: dict[tuple[bytes, int], int] = {}
+        self._tracked: set[str] = set()
 
     async def start(self) -> None:
         """Connect to the cluster."""
@@ -58,8 +59,18 @@ class OutputProducer:
     async def _partitions(self, topic: str) -> int:
         count = self._partition_counts.get(topic)
         if count is None:
+            await self._track(topic)
             count = self._partition_counts[topic] = len(await self.producer.partitions_for(topic))
         return count
+
+    async def _track(self, topic: str) -> None:
+        # aiokafka refreshes metadata only for the topics its client tracks, as soon as it
+        # tracks any; a topic it learnt from the start-up metadata is not tracked. Writing to a
+        # topic created later (the changelog) then made every refresh forget the output topics,
+        # and their queued batches failed after 40 s with NotLeaderForPartitionError.
+        if topic not in self._tracked:
+            self._tracked.add(topic)
+            await self.producer.client.add_topic(topic)
 
     def _partition(self, key: bytes, partitions: int) -> int:
         # apps are few and murmur2 runs in Python: remember each key's partition
@@ -116,6 +127,7 @@ class OutputProducer:
             grouped.setdefault((topic, partition), []).append((key, value))
         delivered: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         for tp, items in grouped.items():
+            await self._track(tp[0])
             batch, size = self.producer.create_batch(), 0
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:

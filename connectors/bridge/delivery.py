@@ -202,6 +202,9 @@ class Dispatcher:
                 ),
                 timeout * 2,
             )
+            # Tracked, so that metadata refreshes keep it when a spooled record of another
+            # topic makes aiokafka track that one (it then refreshes tracked topics only).
+            await asyncio.wait_for(producer.client.add_topic(self.topic), timeout)
             partitions = await asyncio.wait_for(producer.partitions_for(self.topic), timeout)
         except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
             self.last_broker_error = f"{type(exc).__name__}: {exc}"

@@ -6,7 +6,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.broker import ensure_topics
 from streams.produce import OutputProducer, kafka_partition
-from streams.topics import DEPLOYMENTS, METRICS
+from streams.topics import DEPLOYMENTS, METRICS, TopicSpec
 from tests.support import read_topic
 
 
@@ -104,3 +104,25 @@ async def test_records_handed_over_before_earlier_ones_are_acknowledged_keep_the
         assert numbers == [n for n in range(300) if n % 7 == app]
     # every batch has every key: the last one ends each partition
     assert results[-1] == {(topic, r.partition): r.offset for r in seen}
+
+
+async def test_topics_created_after_start_do_not_make_the_producer_forget_the_others(
+    broker, prefix
+):
+    await ensure_topics(broker.bootstrap, prefix, partitions=8, topics=[DEPLOYMENTS, METRICS])
+    deployments = DEPLOYMENTS.address(prefix)
+    outputs = OutputProducer([broker.bootstrap], max_batch_bytes=16384)
+    await outputs.start()  # its start-up metadata knows the topics above
+    try:
+        await outputs.send_all([(deployments, b"argocd/guestbook", b'{"n": 1}')])
+        # a topic the producer first meets later, as the worker meets its changelog
+        later = TopicSpec("apps-changelog", "none", "created after the producer started")
+        await ensure_topics(broker.bootstrap, prefix, partitions=8, topics=[later])
+        changelog = later.address(prefix)
+        await outputs.send_placed([(changelog, 3, b"argocd/guestbook", b"{}")])
+        await outputs.producer.client.force_metadata_update()
+
+        assert outputs.producer.client.cluster.partitions_for_topic(deployments) == set(range(8))
+        assert await outputs.send_all([(deployments, b"argocd/guestbook", b'{"n": 2}')]) == 1
+    finally:
+        await outputs.stop()

@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from connectors.broker import EmbeddedBroker
+from connectors.broker import EmbeddedBroker, ensure_topics
+from streams.topics import SYNC_EVENTS
 from tests.connectors.bridge.helpers import (
     AUTH,
     TOKEN,
@@ -294,3 +295,25 @@ async def test_anonymous_bridge_accepts_unauthenticated_posts(
         resp = await client.post("/v1/sync", data=envelope("anon", 1))
         assert resp.status == 202
     assert len(await read_topic(broker.bootstrap, _topic(topics))) == 1
+
+
+async def test_a_topic_met_after_start_does_not_make_the_bridge_forget_its_own(
+    broker: EmbeddedBroker, topics: str, tmp_path: Path
+) -> None:
+    async with running_bridge(bridge_settings(broker.bootstrap, topics, tmp_path)) as (
+        client,
+        bridge,
+    ):
+        # As when the spool drains a record of an earlier prefix whose topic is new to the
+        # producer: aiokafka then tracks that topic, and refreshes only tracked topics.
+        later = f"later-{topics}"
+        await ensure_topics(broker.bootstrap, later, partitions=8, topics=[SYNC_EVENTS])
+        producer = bridge.dispatcher._producer
+        assert producer is not None
+        await producer.send_and_wait(_topic(later), b"{}", key=b"argocd/old")
+        await producer.client.force_metadata_update()
+
+        assert producer.client.cluster.partitions_for_topic(_topic(topics)) == set(range(8))
+        resp = await client.post("/v1/sync", data=envelope("app", 1), headers=AUTH)
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["spooled"] is False
