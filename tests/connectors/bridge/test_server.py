@@ -300,10 +300,8 @@ async def test_anonymous_bridge_accepts_unauthenticated_posts(
 async def test_a_topic_met_after_start_does_not_make_the_bridge_forget_its_own(
     broker: EmbeddedBroker, topics: str, tmp_path: Path
 ) -> None:
-    async with running_bridge(bridge_settings(broker.bootstrap, topics, tmp_path)) as (
-        client,
-        bridge,
-    ):
+    settings = bridge_settings(broker.bootstrap, topics, tmp_path)
+    async with running_bridge(settings) as (client, bridge):
         # As when the spool drains a record of an earlier prefix whose topic is new to the
         # producer: aiokafka then tracks that topic, and refreshes only tracked topics.
         later = f"later-{topics}"
