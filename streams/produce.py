@@ -1,8 +1,9 @@
 """The worker's output producer: a batch's records as one record batch per topic partition.
 
-It sends the agent's outputs (keyed, to their keys' partitions: :meth:`OutputProducer.send_all`)
-and then the ``apps`` table's changelog writes (to the partition of the event that made them:
-:meth:`OutputProducer.send_placed`).
+It sends the agent's outputs (keyed, put on their keys' partitions by
+:meth:`OutputProducer.place`) and the ``apps`` table's changelog writes (on the partition of the
+event that made them), each with :meth:`OutputProducer.hand_over`, which does not wait for the
+broker, or :meth:`OutputProducer.send_placed`, which does.
 
 ``producer.send()`` costs a partitioner call, a few coroutines and a future per record, and the
 worker writes four or five records per deploy. Records of one agent batch are instead grouped
@@ -59,7 +60,6 @@ class OutputProducer:
     async def _partitions(self, topic: str) -> int:
         count = self._partition_counts.get(topic)
         if count is None:
-            await self._track(topic)
             count = self._partition_counts[topic] = len(await self.producer.partitions_for(topic))
         return count
 
@@ -68,9 +68,8 @@ class OutputProducer:
         # tracks any; a topic it learnt from the start-up metadata is not tracked. Writing to a
         # topic created later (the changelog) then made every refresh forget the output topics,
         # and their queued batches failed after 40 s with NotLeaderForPartitionError.
-        if topic not in self._tracked:
-            self._tracked.add(topic)
-            await self.producer.client.add_topic(topic)
+        self._tracked.add(topic)
+        await self.producer.client.add_topic(topic)
 
     def _partition(self, key: bytes, partitions: int) -> int:
         # apps are few and murmur2 runs in Python: remember each key's partition
@@ -80,16 +79,6 @@ class OutputProducer:
                 self._partition_of.clear()
             cached = self._partition_of[key, partitions] = kafka_partition(key, partitions)
         return cached
-
-    async def send_all(self, records: Iterable[tuple[str, bytes, bytes]]) -> int:
-        """Send ``(topic, key, value)`` records to their keys' partitions; return their count
-        once all are acknowledged.
-
-        Raises whatever the producer raises when the broker refuses a batch.
-        """
-        placed = await self.place(records)
-        await (await self.hand_over(placed))
-        return len(placed)
 
     async def place(
         self, records: Iterable[tuple[str, bytes, bytes]]
@@ -127,7 +116,8 @@ class OutputProducer:
             grouped.setdefault((topic, partition), []).append((key, value))
         delivered: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         for tp, items in grouped.items():
-            await self._track(tp[0])
+            if tp[0] not in self._tracked:  # every topic before its first batch
+                await self._track(tp[0])
             batch, size = self.producer.create_batch(), 0
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:

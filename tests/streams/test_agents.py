@@ -8,8 +8,7 @@ order against the real broker, across kills and restarts, is in ``tests/e2e``.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,14 +16,7 @@ import pytest
 
 from streams.agents import Batch, Flusher
 from streams.metrics import WorkerMetrics
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0)
+from tests.support import wait_for
 
 
 class Message:
@@ -132,7 +124,7 @@ async def test_a_state_reaches_the_table_only_after_its_outputs_are_acknowledged
     flusher = parts.flusher
     batch = batch_of(10, "argocd/guestbook", 1)
     await flusher.submit(batch)
-    await wait_until(lambda: flusher._queue.empty())  # the flusher holds it now
+    await wait_for(lambda: flusher._queue.empty(), what="the flusher to take it")
 
     assert parts.log == ["hand over deploy-1"]
     assert parts.apps.stored == {}
@@ -185,7 +177,7 @@ async def test_a_key_decided_again_keeps_its_newer_undurable_state(parts):
     await flusher.submit(batch_of(2, "argocd/guestbook", 2))
 
     parts.outputs.acknowledge(0)
-    await wait_until(lambda: "changelog acknowledged" in parts.log)
+    await wait_for(lambda: "changelog acknowledged" in parts.log, what="the first write")
     assert parts.apps.stored["argocd/guestbook"] == {"v": 1}
     assert flusher.state("argocd/guestbook") == {"v": 2}
 
@@ -198,10 +190,10 @@ async def test_a_key_decided_again_keeps_its_newer_undurable_state(parts):
 async def test_submit_waits_while_the_queue_is_full(parts):
     flusher = parts.flusher  # depth 1: one batch written, one waiting
     await flusher.submit(batch_of(1, "argocd/a", 1))
-    await wait_until(lambda: flusher._queue.empty())
+    await wait_for(lambda: flusher._queue.empty(), what="the flusher to take it")
     await flusher.submit(batch_of(2, "argocd/b", 1))
     third = asyncio.create_task(flusher.submit(batch_of(3, "argocd/c", 1)))
-    await wait_until(lambda: len(parts.outputs.pending) == 3)  # handed over, then queued
+    await wait_for(lambda: len(parts.outputs.pending) == 3, what="the third hand-over")
 
     assert not third.done()
     parts.outputs.acknowledge(0)

@@ -28,13 +28,16 @@ async def test_every_record_arrives_in_order_on_its_key_partition(broker, prefix
     outputs = OutputProducer([broker.bootstrap], max_batch_bytes=4096)
     await outputs.start()
     try:
-        assert await outputs.send_all(records) == len(records)
+        last = await outputs.send_placed(await outputs.place(records))
     finally:
         await outputs.stop()
 
     for topic in (deployments, metrics):
         seen = await read_topic(broker.bootstrap, topic)
         assert len(seen) == 400
+        assert {tp: offset for tp, offset in last.items() if tp[0] == topic} == {
+            (topic, r.partition): r.offset for r in seen
+        }
         per_key: dict[str, list[int]] = {}
         for record in seen:  # sorted by partition and offset
             assert record.partition == kafka_partition(record.key.encode(), 8)
@@ -48,7 +51,7 @@ async def test_nothing_to_send_returns_at_once(broker):
     outputs = OutputProducer([broker.bootstrap], max_batch_bytes=16384)
     await outputs.start()
     try:
-        assert await outputs.send_all([]) == 0
+        assert await outputs.send_placed(await outputs.place([])) == {}
     finally:
         await outputs.stop()
 
@@ -114,7 +117,7 @@ async def test_topics_created_after_start_do_not_make_the_producer_forget_the_ot
     outputs = OutputProducer([broker.bootstrap], max_batch_bytes=16384)
     await outputs.start()  # its start-up metadata knows the topics above
     try:
-        await outputs.send_all([(deployments, b"argocd/guestbook", b'{"n": 1}')])
+        await outputs.send_placed(await outputs.place([(deployments, b"argocd/guestbook", b"{}")]))
         # a topic the producer first meets later, as the worker meets its changelog
         later = TopicSpec("apps-changelog", "none", "created after the producer started")
         await ensure_topics(broker.bootstrap, prefix, partitions=8, topics=[later])
@@ -123,6 +126,7 @@ async def test_topics_created_after_start_do_not_make_the_producer_forget_the_ot
         await outputs.producer.client.force_metadata_update()
 
         assert outputs.producer.client.cluster.partitions_for_topic(deployments) == set(range(8))
-        assert await outputs.send_all([(deployments, b"argocd/guestbook", b'{"n": 2}')]) == 1
+        again = await outputs.place([(deployments, b"argocd/guestbook", b"{}")])
+        assert await outputs.send_placed(again) == {(deployments, again[0][1]): 1}
     finally:
         await outputs.stop()
