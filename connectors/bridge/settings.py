@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -77,6 +78,12 @@ class BridgeSettings(CommonSettings):
     )
     bridge_shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM, the longest wait for in-flight requests."
+    )
+    bridge_event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="Event loop of the bridge process. uvloop (libuv, in C) serves about a "
+        "fifth more requests per CPU second than asyncio's own loop; `asyncio` is the fallback, "
+        "and is used with a warning where uvloop is not installed (Windows).",
     )
 
     def token_list(self) -> list[bytes]:

@@ -1,4 +1,5 @@
-"""The bridge as a child process: SIGKILL with a full spool, restarts, SIGTERM, refusing to start."""
+"""The bridge as a child process: SIGKILL with a full spool, restarts, SIGTERM, refusing to start,
+its event loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
+import orjson
+import pytest
 
 from connectors.bridge.spool import Spool
 from connectors.broker import EmbeddedBroker, free_port
@@ -127,3 +130,23 @@ async def test_bridge_without_credentials_refuses_to_start(tmp_path: Path) -> No
     code = await asyncio.to_thread(service.process.wait, 30)
     assert code == 2
     assert "SYNCTRAIL_BRIDGE_ALLOW_ANONYMOUS" in service.log()
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+async def test_bridge_serves_on_the_configured_event_loop(tmp_path: Path, loop_name: str) -> None:
+    # No broker: the bridge still starts (deliveries would be spooled), which is all this needs.
+    env = _env("127.0.0.1:1", free_port(), tmp_path / "spool")
+    env["SYNCTRAIL_BRIDGE_EVENT_LOOP"] = loop_name
+    service = Service(["bridge"], env, tmp_path / "bridge.log").start()
+    try:
+        line = await wait_for(
+            lambda: next(
+                (ln for ln in service.log().splitlines() if "bridge listening" in ln), None
+            ),
+            timeout=30,
+            what="bridge listening",
+        )
+        assert orjson.loads(line)["event_loop"] == loop_name
+        assert service.stop() == 0
+    finally:
+        service.kill()
