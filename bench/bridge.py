@@ -366,6 +366,11 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
     print(f"BENCH bare_req_per_s {bare_rps:.0f} req/s")
     print(f"BENCH bridge_req_per_s {bridge_rps:.0f} req/s")
     print(f"BENCH bridge_ratio {bridge_rps / bare_rps:.2f} x")
+    # Each round's bridge run against the bare run just before it: the spread shows how much
+    # of a difference between two `make bench` runs is the machine.
+    paired = [b["rps"] / a["rps"] for a, b in zip(bare_runs, bridge_runs, strict=True)]
+    print(f"BENCH bridge_ratio_round_min {min(paired):.2f} x")
+    print(f"BENCH bridge_ratio_round_max {max(paired):.2f} x")
     naive_rps = med(naive_runs, "rps")
     print(f"BENCH naive_req_per_s {naive_rps:.0f} req/s")
     print(f"BENCH naive_ratio {naive_rps / bare_rps:.2f} x")
