@@ -16,6 +16,7 @@ from mode.types.signals import BaseSignalT
 from connectors import logs
 from connectors.broker import ensure_topics
 from streams.app import build
+from streams.event_loop import loop_name, uvloop_if_wanted
 from streams.policy import load_policy_file
 from streams.policy_publish import publish_rules
 from streams.settings import WorkerSettings
@@ -60,6 +61,7 @@ def freeze_heap(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: 
         extra={
             "objects": gc.get_freeze_count(),
             "seconds": round(time.perf_counter() - started, 3),
+            "event_loop": loop_name(asyncio.get_running_loop()),
         },
     )
 
@@ -68,6 +70,10 @@ def run(args: argparse.Namespace | None = None) -> int:
     """Run the worker until SIGTERM/SIGINT."""
     settings = WorkerSettings()
     logs.configure(settings.log_level, settings.log_format)
+    uvloop = uvloop_if_wanted(settings.worker_event_loop, "SYNCTRAIL_WORKER_EVENT_LOOP")
+    if uvloop is not None:
+        # A policy rather than a loop: Faust and mode get their loop from it.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(prepare(settings))
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     topology = build(settings)

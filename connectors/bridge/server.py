@@ -50,6 +50,7 @@ from connectors.bridge.validation import (
     check_route_identity,
     parse_json_object,
 )
+from streams.event_loop import loop_name, uvloop_if_wanted
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ async def serve(settings: BridgeSettings, ready: asyncio.Event | None = None) ->
         gc.set_threshold(GC_YOUNG_THRESHOLD)
         log.info(
             "bridge listening",
-            extra={"url": settings.base_url(), "event_loop": _loop_name(loop)},
+            extra={"url": settings.base_url(), "event_loop": loop_name(loop)},
         )
         if ready is not None:
             ready.set()
@@ -390,29 +391,6 @@ async def serve(settings: BridgeSettings, ready: asyncio.Event | None = None) ->
         log.info("shutting down: finishing in-flight requests")
     finally:
         await runner.cleanup()
-
-
-def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The loop factory for ``asyncio.Runner`` named by ``SYNCTRAIL_BRIDGE_EVENT_LOOP``.
-
-    ``None`` means asyncio's own loop. uvloop missing (it has no Windows build) is not fatal:
-    the bridge says so and runs on asyncio's loop.
-    """
-    if name != "uvloop":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        log.warning(
-            "uvloop is not installed; using asyncio's event loop",
-            extra={"setting": "SYNCTRAIL_BRIDGE_EVENT_LOOP"},
-        )
-        return None
-    return uvloop.new_event_loop
-
-
-def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -426,7 +404,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"synctrail bridge: {exc}", file=sys.stderr)
         return 2
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory(settings.bridge_event_loop)) as runner:
+        uvloop = uvloop_if_wanted(settings.bridge_event_loop, "SYNCTRAIL_BRIDGE_EVENT_LOOP")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
             runner.run(serve(settings))
     except SpoolInUse as exc:
         log.error("bridge refuses to start", extra={"reason": str(exc)})

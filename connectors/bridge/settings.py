@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from streams.event_loop import EventLoopName
 from streams.settings import CommonSettings
 
 MIB = 1024 * 1024
@@ -79,7 +79,7 @@ class BridgeSettings(CommonSettings):
     bridge_shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM, the longest wait for in-flight requests."
     )
-    bridge_event_loop: Literal["uvloop", "asyncio"] = Field(
+    bridge_event_loop: EventLoopName = Field(
         "uvloop",
         description="Event loop of the bridge process. uvloop (libuv, in C) costs the bridge "
         "10-25% less CPU per request than asyncio's own loop (bench.bridge); `asyncio` is the "

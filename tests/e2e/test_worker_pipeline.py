@@ -141,6 +141,18 @@ async def test_query_api_answers_for_apps_and_images(broker, topics, start_worke
     assert status == 400 and "bad ref with spaces" in bad["error"]
 
 
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+async def test_worker_runs_on_the_configured_event_loop(start_worker, loop_name):
+    worker = start_worker(SYNCTRAIL_WORKER_EVENT_LOOP=loop_name)
+    await worker.wait_ready()
+    line = await wait_for(
+        lambda: next((ln for ln in worker.log().splitlines() if "heap frozen" in ln), None),
+        timeout=30,
+        what="heap frozen",
+    )
+    assert orjson.loads(line)["event_loop"] == loop_name
+
+
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 async def test_state_survives_a_kill_right_after_the_offset_commit(
     broker, topics, start_worker, worker_env, store, tmp_path

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 
-from connectors.bridge.server import event_loop_factory
 from connectors.broker import EmbeddedBroker, ensure_topics
 from streams.topics import SYNC_EVENTS
 from tests.connectors.bridge.helpers import (
@@ -319,23 +315,3 @@ async def test_a_topic_met_after_start_does_not_make_the_bridge_forget_its_own(
         resp = await client.post("/v1/sync", data=envelope("app", 1), headers=AUTH)
         assert resp.status == 202, await resp.text()
         assert (await resp.json())["spooled"] is False
-
-
-def test_the_uvloop_setting_gives_a_uvloop_loop_and_asyncio_gives_the_default() -> None:
-    factory = event_loop_factory("uvloop")
-    assert factory is not None
-    loop = factory()
-    try:
-        assert type(loop).__module__.startswith("uvloop")
-    finally:
-        loop.close()
-    assert event_loop_factory("asyncio") is None
-
-
-def test_without_uvloop_installed_the_bridge_warns_and_uses_asyncio(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setitem(sys.modules, "uvloop", None)  # makes `import uvloop` fail
-    with caplog.at_level(logging.WARNING, logger="connectors.bridge.server"):
-        assert event_loop_factory("uvloop") is None
-    assert "uvloop is not installed" in caplog.text
