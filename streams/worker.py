@@ -61,9 +61,16 @@ def freeze_heap(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: 
         extra={
             "objects": gc.get_freeze_count(),
             "seconds": round(time.perf_counter() - started, 3),
-            "event_loop": loop_name(asyncio.get_running_loop()),
+            "event_loop": _running_loop_name(),
         },
     )
+
+
+def _running_loop_name() -> str | None:
+    try:
+        return loop_name(asyncio.get_running_loop())
+    except RuntimeError:  # not called from the worker's loop (tests)
+        return None
 
 
 def run(args: argparse.Namespace | None = None) -> int:
