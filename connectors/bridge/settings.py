@@ -82,7 +82,7 @@ class BridgeSettings(CommonSettings):
     bridge_event_loop: EventLoopName = Field(
         "uvloop",
         description="Event loop of the bridge process. uvloop (libuv, in C) costs the bridge "
-        "10-25% less CPU per request than asyncio's own loop (bench.bridge); `asyncio` is the "
+        "9-25% less CPU per request than asyncio's own loop (bench.bridge); `asyncio` is the "
         "fallback, and is used with a warning where uvloop is not installed (Windows).",
     )
 
