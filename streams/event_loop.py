@@ -2,8 +2,8 @@
 
 uvloop (libuv, written in C) takes the event loop's own work (sockets, callbacks, timers) out
 of Python. Measured with ``make bench`` in alternating runs, it cost the bridge 9-25 % less
-CPU per request and the worker 0-15 % (9 % on average) less per event. It has no Windows build, so where it
-is not installed the process says so and runs on asyncio's loop.
+CPU per request and the worker 0-15 % (9 % on average) less per event. It has no Windows
+build, so where it is not installed the process says so and runs on asyncio's loop.
 """
 
 from __future__ import annotations
@@ -38,3 +38,11 @@ def uvloop_if_wanted(name: EventLoopName, setting: str) -> ModuleType | None:
 def loop_name(loop: asyncio.AbstractEventLoop) -> EventLoopName:
     """``"uvloop"`` or ``"asyncio"``: what ``loop`` is, for logs."""
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def running_loop_name() -> EventLoopName | None:
+    """What the running loop is, or ``None`` when called outside one."""
+    try:
+        return loop_name(asyncio.get_running_loop())
+    except RuntimeError:
+        return None

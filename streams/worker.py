@@ -16,7 +16,7 @@ from mode.types.signals import BaseSignalT
 from connectors import logs
 from connectors.broker import ensure_topics
 from streams.app import build
-from streams.event_loop import loop_name, uvloop_if_wanted
+from streams.event_loop import running_loop_name, uvloop_if_wanted
 from streams.policy import load_policy_file
 from streams.policy_publish import publish_rules
 from streams.settings import WorkerSettings
@@ -61,16 +61,9 @@ def freeze_heap(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: 
         extra={
             "objects": gc.get_freeze_count(),
             "seconds": round(time.perf_counter() - started, 3),
-            "event_loop": _running_loop_name(),
+            "event_loop": running_loop_name(),
         },
     )
-
-
-def _running_loop_name() -> str | None:
-    try:
-        return loop_name(asyncio.get_running_loop())
-    except RuntimeError:  # not called from the worker's loop (tests)
-        return None
 
 
 def run(args: argparse.Namespace | None = None) -> int:
