@@ -81,19 +81,19 @@ def serve_naive(port: int, bootstrap: str, topic: str) -> None:
     from aiohttp import web
     from aiokafka import AIOKafkaProducer
 
-    producers: list[AIOKafkaProducer] = []  # made in the server's loop
+    producer_key = web.AppKey("producer", AIOKafkaProducer)  # made in the server's loop
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         orjson.loads(body)
-        await producers[0].send_and_wait(topic, body, key=b"argocd/guestbook")
+        await request.app[producer_key].send_and_wait(topic, body, key=b"argocd/guestbook")
         return web.Response(status=202, body=b'{"accepted":true}', content_type="application/json")
 
     async def lifecycle(app: web.Application) -> Any:
-        producers.append(AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all"))
-        await producers[0].start()
+        producer = app[producer_key] = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
         yield
-        await producers[0].stop()
+        await producer.stop()
 
     app = web.Application()
     app.cleanup_ctx.append(lifecycle)

@@ -337,7 +337,7 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
 def decide_batch(flusher: Flusher, events: list[Any]) -> Batch:
     """Decide every event of one take against the newest states; nothing is written yet."""
     topology = flusher.topology
-    batch = Batch(events=list(events))
+    batch = Batch(events=events)  # kept as given: Faust's take_events yields a new list each time
     now = batch.now
     for event in events:
         try:

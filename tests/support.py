@@ -53,6 +53,23 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+async def wait_for_log_record(
+    process: Any, message: str, *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The first JSON log record of ``process`` (anything with ``log()``) whose message is
+    ``message``, once it was written."""
+
+    def find() -> dict[str, Any] | None:
+        for line in process.log().splitlines():
+            if line.startswith("{"):
+                record = orjson.loads(line)
+                if record.get("msg") == message:
+                    return dict(record)
+        return None
+
+    return await wait_for(find, timeout=timeout, what=f"log record {message!r}")
+
+
 @dataclass(frozen=True)
 class Record:
     """One consumed Kafka record with its JSON value decoded (``None`` for tombstones)."""

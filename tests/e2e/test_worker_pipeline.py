@@ -22,7 +22,14 @@ from tests.e2e.harness import (
     fixture_events,
     synthetic_events,
 )
-from tests.support import REPO, produce, read_topic, wait_for, wait_for_records
+from tests.support import (
+    REPO,
+    produce,
+    read_topic,
+    wait_for,
+    wait_for_log_record,
+    wait_for_records,
+)
 
 
 def _announced(events: list[FixtureEvent]) -> list[FixtureEvent]:
@@ -145,12 +152,8 @@ async def test_query_api_answers_for_apps_and_images(broker, topics, start_worke
 async def test_worker_runs_on_the_configured_event_loop(start_worker, loop_name):
     worker = start_worker(SYNCTRAIL_WORKER_EVENT_LOOP=loop_name)
     await worker.wait_ready()
-    line = await wait_for(
-        lambda: next((ln for ln in worker.log().splitlines() if "heap frozen" in ln), None),
-        timeout=30,
-        what="heap frozen",
-    )
-    assert orjson.loads(line)["event_loop"] == loop_name
+    frozen = await wait_for_log_record(worker, "heap frozen")
+    assert frozen["event_loop"] == loop_name
 
 
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])

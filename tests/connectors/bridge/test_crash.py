@@ -8,13 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 
 from connectors.bridge.spool import Spool
 from connectors.broker import EmbeddedBroker, free_port
 from tests.connectors.bridge.helpers import AUTH, TOKEN, envelope, seq_of
-from tests.support import Service, read_topic, wait_for
+from tests.support import Service, read_topic, wait_for, wait_for_log_record
 
 PREFIX = "crash."
 TOPIC = f"{PREFIX}sync-events"
@@ -139,14 +138,8 @@ async def test_bridge_serves_on_the_configured_event_loop(tmp_path: Path, loop_n
     env["SYNCTRAIL_BRIDGE_EVENT_LOOP"] = loop_name
     service = Service(["bridge"], env, tmp_path / "bridge.log").start()
     try:
-        line = await wait_for(
-            lambda: next(
-                (ln for ln in service.log().splitlines() if "bridge listening" in ln), None
-            ),
-            timeout=30,
-            what="bridge listening",
-        )
-        assert orjson.loads(line)["event_loop"] == loop_name
+        listening = await wait_for_log_record(service, "bridge listening")
+        assert listening["event_loop"] == loop_name
         assert service.stop() == 0
     finally:
         service.kill()
