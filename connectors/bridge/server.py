@@ -168,12 +168,17 @@ def _authorize(bridge: Bridge, request: web.Request) -> None:
         )
 
 
-async def post_envelope(request: web.Request) -> web.Response:
-    """``POST /v1/sync``: an envelope body."""
-    bridge = request.app[BRIDGE]
-    _authorize(bridge, request)
-    raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
-    bridge.metrics.body_bytes.observe(len(raw))
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A validated delivery, ready to publish: its Kafka key and serialised sync-event."""
+
+    key: str
+    delivery_id: str
+    value: bytes
+
+
+def accept_envelope(bridge: Bridge, raw: bytes) -> Accepted:
+    """Parse and check an envelope body and turn it into its record (or raise Rejection)."""
     body = parse_json_object(raw)
     check_envelope(body)
     event = envelope_event(
@@ -183,7 +188,39 @@ async def post_envelope(request: web.Request) -> web.Response:
         delivery_id=new_delivery_id(),
         received_at=utc_now_rfc3339(),
     )
-    return await _publish(bridge, event)
+    return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
+
+
+def accept_bare(bridge: Bridge, raw: bytes, namespace: str, name: str) -> Accepted:
+    """Parse and check a bare syncResult body and turn it into its record (or raise
+    Rejection)."""
+    body = parse_json_object(raw)
+    check_bare(body)
+    event = bare_event(
+        body,
+        raw,
+        namespace=namespace,
+        name=name,
+        delivery_id=new_delivery_id(),
+        received_at=utc_now_rfc3339(),
+    )
+    return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
+
+
+# The handlers parse, check and serialise in plain functions, so the parsed body and the event
+# (hundreds of objects each) are freed before the wait for Kafka, not kept alive by the
+# handler's frame for the few milliseconds a request waits: measured, dozens of requests in
+# flight each holding them cost the bridge several percent of its CPU per request in cache
+# misses.
+
+
+async def post_envelope(request: web.Request) -> web.Response:
+    """``POST /v1/sync``: an envelope body."""
+    bridge = request.app[BRIDGE]
+    _authorize(bridge, request)
+    raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
+    bridge.metrics.body_bytes.observe(len(raw))
+    return await _publish(bridge, accept_envelope(bridge, raw))
 
 
 async def post_bare(request: web.Request) -> web.Response:
@@ -195,28 +232,18 @@ async def post_bare(request: web.Request) -> web.Response:
     check_route_identity(namespace, name)
     raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
     bridge.metrics.body_bytes.observe(len(raw))
-    body = parse_json_object(raw)
-    check_bare(body)
-    event = bare_event(
-        body,
-        raw,
-        namespace=namespace,
-        name=name,
-        delivery_id=new_delivery_id(),
-        received_at=utc_now_rfc3339(),
-    )
-    return await _publish(bridge, event)
+    return await _publish(bridge, accept_bare(bridge, raw, namespace, name))
 
 
-async def _publish(bridge: Bridge, event: dict[str, Any]) -> web.Response:
-    key = event_key(event)
+async def _publish(bridge: Bridge, accepted: Accepted) -> web.Response:
+    key = accepted.key
     try:
-        outcome: Outcome = await bridge.dispatcher.deliver(key.encode(), orjson.dumps(event))
+        outcome: Outcome = await bridge.dispatcher.deliver(key.encode(), accepted.value)
     except SpoolError as exc:
         bridge.metrics.rejected.inc()
         log.error(
             "delivery refused: kafka unreachable and spool unusable",
-            extra={"app": key, "delivery_id": event["delivery_id"], "error": str(exc)},
+            extra={"app": key, "delivery_id": accepted.delivery_id, "error": str(exc)},
         )
         return json_response(
             {
@@ -232,7 +259,7 @@ async def _publish(bridge: Bridge, event: dict[str, Any]) -> web.Response:
             "delivery accepted",
             extra={
                 "app": key,
-                "delivery_id": event["delivery_id"],
+                "delivery_id": accepted.delivery_id,
                 "spooled": outcome.spooled,
                 "partition": outcome.partition,
                 "offset": outcome.offset,
@@ -240,7 +267,7 @@ async def _publish(bridge: Bridge, event: dict[str, Any]) -> web.Response:
         )
     return json_response(
         {
-            "delivery_id": event["delivery_id"],
+            "delivery_id": accepted.delivery_id,
             "topic": outcome.topic,
             "partition": outcome.partition,
             "offset": outcome.offset,
