@@ -207,11 +207,10 @@ def accept_bare(bridge: Bridge, raw: bytes, namespace: str, name: str) -> Accept
     return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
 
 
-# The handlers parse, check and serialise in plain functions, so the parsed body and the event
-# (hundreds of objects each) are freed before the wait for Kafka, not kept alive by the
-# handler's frame for the few milliseconds a request waits: measured, dozens of requests in
-# flight each holding them cost the bridge several percent of its CPU per request in cache
-# misses.
+# The handlers parse, check and serialise in these plain functions, so that the parsed body and
+# the event (hundreds of objects each) are freed before the request waits for Kafka, rather than
+# held by the handler's frame, for the milliseconds of that wait, by every request in flight.
+# (An A/B run against the previous handlers was within the machine's noise: at most 4 %.)
 
 
 async def post_envelope(request: web.Request) -> web.Response:
