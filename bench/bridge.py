@@ -6,9 +6,7 @@ answers 202. wrk (1 thread, 32 connections) POSTs ``03-guestbook-rev-b.json`` to
 alternating rounds so that a noisy machine hurts both alike; the medians are reported. A third
 server in the same rounds is the issue's reference point (``naive_*``): a handler that only
 parses the body with orjson and awaits an aiokafka ``send_and_wait`` (acks=all), which the issue
-measured at a ratio of 0.32 on its machine; ``bridge_vs_naive`` compares the bridge with it. A
-fourth, the same bridge with ``SYNCTRAIL_BRIDGE_PRODUCER=inline`` (``bridge_inline_*``), shows
-what running the producer in its own process buys (``producer_process_gain``).
+measured at a ratio of 0.32 on its machine; ``bridge_vs_naive`` compares the bridge with it.
 
 Then an open-loop client starts requests at a steady 1,000 req/s, whatever the answers, and
 measures each latency from the request's scheduled start (so a stall is not hidden by the
@@ -315,7 +313,6 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
     try:
         asyncio.run(ensure_topics(broker.bootstrap, prefix, 8))
         bridge_port, bare_port, naive_port = _free_port(), _free_port(), _free_port()
-        inline_port = _free_port()
         env = {
             **os.environ,
             "SYNCTRAIL_KAFKA_BOOTSTRAP": broker.bootstrap,
@@ -325,38 +322,28 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
             "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(work / "spool"),
             "SYNCTRAIL_LOG_LEVEL": "WARNING",
         }
-        inline_env = {
-            **env,
-            "SYNCTRAIL_BRIDGE_PORT": str(inline_port),
-            "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(work / "spool-inline"),
-            "SYNCTRAIL_BRIDGE_PRODUCER": "inline",
-        }
         bridge_cmd = [sys.executable, "-m", "connectors.cli", "bridge"]
         bare_cmd = [sys.executable, "-m", "bench.bridge", "--serve-bare", str(bare_port)]
         naive_cmd = [sys.executable, "-m", "bench.bridge", "--serve-naive", str(naive_port)]
         naive_cmd += [broker.bootstrap, SYNC_EVENTS.address(prefix)]
         with (
             _child(bridge_cmd, env, work / "bridge.log"),
-            _child(bridge_cmd, inline_env, work / "bridge-inline.log"),
             _child(bare_cmd, env, work / "bare.log"),
             _child(naive_cmd, env, work / "naive.log"),
         ):
             bridge_url = f"http://127.0.0.1:{bridge_port}"
             bare_url = f"http://127.0.0.1:{bare_port}"
             naive_url = f"http://127.0.0.1:{naive_port}"
-            inline_url = f"http://127.0.0.1:{inline_port}"
             asyncio.run(_wait_http(f"{bridge_url}/readyz", want='"broker":"up"'))
-            asyncio.run(_wait_http(f"{inline_url}/readyz", want='"broker":"up"'))
             asyncio.run(_wait_http(f"{bare_url}/"))
             asyncio.run(_wait_http(f"{naive_url}/"))
             wrk_env = {**os.environ, "BENCH_BODY_FILE": str(BODY), "BENCH_TOKEN": TOKEN}
-            for url in (bare_url, bridge_url, inline_url, naive_url):  # warm-up
+            for url in (bare_url, bridge_url, naive_url):  # warm-up
                 run_wrk(f"{url}/v1/sync", 2, lua, wrk_env)
-            bare_runs, bridge_runs, inline_runs, naive_runs = [], [], [], []
+            bare_runs, bridge_runs, naive_runs = [], [], []
             for _ in range(rounds):
                 bare_runs.append(run_wrk(f"{bare_url}/v1/sync", seconds, lua, wrk_env))
                 bridge_runs.append(run_wrk(f"{bridge_url}/v1/sync", seconds, lua, wrk_env))
-                inline_runs.append(run_wrk(f"{inline_url}/v1/sync", seconds, lua, wrk_env))
                 naive_runs.append(run_wrk(f"{naive_url}/v1/sync", seconds, lua, wrk_env))
             # The same steady load on the bridge, on the bare handler (what this machine and
             # the client add by themselves) and on the broker alone (the acknowledgement).
@@ -384,12 +371,6 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
     paired = [b["rps"] / a["rps"] for a, b in zip(bare_runs, bridge_runs, strict=True)]
     print(f"BENCH bridge_ratio_round_min {min(paired):.2f} x")
     print(f"BENCH bridge_ratio_round_max {max(paired):.2f} x")
-    # The same bridge with its producer in its own event loop (SYNCTRAIL_BRIDGE_PRODUCER=inline):
-    # what the producer process buys.
-    inline_rps = med(inline_runs, "rps")
-    print(f"BENCH bridge_inline_req_per_s {inline_rps:.0f} req/s")
-    print(f"BENCH bridge_inline_ratio {inline_rps / bare_rps:.2f} x")
-    print(f"BENCH producer_process_gain {bridge_rps / inline_rps:.2f} x")
     naive_rps = med(naive_runs, "rps")
     print(f"BENCH naive_req_per_s {naive_rps:.0f} req/s")
     print(f"BENCH naive_ratio {naive_rps / bare_rps:.2f} x")

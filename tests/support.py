@@ -70,15 +70,6 @@ async def wait_for_log_record(
     return await wait_for(find, timeout=timeout, what=f"log record {message!r}")
 
 
-def process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie waiting to be reaped counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
 @dataclass(frozen=True)
 class Record:
     """One consumed Kafka record with its JSON value decoded (``None`` for tombstones)."""

@@ -1,7 +1,7 @@
 """Getting accepted records to Kafka, or into the spool, in per-app order.
 
-One :class:`Dispatcher` per bridge owns a producer (:mod:`connectors.bridge.producer`: in a
-child process by default, or in the bridge's own loop), the spool and a maintenance task. A record goes straight to Kafka
+One :class:`Dispatcher` per bridge owns the Kafka producer (acks=all, no idempotence: the
+embedded broker has none), the spool and a maintenance task. A record goes straight to Kafka
 while the broker is up and its app has nothing spooled; otherwise it is appended to the spool
 behind the app's earlier records. The maintenance task
 
@@ -25,14 +25,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from connectors.bridge.batcher import BatchFailed
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from connectors.bridge.batcher import Batcher, BatchFailed
 from connectors.bridge.metrics import BridgeMetrics
-from connectors.bridge.producer import LocalProducer, Producer, ProducerConfig, ProducerUnavailable
-from connectors.bridge.producer_process import ProducerProcess
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
+from connectors.broker import ensure_topics
 from streams.topics import SYNC_EVENTS
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 PUBLISHED = "published"
 SPOOLED = "spooled"
 FAILED = "failed"
+
+
+class ProduceFailed(Exception):
+    """Kafka did not acknowledge a record in time (or refused it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,12 @@ class _Settle:
         return await waiter
 
 
+@dataclass(slots=True)
+class _InFlight:
+    started: float
+    result: asyncio.Future[Any] = field(repr=False)
+
+
 def _bootstrap_hosts(bootstrap: str) -> list[tuple[str, int]]:
     hosts = []
     for item in bootstrap.split(","):
@@ -106,34 +119,8 @@ async def tcp_reachable(bootstrap: str, timeout: float = 0.5) -> bool:
     return False
 
 
-def producer_config(settings: BridgeSettings) -> ProducerConfig:
-    """The producer's part of the bridge settings."""
-    return ProducerConfig(
-        bootstrap=settings.kafka_bootstrap,
-        topic_prefix=settings.topic_prefix,
-        partitions=settings.partitions,
-        replication_factor=settings.replication_factor,
-        produce_timeout_s=settings.bridge_produce_timeout_s,
-        linger_ms=settings.bridge_linger_ms,
-        max_request_bytes=settings.bridge_max_body_bytes * 2 + 65536,
-    )
-
-
-def make_producer(settings: BridgeSettings) -> Producer:
-    """The producer ``SYNCTRAIL_BRIDGE_PRODUCER`` asks for; create it in the running loop."""
-    config = producer_config(settings)
-    if settings.bridge_producer == "inline":
-        return LocalProducer(config)
-    return ProducerProcess(
-        config,
-        event_loop=settings.bridge_event_loop,
-        log_level=settings.log_level,
-        log_format=settings.log_format,
-    )
-
-
 class Dispatcher:
-    """Producer + spool + per-app ordering + the maintenance task."""
+    """Kafka producer + spool + per-app ordering + the maintenance task."""
 
     def __init__(self, settings: BridgeSettings, spool: Spool, metrics: BridgeMetrics) -> None:
         self.settings = settings
@@ -142,19 +129,22 @@ class Dispatcher:
         self.topic = SYNC_EVENTS.address(settings.topic_prefix)
         self.broker_up = False
         self.last_broker_error: str | None = None
-        self.producer: Producer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._tails: dict[bytes, _Settle] = {}
+        self._inflight: dict[int, _InFlight] = {}
+        self._next_id = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
+        self._old_producers: set[asyncio.Task[None]] = set()
         self._last_check = 0.0
         self._last_submit = 0.0
+        self._batcher: Batcher | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Connect if the broker is there (never blocks for long) and start maintenance."""
-        self.producer = make_producer(self.settings)
         await self._connect()
         self._task = asyncio.create_task(self._maintain(), name="bridge-maintenance")
 
@@ -166,18 +156,62 @@ class Dispatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.producer is not None:
-            await self.producer.close()
+        producer, self._producer = self._producer, None
+        batcher, self._batcher = self._batcher, None
+        if producer is not None:
+            # Graceful: what the batcher holds is handed over and acknowledged, then the
+            # producer flushes whatever else it has.
+            if batcher is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        batcher.drain(), self.settings.bridge_produce_timeout_s + 1
+                    )
+            await self._close_producer(producer)
+        for task in list(self._old_producers):
+            with contextlib.suppress(Exception):
+                await task
         self.spool.close()
 
+    def _new_producer(self) -> AIOKafkaProducer:
+        timeout_ms = int(self.settings.bridge_produce_timeout_s * 1000)
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=self.settings.bridge_linger_ms,
+            request_timeout_ms=timeout_ms,
+            max_request_size=self.settings.bridge_max_body_bytes * 2 + 65536,
+            retry_backoff_ms=100,
+            max_batch_size=512 * 1024,
+            client_id="synctrail-bridge",
+        )
+
     async def _connect(self) -> bool:
-        """Have the producer connect afresh; True when the broker is up."""
-        assert self.producer is not None
+        """Start a fresh producer and make sure the topic exists; True when the broker is up."""
+        timeout = max(self.settings.bridge_produce_timeout_s, 1.0)
+        producer = self._new_producer()
         try:
-            await self.producer.connect()
-        except ProducerUnavailable as exc:
-            self.last_broker_error = str(exc)
+            await asyncio.wait_for(producer.start(), timeout)
+            await asyncio.wait_for(
+                ensure_topics(
+                    self.settings.kafka_bootstrap,
+                    self.settings.topic_prefix,
+                    self.settings.partitions,
+                    self.settings.replication_factor,
+                    topics=[SYNC_EVENTS],
+                ),
+                timeout * 2,
+            )
+            # Tracked, so that metadata refreshes keep it when a spooled record of another
+            # topic makes aiokafka track that one (it then refreshes tracked topics only).
+            await asyncio.wait_for(producer.client.add_topic(self.topic), timeout)
+            partitions = await asyncio.wait_for(producer.partitions_for(self.topic), timeout)
+        except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
+            self.last_broker_error = f"{type(exc).__name__}: {exc}"
+            self._retire(producer)
             return False
+        self._producer = producer
+        self._batcher = Batcher(producer, self.topic, sorted(partitions))
         self._set_up(True)
         log.info("kafka reachable", extra={"bootstrap": self.settings.kafka_bootstrap})
         return True
@@ -198,8 +232,42 @@ class Dispatcher:
             )
         self.last_broker_error = reason
         self._set_up(False)
-        if self.producer is not None:
-            self.producer.retire(reason)
+        producer, self._producer = self._producer, None
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.fail_all(reason)
+        if producer is not None:
+            self._retire(producer, batcher)
+        inflight, self._inflight = self._inflight, {}
+        for item in inflight.values():
+            if not item.result.done():
+                item.result.set_exception(ProduceFailed(reason))
+
+    def _retire(self, producer: AIOKafkaProducer, batcher: Batcher | None = None) -> None:
+        """Abandon a producer that failed: its queued records were spooled already.
+
+        A plain ``stop()`` would flush its queued batches, and they wait for the broker
+        without expiring while the leader is known: a broker coming back on the same address
+        would then get them a second time, out of order with the spool. So the sender is
+        cancelled first and the queued batches are dropped.
+        """
+        task = asyncio.ensure_future(self._abort_producer(producer, batcher))
+        self._old_producers.add(task)
+        task.add_done_callback(self._old_producers.discard)
+
+    async def _abort_producer(self, producer: AIOKafkaProducer, batcher: Batcher | None) -> None:
+        if batcher is not None:
+            await batcher.abort()
+        timeout = self.settings.bridge_produce_timeout_s + 1
+        sender = getattr(producer, "_sender", None)
+        with contextlib.suppress(Exception):
+            if sender is not None:
+                await asyncio.wait_for(sender.close(), timeout)
+        await self._close_producer(producer)
+
+    async def _close_producer(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), self.settings.bridge_produce_timeout_s + 1)
 
     # ------------------------------------------------------------------ the hot path
 
@@ -212,6 +280,7 @@ class Dispatcher:
         try:
             if (
                 self.broker_up
+                and self._batcher is not None
                 and not self.spool.pending(key)
                 and (prev is None or prev.direct or prev.result is not None)
             ):
@@ -242,11 +311,32 @@ class Dispatcher:
             if self._tails.get(key) is me:
                 del self._tails[key]
 
-    def _submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[tuple[int, int]]:
+    def _submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
         """Queue a record; the future resolves to ``(partition, offset)`` once acknowledged."""
-        self._last_submit = time.monotonic()
-        assert self.producer is not None
-        return self.producer.submit(topic, key, value)
+        self._last_submit = now = time.monotonic()
+        batcher = self._batcher
+        if batcher is not None and topic == batcher.topic:
+            # The batcher tracks its records' age itself (per batch, cheaper than per record).
+            return batcher.submit(key, value)
+        if self._producer is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(ProduceFailed("kafka unreachable"))
+            return fut
+        # Only spooled records of another prefix (settings changed between runs) get here.
+        fut = asyncio.ensure_future(_send_one(self._producer, topic, key, value))
+        ident = self._next_id
+        self._next_id += 1
+        self._inflight[ident] = _InFlight(now, fut)
+        fut.add_done_callback(lambda _f: self._inflight.pop(ident, None))
+        return fut
+
+    def _oldest_unacknowledged(self) -> float | None:
+        starts = [item.started for item in self._inflight.values()]
+        if self._batcher is not None:
+            oldest = self._batcher.oldest_unacknowledged()
+            if oldest is not None:
+                starts.append(oldest)
+        return min(starts, default=None)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -273,7 +363,7 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), tick)
 
     async def _watch_inflight(self) -> None:
-        oldest = self.producer.oldest_unacknowledged() if self.producer is not None else None
+        oldest = self._oldest_unacknowledged()
         if oldest is None:
             return
         age = time.monotonic() - oldest
@@ -301,14 +391,17 @@ class Dispatcher:
         if now - self._last_check < interval or now - self._last_submit < interval:
             return
         self._last_check = now
-        if self.producer is None:
+        producer = self._producer
+        if producer is None:
             return
         try:
-            exists = await self.producer.topic_exists()
-        except ProducerUnavailable as exc:
-            self.mark_down(str(exc))
+            cluster = await asyncio.wait_for(
+                producer.client.fetch_all_metadata(), self.settings.bridge_produce_timeout_s
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.mark_down(f"metadata request failed: {type(exc).__name__}: {exc}")
             return
-        if not exists:
+        if self.topic not in cluster.topics():
             log.warning(
                 "topic missing (broker restarted?); re-creating", extra={"topic": self.topic}
             )
@@ -332,3 +425,10 @@ class Dispatcher:
             self.mark_down(f"draining failed: {failure}")
         elif not self.spool.records:
             log.info("spool drained", extra={"drained_total": self.spool.drained_total})
+
+
+async def _send_one(
+    producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes
+) -> tuple[int, int]:
+    meta = await (await producer.send(topic, value, key=key))
+    return meta.partition, meta.offset

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -79,12 +78,6 @@ class BridgeSettings(CommonSettings):
     )
     bridge_shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM, the longest wait for in-flight requests."
-    )
-    bridge_producer: Literal["process", "inline"] = Field(
-        "process",
-        description="Where the bridge's Kafka producer runs. `process`: a child process of the "
-        "bridge, so that producing (about a third of the bridge's CPU per request) runs on "
-        "another core; `inline`: in the bridge's own event loop (one process, one core).",
     )
     bridge_event_loop: EventLoopName = Field(
         "uvloop",

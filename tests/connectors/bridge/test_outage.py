@@ -51,14 +51,11 @@ def _per_app_seqs(records) -> dict[str, list[int]]:
     return per_app
 
 
-@pytest.mark.parametrize("producer", ["process", "inline"])
 async def test_broker_outage_spools_then_drains_every_delivery_once_in_order(
-    own_broker: list[EmbeddedBroker], tmp_path: Path, producer: str
+    own_broker: list[EmbeddedBroker], tmp_path: Path
 ) -> None:
     first = own_broker[0]
-    settings = bridge_settings(
-        first.bootstrap, PREFIX, tmp_path / "spool", bridge_producer=producer
-    )
+    settings = bridge_settings(first.bootstrap, PREFIX, tmp_path / "spool")
     async with running_bridge(settings) as (client, bridge):
         before = await _post_sequences(client, apps=5, per_app=2)
         assert not any(a["spooled"] for a in before)

@@ -11,7 +11,6 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from connectors.bridge.producer import LocalProducer
 from connectors.broker import EmbeddedBroker, ensure_topics
 from streams.topics import SYNC_EVENTS
 from tests.connectors.bridge.helpers import (
@@ -301,16 +300,13 @@ async def test_anonymous_bridge_accepts_unauthenticated_posts(
 async def test_a_topic_met_after_start_does_not_make_the_bridge_forget_its_own(
     broker: EmbeddedBroker, topics: str, tmp_path: Path
 ) -> None:
-    # Inline, to reach the aiokafka producer; in the default mode the same LocalProducer runs
-    # in the producer process.
-    settings = bridge_settings(broker.bootstrap, topics, tmp_path, bridge_producer="inline")
+    settings = bridge_settings(broker.bootstrap, topics, tmp_path)
     async with running_bridge(settings) as (client, bridge):
         # As when the spool drains a record of an earlier prefix whose topic is new to the
         # producer: aiokafka then tracks that topic, and refreshes only tracked topics.
         later = f"later-{topics}"
         await ensure_topics(broker.bootstrap, later, partitions=8, topics=[SYNC_EVENTS])
-        assert isinstance(bridge.dispatcher.producer, LocalProducer)
-        producer = bridge.dispatcher.producer.kafka
+        producer = bridge.dispatcher._producer
         assert producer is not None
         await producer.send_and_wait(_topic(later), b"{}", key=b"argocd/old")
         await producer.client.force_metadata_update()
