@@ -170,28 +170,34 @@ def _authorize(bridge: Bridge, request: web.Request) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A validated delivery, ready to publish: its Kafka key and serialised sync-event."""
+    """A validated delivery, ready to publish: its Kafka key and serialised sync-event.
+
+    The handlers parse, check and serialise in :func:`accept_envelope` and :func:`accept_bare`,
+    so the parsed body and the event (hundreds of objects each) are freed before the request
+    waits for Kafka instead of being held by every request in flight for that wait. (An A/B run
+    against handlers that kept them was within the machine's noise: at most 4 %.)
+    """
 
     key: str
     delivery_id: str
     value: bytes
 
 
-def accept_envelope(bridge: Bridge, raw: bytes) -> Accepted:
+def accept_envelope(raw: bytes, default_namespace: str) -> Accepted:
     """Parse and check an envelope body and turn it into its record (or raise Rejection)."""
     body = parse_json_object(raw)
     check_envelope(body)
     event = envelope_event(
         body,
         raw,
-        default_namespace=bridge.settings.default_app_namespace,
+        default_namespace=default_namespace,
         delivery_id=new_delivery_id(),
         received_at=utc_now_rfc3339(),
     )
     return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
 
 
-def accept_bare(bridge: Bridge, raw: bytes, namespace: str, name: str) -> Accepted:
+def accept_bare(raw: bytes, namespace: str, name: str) -> Accepted:
     """Parse and check a bare syncResult body and turn it into its record (or raise
     Rejection)."""
     body = parse_json_object(raw)
@@ -207,19 +213,14 @@ def accept_bare(bridge: Bridge, raw: bytes, namespace: str, name: str) -> Accept
     return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
 
 
-# The handlers parse, check and serialise in these plain functions, so that the parsed body and
-# the event (hundreds of objects each) are freed before the request waits for Kafka, rather than
-# held by the handler's frame, for the milliseconds of that wait, by every request in flight.
-# (An A/B run against the previous handlers was within the machine's noise: at most 4 %.)
-
-
 async def post_envelope(request: web.Request) -> web.Response:
     """``POST /v1/sync``: an envelope body."""
     bridge = request.app[BRIDGE]
     _authorize(bridge, request)
     raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
     bridge.metrics.body_bytes.observe(len(raw))
-    return await _publish(bridge, accept_envelope(bridge, raw))
+    accepted = accept_envelope(raw, bridge.settings.default_app_namespace)
+    return await _publish(bridge, accepted)
 
 
 async def post_bare(request: web.Request) -> web.Response:
@@ -231,7 +232,7 @@ async def post_bare(request: web.Request) -> web.Response:
     check_route_identity(namespace, name)
     raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
     bridge.metrics.body_bytes.observe(len(raw))
-    return await _publish(bridge, accept_bare(bridge, raw, namespace, name))
+    return await _publish(bridge, accept_bare(raw, namespace, name))
 
 
 async def _publish(bridge: Bridge, accepted: Accepted) -> web.Response:

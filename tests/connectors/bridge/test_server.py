@@ -10,7 +10,9 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
+from connectors.bridge.server import accept_bare, accept_envelope
 from connectors.broker import EmbeddedBroker, ensure_topics
 from streams.topics import SYNC_EVENTS
 from tests.connectors.bridge.helpers import (
@@ -315,3 +317,17 @@ async def test_a_topic_met_after_start_does_not_make_the_bridge_forget_its_own(
         resp = await client.post("/v1/sync", data=envelope("app", 1), headers=AUTH)
         assert resp.status == 202, await resp.text()
         assert (await resp.json())["spooled"] is False
+
+
+@pytest.mark.parametrize("entry", valid_fixtures(), ids=lambda e: e["file"])
+def test_an_accepted_body_is_its_contract_record_keyed_by_the_qualified_app(entry: dict) -> None:
+    if entry["shape"] == "envelope":
+        accepted = accept_envelope(entry["raw"], "argocd")
+    else:
+        namespace, name = entry["requestPath"].split("/")[-2:]
+        accepted = accept_bare(entry["raw"], namespace, name)
+    record = orjson.loads(accepted.value)
+    validate_record(record)
+    assert accepted.key == entry["app"] == f"{record['app']['namespace']}/{record['app']['name']}"
+    assert accepted.delivery_id == record["delivery_id"]
+    assert record["body_sha256"] == hashlib.sha256(entry["raw"]).hexdigest()
