@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 from itertools import pairwise
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +25,12 @@ from tests.connectors.slack.support import (
 from tests.contracts import validate_record
 from tests.slack_server import Reply, SlackServer
 from tests.support import produce, read_topic, wait_for, wait_for_records
+
+
+def _count(connector: Any, counter: str, **labels: str) -> float:
+    """A counter of the connector's registry, read through prometheus_client's public API."""
+    value = connector.metrics.registry.get_sample_value(f"synctrail_slack_{counter}_total", labels)
+    return value or 0.0
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -64,7 +71,7 @@ async def test_posts_each_notification_once_with_its_key_and_commits(broker, top
     async with running(settings) as connector:
         await wait_for(lambda: len(slack_server.posts()) >= 2, what="two posts")
         await wait_for(
-            lambda: connector.metrics.posts.labels("skipped_duplicate")._value.get() == 1,
+            lambda: _count(connector, "posts", outcome="skipped_duplicate") == 1,
             what="the repeated key to be skipped",
         )
         notifications = f"{topics}notifications"
@@ -105,7 +112,7 @@ async def test_429_retry_after_is_waited_before_the_next_attempt(broker, topics,
     await produce_notes(broker.bootstrap, topics, [notification("k-429")])
     async with running(slack_settings(broker.bootstrap, topics, slack_server)) as connector:
         await wait_for(lambda: slack_server.posts(), what="the post after the 429")
-        assert connector.metrics.retries.labels("rate_limited")._value.get() == 1
+        assert _count(connector, "retries", reason="rate_limited") == 1
     first, second = slack_server.calls_to("chat.postMessage")
     assert first.status == 429 and second.status == 200
     waited = second.at - first.at
@@ -118,11 +125,13 @@ async def test_two_500s_then_success_post_exactly_once(broker, topics, slack_ser
     slack_server.script("chat.postMessage", Reply.server_error(), Reply.server_error(503))
     await produce_notes(broker.bootstrap, topics, [notification("k-500")])
     async with running(slack_settings(broker.bootstrap, topics, slack_server)) as connector:
-        posted = connector.metrics.posts.labels("posted")
         # counted once the connector has read Slack's answer, a moment after the server logs it
-        await wait_for(lambda: posted._value.get() >= 1, what="the post after two 5xx")
-        assert connector.metrics.retries.labels("server_error")._value.get() == 2
-        assert posted._value.get() == 1
+        await wait_for(
+            lambda: _count(connector, "posts", outcome="posted") >= 1,
+            what="the post after two 5xx",
+        )
+        assert _count(connector, "retries", reason="server_error") == 2
+        assert _count(connector, "posts", outcome="posted") == 1
     assert [c.status for c in slack_server.calls_to("chat.postMessage")] == [500, 503, 200]
     assert [p.key for p in slack_server.posts()] == ["k-500"]
 
@@ -134,9 +143,7 @@ async def test_a_lost_response_is_found_in_history_and_not_posted_again(
     slack_server.script("chat.postMessage", Reply.accepted_then(Reply.server_error(502)))
     await produce_notes(broker.bootstrap, topics, [notification("k-lost")])
     async with running(slack_settings(broker.bootstrap, topics, slack_server)) as connector:
-        await wait_for(
-            lambda: connector.metrics.posts.labels("posted")._value.get() == 1, what="delivery"
-        )
+        await wait_for(lambda: _count(connector, "posts", outcome="posted") == 1, what="delivery")
     assert len(slack_server.calls_to("chat.postMessage")) == 1
     assert [p.key for p in slack_server.posts()] == ["k-lost"]
     history = slack_server.calls_to("conversations.history")
@@ -157,11 +164,11 @@ async def test_permanent_errors_dead_letter_at_once_and_the_rest_still_posts(
     async with running(slack_settings(broker.bootstrap, topics, slack_server)) as connector:
         dead = await wait_for_records(broker.bootstrap, f"{topics}dead-letters", 3, timeout=30)
         await wait_for(lambda: slack_server.posts(), what="the fourth message")
-        assert connector.metrics.dead_letters._value.get() == 3
-        assert connector.metrics.posts.labels("dead_lettered")._value.get() == 3
+        assert _count(connector, "dead_letters") == 3
+        assert _count(connector, "posts", outcome="dead_lettered") == 3
         assert (
             sum(
-                connector.metrics.retries.labels(r)._value.get()
+                _count(connector, "retries", reason=r)
                 for r in ("rate_limited", "server_error", "network")
             )
             == 0
@@ -268,7 +275,7 @@ async def test_threads_one_per_app_per_channel_per_day_survive_a_restart(
     async with running(again) as connector:
         await wait_for(lambda: len(slack_server.posts()) >= 5, what="the fifth post")
         await wait_for(
-            lambda: connector.metrics.posts.labels("skipped_duplicate")._value.get() == 4,
+            lambda: _count(connector, "posts", outcome="skipped_duplicate") == 4,
             what="the four earlier notifications to be skipped",
         )
     posts = {p.key: p for p in slack_server.posts()}
