@@ -182,6 +182,11 @@ class Accepted:
     delivery_id: str
     value: bytes
 
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> Accepted:
+        """The record of a sync-event built by :mod:`connectors.bridge.events`."""
+        return cls(event_key(event), event["delivery_id"], orjson.dumps(event))
+
 
 def accept_envelope(raw: bytes, default_namespace: str) -> Accepted:
     """Parse and check an envelope body and turn it into its record (or raise Rejection)."""
@@ -194,7 +199,7 @@ def accept_envelope(raw: bytes, default_namespace: str) -> Accepted:
         delivery_id=new_delivery_id(),
         received_at=utc_now_rfc3339(),
     )
-    return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
+    return Accepted.of(event)
 
 
 def accept_bare(raw: bytes, namespace: str, name: str) -> Accepted:
@@ -210,7 +215,7 @@ def accept_bare(raw: bytes, namespace: str, name: str) -> Accepted:
         delivery_id=new_delivery_id(),
         received_at=utc_now_rfc3339(),
     )
-    return Accepted(event_key(event), event["delivery_id"], orjson.dumps(event))
+    return Accepted.of(event)
 
 
 async def post_envelope(request: web.Request) -> web.Response:
@@ -219,8 +224,7 @@ async def post_envelope(request: web.Request) -> web.Response:
     _authorize(bridge, request)
     raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
     bridge.metrics.body_bytes.observe(len(raw))
-    accepted = accept_envelope(raw, bridge.settings.default_app_namespace)
-    return await _publish(bridge, accepted)
+    return await _publish(bridge, accept_envelope(raw, bridge.settings.default_app_namespace))
 
 
 async def post_bare(request: web.Request) -> web.Response:
