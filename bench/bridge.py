@@ -8,6 +8,12 @@ server in the same rounds is the issue's reference point (``naive_*``): a handle
 parses the body with orjson and awaits an aiokafka ``send_and_wait`` (acks=all), which the issue
 measured at a ratio of 0.32 on its machine; ``bridge_vs_naive`` compares the bridge with it.
 
+Each of those runs also reads, from ``/proc``, the CPU time the server (and, for the servers
+that produce, the broker) used per request: ``*_cpu_us_per_req``. They show whether a server
+was bound by its own core (CPU per request times req/s near one second per second) and what
+the broker costs per request. They are not steadier than the throughput on a shared machine:
+the bare handler's own CPU per request was measured at 81 to 138 µs in rounds minutes apart.
+
 Then an open-loop client starts requests at a steady 1,000 req/s, whatever the answers, and
 measures each latency from the request's scheduled start (so a stall is not hidden by the
 client waiting). It runs against the bridge, the bare handler and the broker itself (an
@@ -43,7 +49,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.loadgen import no_collector_pauses
+from bench.loadgen import cpu_seconds, no_collector_pauses
 from streams.topics import SYNC_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,21 +158,36 @@ def _parse_ms(text: str) -> float:
 
 
 def run_wrk(url: str, seconds: int, lua: Path, env: dict[str, str]) -> dict[str, float]:
-    """One wrk run; returns req/s, p50/p99 in ms and the count of non-2xx answers."""
+    """One wrk run; returns req/s, requests, p50/p99 in ms and the count of non-2xx answers."""
     cmd = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(lua), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _parse_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _parse_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     socket_errors = re.search(r"Socket errors:.*", out)
     return {
         "rps": rps,
+        "requests": requests,
         "p50": p50,
         "p99": p99,
         "errors": float(errors.group(1)) if errors else 0.0,
         "socket_errors": 1.0 if socket_errors else 0.0,
     }
+
+
+def run_wrk_measured(
+    url: str, seconds: int, lua: Path, env: dict[str, str], server: int, broker: int | None
+) -> dict[str, float]:
+    """:func:`run_wrk` plus the CPU time the server and the broker used per request."""
+    before = cpu_seconds(server), cpu_seconds(broker)
+    out = run_wrk(url, seconds, lua, env)
+    after = cpu_seconds(server), cpu_seconds(broker)
+    requests = max(out["requests"], 1.0)
+    out["cpu_us"] = (after[0] - before[0]) / requests * 1e6
+    out["broker_cpu_us"] = (after[1] - before[1]) / requests * 1e6
+    return out
 
 
 class _Conn:
@@ -327,9 +348,9 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
         naive_cmd = [sys.executable, "-m", "bench.bridge", "--serve-naive", str(naive_port)]
         naive_cmd += [broker.bootstrap, SYNC_EVENTS.address(prefix)]
         with (
-            _child(bridge_cmd, env, work / "bridge.log"),
-            _child(bare_cmd, env, work / "bare.log"),
-            _child(naive_cmd, env, work / "naive.log"),
+            _child(bridge_cmd, env, work / "bridge.log") as bridge_proc,
+            _child(bare_cmd, env, work / "bare.log") as bare_proc,
+            _child(naive_cmd, env, work / "naive.log") as naive_proc,
         ):
             bridge_url = f"http://127.0.0.1:{bridge_port}"
             bare_url = f"http://127.0.0.1:{bare_port}"
@@ -340,11 +361,18 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
             wrk_env = {**os.environ, "BENCH_BODY_FILE": str(BODY), "BENCH_TOKEN": TOKEN}
             for url in (bare_url, bridge_url, naive_url):  # warm-up
                 run_wrk(f"{url}/v1/sync", 2, lua, wrk_env)
-            bare_runs, bridge_runs, naive_runs = [], [], []
+            bare_runs: list[dict[str, float]] = []
+            bridge_runs: list[dict[str, float]] = []
+            naive_runs: list[dict[str, float]] = []
+            servers = (
+                (bare_runs, bare_url, bare_proc.pid, None),
+                (bridge_runs, bridge_url, bridge_proc.pid, broker.pid),
+                (naive_runs, naive_url, naive_proc.pid, broker.pid),
+            )
             for _ in range(rounds):
-                bare_runs.append(run_wrk(f"{bare_url}/v1/sync", seconds, lua, wrk_env))
-                bridge_runs.append(run_wrk(f"{bridge_url}/v1/sync", seconds, lua, wrk_env))
-                naive_runs.append(run_wrk(f"{naive_url}/v1/sync", seconds, lua, wrk_env))
+                for runs, url, pid, broker_pid in servers:
+                    out = run_wrk_measured(f"{url}/v1/sync", seconds, lua, wrk_env, pid, broker_pid)
+                    runs.append(out)
             # The same steady load on the bridge, on the bare handler (what this machine and
             # the client add by themselves) and on the broker alone (the acknowledgement).
             steady: dict[str, list[list[float]]] = {"bridge": [], "bare": [], "kafka": []}
@@ -375,6 +403,11 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
     print(f"BENCH naive_req_per_s {naive_rps:.0f} req/s")
     print(f"BENCH naive_ratio {naive_rps / bare_rps:.2f} x")
     print(f"BENCH bridge_vs_naive {bridge_rps / naive_rps:.2f} x")
+    bare_cpu, bridge_cpu = med(bare_runs, "cpu_us"), med(bridge_runs, "cpu_us")
+    print(f"BENCH bare_cpu_us_per_req {bare_cpu:.0f} us")
+    print(f"BENCH bridge_cpu_us_per_req {bridge_cpu:.0f} us")
+    print(f"BENCH bridge_broker_cpu_us_per_req {med(bridge_runs, 'broker_cpu_us'):.0f} us")
+    print(f"BENCH naive_cpu_us_per_req {med(naive_runs, 'cpu_us'):.0f} us")
     print(f"BENCH bare_p50_ms {med(bare_runs, 'p50'):.2f} ms")
     print(f"BENCH bare_p99_ms {med(bare_runs, 'p99'):.2f} ms")
     print(f"BENCH bridge_p50_ms {med(bridge_runs, 'p50'):.2f} ms")

@@ -1,10 +1,12 @@
-"""What the benchmarks' load generators share."""
+"""What the benchmarks' load generators and measurements share."""
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -25,3 +27,11 @@ def no_collector_pauses() -> Iterator[None]:
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -64,7 +64,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.loadgen import no_collector_pauses
+from bench.loadgen import cpu_seconds, no_collector_pauses
 from connectors.broker import EmbeddedBroker, ensure_topics, free_port
 from connectors.offsets import log_end_offsets
 from streams.topics import DEPLOYMENTS, SYNC_EVENTS, TopicSpec
@@ -207,14 +207,6 @@ class TopicReader:
                 if messages and messages[-1].offset + 1 >= end[tp]:
                     remaining.discard(tp)
         return out
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def middle_rate(timestamps_ms: list[int], share: float = 0.8) -> float:
