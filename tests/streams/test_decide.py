@@ -126,6 +126,16 @@ def test_bare_body_equal_to_the_last_one_is_a_duplicate():
     assert [d.outcome for d in run(first, again)] == [DEPLOYED, DUPLICATE]
 
 
+def test_bare_body_equal_to_an_earlier_but_not_the_last_one_is_a_rollback():
+    # A bare body carries no time, so it cannot be told stale: DESIGN.md makes it a duplicate
+    # only when it equals the app's last one (what the README says of replaying the examples).
+    a = event("a" * 40, {"web": "nginx:1.1"}, shape="bare")
+    b = event("b" * 40, {"web": "nginx:1.2"}, shape="bare")
+    decisions = run(a, b, copy.deepcopy(a), copy.deepcopy(b))
+    assert [d.outcome for d in decisions] == [DEPLOYED] * 4
+    assert [d.deployment["rollback"] for d in decisions] == [False, False, True, True]
+
+
 def test_late_retry_of_an_older_operation_is_stale():
     old = event("a" * 40, {"web": "nginx:1.27.1"}, started="2026-07-06T09:00:00Z")
     new = event("b" * 40, {"web": "nginx:1.27.2"}, started="2026-07-06T10:00:00Z")
