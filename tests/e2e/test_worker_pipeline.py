@@ -122,6 +122,37 @@ async def test_fixture_sequence_matches_the_oracle(broker, topics, start_worker,
     assert len({n.value["idempotency_key"] for n in notifications}) == len(announced)
 
 
+async def test_replaying_the_fixtures_announces_only_bare_bodies_other_than_the_apps_last(
+    broker, topics, start_worker
+):
+    # What the README tells a user who replays the examples twice.
+    first, second = list(fixture_events()), list(fixture_events())
+    worker = start_worker()
+    await worker.wait_ready()
+    await _produce_events(broker.bootstrap, topics, first + second)
+
+    replayed = {e.event["delivery_id"]: e for e in second}
+
+    async def verdicts() -> dict[str, str] | None:
+        metrics = await read_topic(broker.bootstrap, f"{topics}metrics")
+        found = {
+            m.value["delivery_id"]: m.value["kind"]
+            for m in metrics
+            if m.value.get("delivery_id") in replayed and m.value["kind"] != "violation"
+        }
+        return found if len(found) == len(replayed) else None
+
+    kinds = await wait_for(verdicts, timeout=60, what="a verdict on every replayed event")
+    announced = {replayed[d].file for d, kind in kinds.items() if kind == "deployment"}
+    assert announced == {"02-payments-api-rev-a.json", "06-payments-api-rev-b.json"}
+    assert set(kinds.values()) == {"deployment", "duplicate", "stale"}
+
+    deployments = await read_topic(broker.bootstrap, f"{topics}deployments")
+    again = [d.value for d in deployments if d.value["delivery_id"] in replayed]
+    assert [replayed[d["delivery_id"]].file for d in again] == sorted(announced)
+    assert all(d["rollback"] for d in again)
+
+
 async def test_query_api_answers_for_apps_and_images(broker, topics, start_worker):
     events = list(fixture_events())
     worker = start_worker()
