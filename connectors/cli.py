@@ -1,7 +1,8 @@
 """The ``synctrail`` command: one subcommand per process.
 
 Arguments are declared here (so ``--help`` is fast and complete); each subcommand's module is
-imported only when it runs and exposes ``run(args) -> int``.
+imported only when it runs and exposes ``run(args) -> int``. A service's ``--help`` ends with
+the ``SYNCTRAIL_*`` variables it reads, generated from its settings class when asked for.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 DESCRIPTION = """\
 synctrail turns Argo CD sync webhooks into deployment facts: Kafka topics, Slack messages and
@@ -31,14 +33,32 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A parser whose help can end with the settings of one process (``settings_of``)."""
+
+    def __init__(self, *args: Any, settings_of: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings_of = settings_of
+
+    def format_help(self) -> str:
+        """argparse's help, then the process's variables (imported only for ``--help``)."""
+        text = super().format_help()
+        if self.settings_of is None:
+            return text
+        from connectors.settings_doc import help_text
+
+        return f"{text}\n{help_text(self.settings_of)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _CommandParser(
         prog="synctrail",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    service = argparse.RawDescriptionHelpFormatter
 
     sub.add_parser(
         "dev",
@@ -50,10 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=None, help="listen port (default: a free one)")
     broker.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback)")
 
-    sub.add_parser("bridge", help="HTTP receiver for Argo CD webhooks → sync-events")
-    sub.add_parser("worker", help="Faust worker: dedupe, diff, policy → deployments and more")
-    sub.add_parser("slack", help="post notifications to Slack (console output without credentials)")
-    sub.add_parser("exporter", help="fold metric events into Prometheus series on /metrics")
+    sub.add_parser(
+        "bridge",
+        help="HTTP receiver for Argo CD webhooks → sync-events",
+        description="Receive Argo CD's webhooks (POST /v1/sync, /v1/sync/{app},\n"
+        "/v1/sync/{app_namespace}/{app}) and publish each to <prefix>sync-events once Kafka\n"
+        "acknowledged it, or spool it to disk while Kafka is unreachable. Serves /healthz,\n"
+        "/readyz and /metrics. SIGTERM: stop accepting, finish in-flight requests, flush.",
+        formatter_class=service,
+        settings_of="bridge",
+    )
+    sub.add_parser(
+        "worker",
+        help="Faust worker: dedupe, diff, policy → deployments and more",
+        description="Consume <prefix>sync-events and <prefix>policy; keep each app's state;\n"
+        "publish deployments, notifications, metrics, violations, remediations and\n"
+        "dead-letters. Query API and /metrics on SYNCTRAIL_WORKER_WEB_PORT.",
+        formatter_class=service,
+        settings_of="worker",
+    )
+    sub.add_parser(
+        "slack",
+        help="post notifications to Slack (console output without credentials)",
+        description="Post <prefix>notifications to Slack (bot token or incoming webhook), once\n"
+        "per idempotency key, within Slack's rate limits; print them instead when neither\n"
+        "is set.",
+        formatter_class=service,
+        settings_of="slack",
+    )
+    sub.add_parser(
+        "exporter",
+        help="fold metric events into Prometheus series on /metrics",
+        description="Fold <prefix>metrics into Prometheus series, rebuilt from the topic on\n"
+        "every start, and serve them on /metrics.",
+        formatter_class=service,
+        settings_of="exporter",
+    )
 
     replay = sub.add_parser(
         "replay",
@@ -92,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser("list", help="list the rules in force")
 
     dead = sub.add_parser(
-        "replay-dead-letters", help="send dead-lettered records back to their source topic"
+        "replay-dead-letters",
+        help="send dead-lettered records back to their source topic",
+        settings_of="replay-dead-letters",
     )
     dead.add_argument("--dry-run", action="store_true", help="only print what would be sent")
     dead.add_argument(

@@ -2,11 +2,13 @@
 
 ``python -m connectors.settings_doc`` prints the Markdown table that README.md carries and
 ``python -m connectors.settings_doc --env`` prints ``.env.example``; a test keeps both in step.
+``synctrail <process> --help`` ends with :func:`help_text` of its process.
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from typing import Any
 
 from pydantic import SecretStr
@@ -40,17 +42,33 @@ def _default(field: Any) -> str:
 
 def rows() -> list[tuple[str, str, str, str]]:
     """(variable, processes, default, meaning) for every variable, in declaration order."""
-    seen: dict[str, list[Any]] = {}
+    seen: dict[str, tuple[list[str], Any]] = {}
     for process, cls in PROCESSES:
         for name, field in cls.model_fields.items():
             variable = f"SYNCTRAIL_{name.upper()}"
-            if variable in seen:
-                continue
-            seen[variable] = [process, field]
+            if variable not in seen:
+                seen[variable] = ([process], field)
+            elif "all" not in seen[variable][0]:
+                seen[variable][0].append(process)
     return [
-        (variable, process, _default(field), (field.description or "").replace("|", "\\|"))
-        for variable, (process, field) in seen.items()
+        (
+            variable,
+            ", ".join(processes),
+            _default(field),
+            (field.description or "").replace("|", "\\|"),
+        )
+        for variable, (processes, field) in seen.items()
     ]
+
+
+def help_text(process: str) -> str:
+    """Every variable ``process`` reads, with its default and meaning, for its ``--help``."""
+    lines = ["settings (environment variables; every one is in README.md):"]
+    for name, field in dict(PROCESSES)[process].model_fields.items():
+        lines.append(f"  SYNCTRAIL_{name.upper()}  (default: {_default(field).strip('`')})")
+        plain = (field.description or "").replace("`", "")
+        lines += textwrap.wrap(plain, 88, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines) + "\n"
 
 
 def markdown() -> str:
