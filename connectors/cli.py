@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    service = argparse.RawDescriptionHelpFormatter
+    keep_lines = argparse.RawDescriptionHelpFormatter  # descriptions keep their line breaks
 
     sub.add_parser(
         "dev",
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/v1/sync/{app_namespace}/{app}) and publish each to <prefix>sync-events once Kafka\n"
         "acknowledged it, or spool it to disk while Kafka is unreachable. Serves /healthz,\n"
         "/readyz and /metrics. SIGTERM: stop accepting, finish in-flight requests, flush.",
-        formatter_class=service,
+        formatter_class=keep_lines,
         settings_of="bridge",
     )
     sub.add_parser(
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consume <prefix>sync-events and <prefix>policy; keep each app's state;\n"
         "publish deployments, notifications, metrics, violations, remediations and\n"
         "dead-letters. Query API and /metrics on SYNCTRAIL_WORKER_WEB_PORT.",
-        formatter_class=service,
+        formatter_class=keep_lines,
         settings_of="worker",
     )
     sub.add_parser(
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Post <prefix>notifications to Slack (bot token or incoming webhook), once\n"
         "per idempotency key, within Slack's rate limits; print them instead when neither\n"
         "is set.",
-        formatter_class=service,
+        formatter_class=keep_lines,
         settings_of="slack",
     )
     sub.add_parser(
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold metric events into Prometheus series on /metrics",
         description="Fold <prefix>metrics into Prometheus series, rebuilt from the topic on\n"
         "every start, and serve them on /metrics.",
-        formatter_class=service,
+        formatter_class=keep_lines,
         settings_of="exporter",
     )
 
