@@ -1,9 +1,9 @@
 """Which event loop a synctrail process runs on: uvloop by default, asyncio's own as fallback.
 
 uvloop (libuv, written in C) takes the event loop's own work (sockets, callbacks, timers) out
-of Python. Measured with ``make bench`` in alternating runs, it cost the bridge 9-25 % less
-CPU per request and the worker 0-15 % (9 % on average) less per event. It has no Windows
-build, so where it is not installed the process says so and runs on asyncio's loop.
+of Python; what it saved each process, as measured with ``make bench``, is in the description
+of its setting (``SYNCTRAIL_BRIDGE_EVENT_LOOP``, ``SYNCTRAIL_WORKER_EVENT_LOOP``). It has no
+Windows build, so where it is not installed the process says so and runs on asyncio's loop.
 """
 
 from __future__ import annotations
