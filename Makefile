@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck bench clean compose-up compose-down prometheus-tools wrk
+.PHONY: run test lint fmt typecheck bench clean compose-up compose-down prometheus-tools wrk java kafka-jars
 
 # Debian packages some tests and benchmarks need; installed when missing (root, apt-get).
 define apt_ensure
@@ -33,8 +33,26 @@ prometheus-tools:
 wrk:
 	$(call apt_ensure,wrk,wrk)
 
-## test: the whole suite against a real embedded broker
-test: $(STAMP) prometheus-tools
+## kafka-jars: Apache Kafka's jars (tests/apache_kafka/pom.xml), copied once from Maven Central
+KAFKA_VERSION := 4.1.1
+KAFKA_JARS    := var/kafka/$(KAFKA_VERSION)
+
+java:
+	$(call apt_ensure,java,default-jdk-headless)
+	$(call apt_ensure,mvn,maven)
+
+$(KAFKA_JARS)/.copied: tests/apache_kafka/pom.xml
+	@echo "copying Apache Kafka $(KAFKA_VERSION)'s jars from Maven Central into $(KAFKA_JARS)"
+	@mvn -q -B -f tests/apache_kafka/pom.xml dependency:copy-dependencies \
+	  -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_JARS) >/tmp/synctrail-mvn.log 2>&1 || { \
+	  tail -30 /tmp/synctrail-mvn.log >&2; \
+	  echo "could not fetch Apache Kafka's jars from Maven Central (see above); the suite needs them" >&2; exit 1; }
+	touch $@
+
+kafka-jars: java $(KAFKA_JARS)/.copied
+
+## test: the whole suite against the embedded broker and Apache Kafka
+test: $(STAMP) prometheus-tools kafka-jars
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -49,7 +67,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## bench: throughput/latency benchmarks; each prints BENCH lines with its baseline and ratio
-bench: $(STAMP) wrk
+bench: $(STAMP) wrk kafka-jars
 	$(BIN)/python -m bench.bridge
 	$(BIN)/python -m bench.stream
 

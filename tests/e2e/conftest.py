@@ -1,4 +1,8 @@
-"""Fixtures for whole-pipeline tests: worker processes on the session's embedded broker."""
+"""Fixtures for whole-pipeline tests: worker processes on each of the session's brokers.
+
+Every test here runs on the embedded broker and on Apache Kafka (``[embedded]``/``[kafka]``
+in its id; ``pytest --broker kafka`` runs one). Both serve the same ``bootstrap``.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,26 @@ import pytest
 
 from connectors.broker import free_port
 from tests.compose.conftest import real_prometheus  # noqa: F401  (re-exported for tests/e2e)
+from tests.conftest import brokers_chosen
 from tests.e2e.harness import Worker
 from tests.e2e.pipeline import BRIDGE_TOKEN, HttpService, Pipeline, common_env
 from tests.slack_server import SlackServer
 from tests.support import Service
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "broker", brokers_chosen(metafunc.config), indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest):
+    """The broker this test runs on: the embedded one or Apache Kafka (see the module)."""
+    if request.param == "kafka":
+        return request.getfixturevalue("apache_kafka")
+    return request.getfixturevalue("embedded_broker")
 
 
 @pytest.fixture
