@@ -215,6 +215,18 @@ class BridgeMetrics:
             "1 while the bridge can reach Kafka, 0 while it spools.",
             registry=r,
         )
+        self.connections_closed = Counter(
+            "synctrail_bridge_connections_closed",
+            "Client connections the bridge closed: request head or body past its deadline "
+            "(head_timeout, body_timeout), or shed at the connection bound (shed).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("head_timeout", "body_timeout", "shed"):
+            self.connections_closed.labels(reason)
+        self.connections = Gauge(
+            "synctrail_bridge_connections", "Client connections open now.", registry=r
+        )
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and observe its duration."""

@@ -7,10 +7,12 @@ Routes (DESIGN.md, "Inbound HTTP contract")::
     POST /v1/sync/{app_namespace}/{app}    bare syncResult
     GET  /healthz  /readyz  /metrics
 
-A request is checked in the cheapest order: credentials, route identity, declared size, then
-the body is read with a cap, parsed and validated, turned into one sync-event record and handed
+A request is checked in the cheapest order: credentials, declared content type, route
+identity, declared size, then the body is read with a cap and a deadline, parsed and validated, turned into one sync-event record and handed
 to the :class:`~connectors.bridge.delivery.Dispatcher`, which answers once Kafka acknowledged
-it or the spool made it durable.
+it or the spool made it durable. Slow clients are bounded by
+:mod:`connectors.bridge.connections` (the request head's deadline, the connection bound) and by
+``read_body`` (the body's deadline).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors import logs
 from connectors.bridge.auth import CHALLENGE, Authenticator
+from connectors.bridge.connections import ConnectionGuard, default_max_connections
 from connectors.bridge.delivery import Dispatcher, Outcome
 from connectors.bridge.events import (
     bare_event,
@@ -47,6 +50,7 @@ from connectors.bridge.validation import (
     Rejection,
     check_bare,
     check_envelope,
+    check_identity_keys_unique,
     check_route_identity,
     parse_json_object,
 )
@@ -76,6 +80,8 @@ class Bridge:
     spool: Spool
     dispatcher: Dispatcher
     auth: Authenticator
+    #: Set by :func:`serve`: in-process test servers run without it.
+    guard: ConnectionGuard | None = None
 
 
 BRIDGE: web.AppKey[Bridge] = web.AppKey("bridge", Bridge)
@@ -90,17 +96,21 @@ def json_response(
     )
 
 
-def _observed(metrics: BridgeMetrics, route: str, handler: Handler) -> Handler:
+def _observed(bridge: Bridge, route: str, handler: Handler) -> Handler:
     """``handler`` counted and timed under the label ``route``; a Rejection becomes its answer.
 
     A wrapper per route rather than a middleware: aiohttp runs a middleware through two more
     coroutines per request, and here the route template is known without looking it up.
     """
     sync_route = route in _SYNC_ROUTES
+    metrics = bridge.metrics
 
     async def observed(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         status = 500
+        guard = bridge.guard
+        if guard is not None:
+            guard.request_started(request.transport)
         try:
             response = await handler(request)
             status = response.status
@@ -114,14 +124,25 @@ def _observed(metrics: BridgeMetrics, route: str, handler: Handler) -> Handler:
                 extra={"route": route, "status": rej.status, "reason": rej.message[:300]},
             )
             headers = {"WWW-Authenticate": CHALLENGE} if rej.status == 401 else None
-            return json_response(
+            answer = json_response(
                 {"error": rej.message, "problems": rej.problems}, rej.status, headers=headers
             )
+            if rej.status == 408:
+                metrics.connections_closed.labels("body_timeout").inc()
+                # Answer now and close: aiohttp would otherwise go on reading the late body
+                # for its lingering time (10 s) before closing the connection.
+                answer.force_close()
+                await answer.prepare(request)
+                await answer.write_eof()
+                request.protocol.force_close()
+            return answer
         except web.HTTPException as exc:
             status = exc.status
             raise
         finally:
             metrics.request_done(route, status, time.perf_counter() - started)
+            if guard is not None:
+                guard.request_finished(request.transport, request.content.at_eof())
 
     return observed
 
@@ -138,8 +159,20 @@ async def method_not_allowed(request: web.Request) -> web.StreamResponse:
     raise web.HTTPMethodNotAllowed(request.method, allowed)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` without buffering it all."""
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing anything over ``limit`` (413) without buffering it all, or
+    not received within ``timeout_s`` (408)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_capped(request, limit)
+    except TimeoutError:
+        raise Rejection(
+            408,
+            f"request body not received within {timeout_s:g}s (SYNCTRAIL_BRIDGE_BODY_TIMEOUT_S)",
+        ) from None
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise Rejection(413, _too_large(f"{declared} bytes", limit))
@@ -157,6 +190,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 def _too_large(size: str, limit: int) -> str:
     return f"body too large: {size}; the limit is {limit} bytes (SYNCTRAIL_BRIDGE_MAX_BODY_BYTES)"
+
+
+def _check_content_type(request: web.Request) -> None:
+    """415 unless the body is declared as JSON (or not declared at all)."""
+    declared = request.headers.get(hdrs.CONTENT_TYPE)
+    if declared is not None and request.content_type != "application/json":
+        raise Rejection(
+            415,
+            f"Content-Type header: {declared!r} is not JSON; send "
+            "`Content-Type: application/json` (a charset parameter is fine)",
+        )
 
 
 def _authorize(bridge: Bridge, request: web.Request) -> None:
@@ -191,6 +235,7 @@ class Accepted:
 def accept_envelope(raw: bytes, default_namespace: str) -> Accepted:
     """Parse and check an envelope body and turn it into its record (or raise Rejection)."""
     body = parse_json_object(raw)
+    check_identity_keys_unique(raw)
     check_envelope(body)
     event = envelope_event(
         body,
@@ -206,6 +251,7 @@ def accept_bare(raw: bytes, namespace: str, name: str) -> Accepted:
     """Parse and check a bare syncResult body and turn it into its record (or raise
     Rejection)."""
     body = parse_json_object(raw)
+    check_identity_keys_unique(raw)
     check_bare(body)
     event = bare_event(
         body,
@@ -222,7 +268,9 @@ async def post_envelope(request: web.Request) -> web.Response:
     """``POST /v1/sync``: an envelope body."""
     bridge = request.app[BRIDGE]
     _authorize(bridge, request)
-    raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
+    _check_content_type(request)
+    settings = bridge.settings
+    raw = await read_body(request, settings.bridge_max_body_bytes, settings.bridge_body_timeout_s)
     bridge.metrics.body_bytes.observe(len(raw))
     return await _publish(bridge, accept_envelope(raw, bridge.settings.default_app_namespace))
 
@@ -231,10 +279,12 @@ async def post_bare(request: web.Request) -> web.Response:
     """``POST /v1/sync/{app}`` and ``/v1/sync/{app_namespace}/{app}``: a bare syncResult."""
     bridge = request.app[BRIDGE]
     _authorize(bridge, request)
-    namespace = request.match_info.get("app_namespace") or bridge.settings.default_app_namespace
+    _check_content_type(request)
+    settings = bridge.settings
+    namespace = request.match_info.get("app_namespace") or settings.default_app_namespace
     name = request.match_info["app"]
     check_route_identity(namespace, name)
-    raw = await read_body(request, bridge.settings.bridge_max_body_bytes)
+    raw = await read_body(request, settings.bridge_max_body_bytes, settings.bridge_body_timeout_s)
     bridge.metrics.body_bytes.observe(len(raw))
     return await _publish(bridge, accept_bare(raw, namespace, name))
 
@@ -351,15 +401,15 @@ def create_app(settings: BridgeSettings) -> web.Application:
         (hdrs.METH_GET, "/readyz", readyz),
         (hdrs.METH_GET, "/metrics", metrics_view),
     ]
-    unmatched = _observed(metrics, UNMATCHED, method_not_allowed)
+    unmatched = _observed(bridge, UNMATCHED, method_not_allowed)
     for method, path, handler in routes:
-        app.router.add_route(method, path, _observed(metrics, path, handler))
+        app.router.add_route(method, path, _observed(bridge, path, handler))
         if method == hdrs.METH_GET:
-            app.router.add_route(hdrs.METH_HEAD, path, _observed(metrics, path, handler))
+            app.router.add_route(hdrs.METH_HEAD, path, _observed(bridge, path, handler))
         # Every other method of a served path: tried after the routes above, so only those
         # requests pay for it, and every request is counted without a middleware.
         app.router.add_route(hdrs.METH_ANY, path, unmatched)
-    app.router.add_route(hdrs.METH_ANY, "/{path:.*}", _observed(metrics, UNMATCHED, not_found))
+    app.router.add_route(hdrs.METH_ANY, "/{path:.*}", _observed(bridge, UNMATCHED, not_found))
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -387,22 +437,34 @@ async def _lifecycle(app: web.Application) -> Any:
 async def serve(settings: BridgeSettings, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, flush."""
     app = create_app(settings)
+    bridge = app[BRIDGE]
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.bridge_shutdown_timeout_s,
+        keepalive_timeout=settings.bridge_keepalive_s,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.bridge_host, settings.bridge_port, backlog=1024, reuse_address=True
+    assert runner.server is not None
+    closed = bridge.metrics.connections_closed
+    guard = bridge.guard = ConnectionGuard(
+        runner.server,
+        head_timeout_s=settings.bridge_head_timeout_s,
+        max_connections=settings.bridge_max_connections or default_max_connections(),
+        on_close=lambda reason: closed.labels(reason).inc(),
     )
+    bridge.metrics.connections.set_function(lambda: guard.open_connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    listener: asyncio.Server | None = None
     try:
-        await site.start()
+        # aiohttp's protocol factory behind the guard, instead of a TCPSite over it
+        listener = await loop.create_server(
+            guard, settings.bridge_host, settings.bridge_port, backlog=1024, reuse_address=True
+        )
         # Everything allocated so far lives for the whole run: keep it out of GC passes,
         # which otherwise rescan it every few hundred requests.
         gc.collect()
@@ -414,13 +476,19 @@ async def serve(settings: BridgeSettings, ready: asyncio.Event | None = None) ->
         gc.set_threshold(GC_YOUNG_THRESHOLD)
         log.info(
             "bridge listening",
-            extra={"url": settings.base_url(), "event_loop": loop_name(loop)},
+            extra={
+                "url": settings.base_url(),
+                "event_loop": loop_name(loop),
+                "max_connections": guard.max_connections,
+            },
         )
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("shutting down: finishing in-flight requests")
     finally:
+        if listener is not None:
+            listener.close()  # no new connections; the runner finishes the open ones
         await runner.cleanup()
 
 

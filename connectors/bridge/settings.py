@@ -76,6 +76,30 @@ class BridgeSettings(CommonSettings):
         description="Producer linger in milliseconds. 0 suits the bridge: records already "
         "gather into batches while the previous request is in flight.",
     )
+    bridge_head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time from a request's first byte to the end of its headers; a "
+        "slower client gets 408 and its connection is closed.",
+    )
+    bridge_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time to receive a request's whole body; a slower client gets 408 "
+        "and its connection is closed.",
+    )
+    bridge_keepalive_s: float = Field(
+        60.0,
+        gt=0,
+        description="An open connection with no request under way (kept alive, or never used) "
+        "is closed after this long.",
+    )
+    bridge_max_connections: int = Field(
+        0,
+        ge=0,
+        description="Most client connections open at once; 0 means the open-file limit less "
+        "256. At the bound a new connection replaces the oldest one not running a request.",
+    )
     bridge_shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM, the longest wait for in-flight requests."
     )

@@ -8,6 +8,7 @@ adds fields over time and the record carries the syncResult exactly as received.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,53 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Rejection(400, f"body: expected a JSON object, got {json_type(value)}")
     return value
+
+
+IDENTITY_KEYS = frozenset({"app", "name", "namespace"})
+# The envelope's `app` object when it holds no nested object or brace: the common case, checked
+# on its own bytes instead of the whole body's.
+_FLAT_APP_OBJECT = re.compile(rb'"app"\s*:\s*(\{[^{}]*\})')
+
+
+def check_identity_keys_unique(raw: bytes) -> None:
+    """400 when an identity key (``app``, ``name``, ``namespace``) appears twice in one object.
+
+    orjson, like most JSON readers, keeps the last of two equal keys and others keep the first,
+    so two readers of such a body could disagree on which app it is. The check costs a byte
+    count for a body without ``"app"`` and a parse of the ``app`` object's few bytes for a usual
+    envelope; only an unusual body (several ``"app"`` tokens, nested objects in ``app``) is
+    parsed again whole.
+    """
+    count = raw.count(b'"app"')
+    if count == 0:
+        return
+    if count == 1:
+        flat = _FLAT_APP_OBJECT.search(raw)
+        if flat is not None:
+            _refuse_duplicate_identity_keys(flat.group(1), "app.")
+            return
+    _refuse_duplicate_identity_keys(raw, "")
+
+
+def _refuse_duplicate_identity_keys(text: bytes, where: str) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in IDENTITY_KEYS:
+                if key in seen:
+                    place = f"`{where}{key}`" if where else f"`{key}` (in one object)"
+                    raise Rejection(
+                        400,
+                        f"body: the key {place} appears twice; JSON readers disagree on which "
+                        "one counts, so the delivery is refused",
+                    )
+                seen.add(key)
+        return {}  # the values are not needed: only the keys are checked
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except ValueError:  # orjson already accepted the body; nothing more to say here
+        return
 
 
 def namespace_problem(value: str) -> str | None:

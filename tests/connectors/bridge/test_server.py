@@ -28,6 +28,8 @@ from tests.connectors.bridge.helpers import (
 from tests.contracts import validate_record
 from tests.support import read_topic, wait_for_records
 
+JSON = {"Content-Type": "application/json"}
+
 
 def _topic(prefix: str) -> str:
     return f"{prefix}sync-events"
@@ -172,17 +174,17 @@ async def test_missing_or_wrong_credentials_get_401_and_nothing_is_published(
             {"Authorization": f"Bearer {TOKEN}x"},
             {"Authorization": aiohttp.encode_basic_auth("argocd", "nope")},
         ):
-            resp = await client.post("/v1/sync", data=body, headers=headers)
+            resp = await client.post("/v1/sync", data=body, headers={**headers, **JSON})
             assert resp.status == 401
             assert "Bearer" in resp.headers["WWW-Authenticate"]
         resp = await client.post(
             "/v1/sync",
             data=body,
-            headers={"Authorization": aiohttp.encode_basic_auth("argocd", "pw")},
+            headers={"Authorization": aiohttp.encode_basic_auth("argocd", "pw"), **JSON},
         )
         assert resp.status == 202
         resp = await client.post(
-            "/v1/sync", data=body, headers={"Authorization": "Bearer second-token"}
+            "/v1/sync", data=body, headers={"Authorization": "Bearer second-token", **JSON}
         )
         assert resp.status == 202
     records = await wait_for_records(broker.bootstrap, _topic(topics), 2)
@@ -294,7 +296,7 @@ async def test_anonymous_bridge_accepts_unauthenticated_posts(
         broker.bootstrap, topics, tmp_path, bridge_tokens=None, bridge_allow_anonymous=True
     )
     async with running_bridge(settings) as (client, _):
-        resp = await client.post("/v1/sync", data=envelope("anon", 1))
+        resp = await client.post("/v1/sync", data=envelope("anon", 1), headers=JSON)
         assert resp.status == 202
     assert len(await read_topic(broker.bootstrap, _topic(topics))) == 1
 

@@ -1,0 +1,229 @@
+"""Deadlines and a bound for the bridge's client connections, below aiohttp.
+
+aiohttp closes a connection that sends nothing (its keep-alive timeout, which also runs from
+the moment a connection opens), but it has no deadline for a request's head: a client that
+sends a byte of its request line every few seconds, or headers that never end, holds its
+connection and a file descriptor forever. Enough of them exhaust the process's open-file limit
+and every real delivery fails. This module closes that gap without touching aiohttp's
+internals: :class:`ConnectionGuard` wraps the protocol factory of aiohttp's public
+``runner.server`` and watches each connection's bytes from the outside.
+
+A connection is in one of three states:
+
+``idle``
+    no request under way: aiohttp's keep-alive timeout (``SYNCTRAIL_BRIDGE_KEEPALIVE_S``)
+    closes it;
+``head``
+    the first byte of a request arrived and the handler has not started: the request line and
+    headers must be complete within ``SYNCTRAIL_BRIDGE_HEAD_TIMEOUT_S``, or the client gets
+    ``408`` and the connection is closed;
+``busy``
+    a handler runs; the body's deadline is the handler's (``read_body`` in
+    :mod:`connectors.bridge.server`, ``SYNCTRAIL_BRIDGE_BODY_TIMEOUT_S``);
+``draining``
+    the handler answered without reading the whole body (a 401, 413 or 408): aiohttp reads and
+    drops the rest for up to its lingering time before the next request, so bytes arriving now
+    are not a new request's head. The connection is closed silently if it is still in this
+    state after the head deadline plus that lingering time.
+
+At most ``max_connections`` are open at once (by default the open-file limit less a reserve for
+Kafka, the spool and the process itself). A connection arriving at the bound takes the place
+of the oldest one that is not running a handler (idle or still sending its head): slow and
+abusive clients are shed first, and a real delivery, whose head arrives at once, is refused
+only when every open connection is running a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Descriptors kept free of client connections: Kafka connections, spool segments, the
+#: listening socket, logs, imports.
+FD_RESERVE = 256
+_LOG_EVERY_S = 60.0
+_LOG_MEMORY = 10_000
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+)
+
+IDLE, HEAD, BUSY, DRAINING = "idle", "head", "busy", "draining"
+#: aiohttp's ``lingering_time`` default: how long it drains a body its handler did not read.
+AIOHTTP_LINGERING_S = 10.0
+
+
+def default_max_connections(reserve: int = FD_RESERVE) -> int:
+    """The open-file limit of this process less ``reserve`` (at least 64)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65_536
+    return max(64, soft - reserve)
+
+
+class ConnectionGuard:
+    """A protocol factory around aiohttp's, enforcing the head deadline and the bound.
+
+    ``on_close(reason)`` is called once for every connection the guard closes, with reason
+    ``head_timeout`` or ``shed``.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        *,
+        head_timeout_s: float,
+        max_connections: int,
+        on_close: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.factory = factory
+        self.head_timeout_s = head_timeout_s
+        self.max_connections = max_connections
+        self.on_close = on_close
+        # insertion order: the first entries are the oldest connections
+        self._open: dict[asyncio.BaseTransport, GuardedProtocol] = {}
+        self._logged: dict[tuple[str, str], float] = {}
+
+    def __call__(self) -> GuardedProtocol:
+        return GuardedProtocol(self, self.factory())
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        return len(self._open)
+
+    def request_started(self, transport: Any) -> None:
+        """A handler runs for a request on ``transport``: its head arrived in time."""
+        guarded = self._open.get(transport)
+        if guarded is not None:
+            guarded.enter(BUSY)
+
+    def request_finished(self, transport: Any, body_read: bool) -> None:
+        """The handler of ``transport``'s request returned, having read all of its body or not."""
+        guarded = self._open.get(transport)
+        if guarded is not None:
+            guarded.enter(IDLE if body_read else DRAINING)
+
+    # -- called by GuardedProtocol ----------------------------------------------------------
+
+    def _opened(self, guarded: GuardedProtocol) -> bool:
+        """Register a new connection; False when it must be refused (every slot is busy)."""
+        if len(self._open) >= self.max_connections:
+            victim = next((g for g in self._open.values() if g.state != BUSY), None)
+            if victim is None:
+                self._close(guarded, "shed")
+                return False
+            self._close(victim, "shed")
+        self._open[guarded.transport] = guarded
+        return True
+
+    def _closed(self, guarded: GuardedProtocol) -> None:
+        self._open.pop(guarded.transport, None)
+
+    def _close(self, guarded: GuardedProtocol, reason: str) -> None:
+        self.on_close(reason)
+        self._log(guarded.peer, reason)
+        if reason == "head_timeout":
+            body = (
+                b'{"error":"request head not received within %gs '
+                b'(SYNCTRAIL_BRIDGE_HEAD_TIMEOUT_S)"}' % self.head_timeout_s
+            )
+            guarded.transport.write(_TIMEOUT_ANSWER % (len(body), body))  # type: ignore[attr-defined]
+            guarded.transport.close()
+        else:
+            guarded.transport.abort()  # type: ignore[attr-defined]
+
+    def _log(self, peer: str, reason: str) -> None:
+        # once per client address and reason per minute: an attack must not flood the log
+        now = time.monotonic()
+        key = (peer, reason)
+        if now - self._logged.get(key, -_LOG_EVERY_S) < _LOG_EVERY_S:
+            return
+        if len(self._logged) >= _LOG_MEMORY:
+            self._logged.clear()
+        self._logged[key] = now
+        log.warning(
+            "closing a client connection",
+            extra={
+                "client": peer,
+                "reason": reason,
+                "open_connections": len(self._open),
+                "max_connections": self.max_connections,
+            },
+        )
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with the guard watching its bytes."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.state = IDLE
+        self.transport: asyncio.BaseTransport = None  # type: ignore[assignment]
+        self.peer = "?"
+        self.accepted = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def enter(self, state: str) -> None:
+        """Move to ``state``; entering ``head`` starts its deadline, leaving it ends it."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.state = state
+        if state == HEAD:
+            self._deadline = asyncio.get_running_loop().call_later(
+                self.guard.head_timeout_s, self._head_expired
+            )
+        elif state == DRAINING:
+            self._deadline = asyncio.get_running_loop().call_later(
+                self.guard.head_timeout_s + AIOHTTP_LINGERING_S, self._drain_expired
+            )
+
+    def _head_expired(self) -> None:
+        self._deadline = None
+        if self.state == HEAD and not self.transport.is_closing():
+            self.guard._close(self, "head_timeout")
+
+    def _drain_expired(self) -> None:
+        self._deadline = None
+        if self.state == DRAINING and not self.transport.is_closing():
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self.accepted = self.guard._opened(self)
+        if self.accepted:
+            self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.accepted:
+            return
+        if self.state == IDLE:
+            self.enter(HEAD)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.accepted else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.enter(IDLE)
+        if self.accepted:
+            self.guard._closed(self)
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.accepted:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.accepted:
+            self.inner.resume_writing()
