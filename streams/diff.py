@@ -1,6 +1,6 @@
 """Image diffs between two image sets, fingerprints and canonical hashes (pure).
 
-``diff_images`` groups references by normalised repository (the fixtures README's rule 8):
+``diff_images`` groups references by normalised repository (docs/derivation.md, "The diff"):
 a repository running only after the operation is *added*, only before it *removed*, and on
 both sides with another tag or digest *changed* (``from`` → ``to``).
 
@@ -9,7 +9,7 @@ tags). The diff then compares the *set* of references per repository: references
 are not reported; those only before are paired with those only after as ``changed`` entries
 (same tag first - a re-pushed tag with a new digest - then in sorted order), and whatever is
 left unpaired is ``removed`` or ``added`` as a single reference. With one reference per
-repository - the usual case - this is exactly rule 8. It keeps three properties the tests
+repository - the usual case - this is the plain rule above. It keeps three properties the tests
 check: ``diff(a, a)`` is empty, swapping the sides swaps added/removed and from/to, and
 ``apply_diff(a, diff(a, b)) == set(b)``.
 """

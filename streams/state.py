@@ -3,7 +3,7 @@
 The state of an app is plain JSON: resource key ``"{group}/{kind}/{namespace}/{name}"`` →
 the sorted, de-duplicated, normalised images of that live non-hook resource (``[]`` for
 resources without containers). ``apply_operation`` folds one ``syncResult`` into it following
-the fixtures README's rule 5:
+docs/derivation.md, "Resource state":
 
 * ``Synced``       → the resource's images become the listed ones (none without ``images``);
 * ``Pruned``       → the resource is gone (its entry still lists the image it was running);
@@ -172,7 +172,7 @@ def sync_result_entries(sync_result: Mapping[str, Any] | None) -> list[Mapping[s
 def apply_operation(
     before: Mapping[str, list[str]], sync_result: Mapping[str, Any] | None
 ) -> AppliedOperation:
-    """Fold one operation's ``syncResult`` into an app's resource state (rule 5).
+    """Fold one operation's ``syncResult`` into an app's resource state (see the module docstring).
 
     ``before`` is not modified. Entries are applied in payload order, so a resource listed
     twice ends as its last entry says. Invalid image references are reported in
@@ -222,6 +222,6 @@ def running_images(resources: Mapping[str, list[str]]) -> list[str]:
 
 
 def outcome_of_bare(sync_result: Mapping[str, Any] | None) -> str:
-    """Rule 4 for bare bodies: ``Failed`` if any entry has ``SyncFailed``, else ``Succeeded``."""
+    """The outcome of a bare body: ``Failed`` if any entry has ``SyncFailed``, else ``Succeeded``."""
     entries = sync_result_entries(sync_result)
     return "Failed" if any(e.get("status") == SYNC_FAILED for e in entries) else "Succeeded"

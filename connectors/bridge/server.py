@@ -1,6 +1,6 @@
 """``synctrail bridge``: the HTTP receiver for Argo CD webhooks (aiohttp).
 
-Routes (DESIGN.md, "Inbound HTTP contract")::
+Routes (the whole contract is docs/contract-http.md)::
 
     POST /v1/sync                          envelope body
     POST /v1/sync/{app}                    bare syncResult, app namespace from the settings

@@ -127,7 +127,7 @@ def test_bare_body_equal_to_the_last_one_is_a_duplicate():
 
 
 def test_bare_body_equal_to_an_earlier_but_not_the_last_one_is_a_rollback():
-    # A bare body carries no time, so it cannot be told stale: DESIGN.md makes it a duplicate
+    # A bare body carries no time, so it cannot be told stale: docs/derivation.md makes it a duplicate
     # only when it equals the app's last one (what the README says of replaying the examples).
     a = event("a" * 40, {"web": "nginx:1.1"}, shape="bare")
     b = event("b" * 40, {"web": "nginx:1.2"}, shape="bare")

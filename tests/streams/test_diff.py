@@ -1,4 +1,4 @@
-"""Image diffs by repository (rule 8), fingerprints, canonical hashes; with properties."""
+"""Image diffs by repository (docs/derivation.md), fingerprints, canonical hashes; with properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-resource state: rule 5 of the fixtures README, change categories, hooks, failures."""
+"""Per-resource state (docs/derivation.md), change categories, hooks, failures."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def apply(before: dict[str, list[str]], *entries: dict[str, Any]) -> AppliedOper
 WEB = "apps/Deployment/ns/web"
 
 
-# -- rule 5: state per resource --------------------------------------------------------------
+# -- state per resource --------------------------------------------------------------------
 
 
 def test_resource_key_format_with_core_group_and_cluster_scope() -> None:
@@ -340,7 +340,7 @@ def test_result_is_json_serialisable() -> None:
         assert orjson.loads(orjson.dumps(value)) == value
 
 
-# -- rule 10: change categories --------------------------------------------------------------
+# -- change categories ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
