@@ -4,7 +4,9 @@ the contract pages in docs/ (complete, linked, and pointing at nothing outside t
 from __future__ import annotations
 
 import json
+import os
 import re
+from fnmatch import fnmatch
 from pathlib import Path
 
 from connectors.bridge.server import create_app
@@ -49,12 +51,12 @@ DOC_PAGES = ("README.md", "docs/contract-http.md", "docs/topics.md", "docs/deriv
 
 
 def _repo_files(*patterns: str) -> list[Path]:
+    """The repository's files matching any of ``patterns``, skipping tool and data folders."""
     found = []
-    for pattern in patterns:
-        for path in REPO.rglob(pattern):
-            if not SKIPPED_DIRS.intersection(path.relative_to(REPO).parts):
-                found.append(path)
-    return sorted(set(found))
+    for folder, dirs, names in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        found += [Path(folder, n) for n in names if any(fnmatch(n, p) for p in patterns)]
+    return sorted(found)
 
 
 def _without_code_blocks(markdown_text: str) -> str:
