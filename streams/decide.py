@@ -4,6 +4,16 @@
 an app never seen) and the policy rules in force, and returns everything the agent must emit
 and store. ``recheck_policy`` does the same for a policy change against an app already running.
 No I/O here: the agent reads state, calls these, and writes what they return.
+
+A record whose ``delivery_id`` the app's state already holds is a duplicate, whatever came in
+between: the state keeps the ids of the last :data:`RECENT_DELIVERY_IDS` deliveries decided for
+the app, whatever their outcome. The bridge appends a delivery twice when a broker stalls (the
+produce times out, the record is spooled, the broker appends the original late and the spool's
+drain appends it again) or when it is killed mid-drain (one drain batch is sent again); the
+copy then arrives behind the app's later deliveries, and compared with the app's last operation
+alone a bare body would read as a rollback. Between a record and its copy lie only the app's
+deliveries accepted during that one outage, so the memory holds while one app receives fewer
+than :data:`RECENT_DELIVERY_IDS` deliveries in one outage (Argo CD sends one per sync).
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ DEPLOYED = "deployed"
 DUPLICATE = "duplicate"
 RESYNC = "resync"
 STALE = "stale"
+
+#: How many recent delivery ids each app's state remembers (see the module docstring). Each
+#: is 32 hex digits: 32 of them add about 1.2 KB to an app's state.
+RECENT_DELIVERY_IDS = 32
 
 
 class InvalidSyncEvent(ValueError):
@@ -140,6 +154,11 @@ def _is_duplicate_or_stale(
     if new_time and last_time and new_time < last_time:
         return STALE
     return None
+
+
+def _remember(seen: list[str], delivery_id: str) -> list[str]:
+    """``seen`` with ``delivery_id`` last, at most :data:`RECENT_DELIVERY_IDS` long."""
+    return [*seen, delivery_id][-RECENT_DELIVERY_IDS:]
 
 
 def _revision_key(revision: str, revisions: Sequence[str]) -> list[Any]:
@@ -268,15 +287,22 @@ def decide(
     project = app.get("project") or (state or {}).get("project")
     delivery_id = event["delivery_id"]
 
+    seen = list((state or {}).get("recent_delivery_ids", ()))
     last = (state or {}).get("last_operation")
-    if last:
+    verdict = DUPLICATE if delivery_id in seen else None
+    if last and verdict is None:
         verdict = _is_duplicate_or_stale(event, last, sr_sha)
-        if verdict:
-            return Decision(
-                verdict,
-                app_key,
-                metrics=[metric_event(verdict, app_key, project, now, delivery_id=delivery_id)],
-            )
+    if verdict:
+        metrics = [metric_event(verdict, app_key, project, now, delivery_id=delivery_id)]
+        if delivery_id in seen or state is None:
+            return Decision(verdict, app_key, metrics=metrics)
+        # remembered, so that a second copy arriving after a later delivery is one too
+        return Decision(
+            verdict,
+            app_key,
+            state={**state, "recent_delivery_ids": _remember(seen, delivery_id)},
+            metrics=metrics,
+        )
 
     applied = apply_operation((state or {}).get("resources", {}), sync_result)
     images_before = list((state or {}).get("images", []))
@@ -317,6 +343,7 @@ def decide(
         "last_success": last_success,
         "history": history,
         "flagged": _still_running((state or {}).get("flagged", {}), images_after),
+        "recent_delivery_ids": _remember(seen, delivery_id),
         "updated_at": iso_now(now),
     }
     success = phase == "Succeeded"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from streams.decide import (
     DEPLOYED,
     DUPLICATE,
+    RECENT_DELIVERY_IDS,
     RESYNC,
     STALE,
     InvalidSyncEvent,
@@ -40,6 +42,9 @@ def resource(name: str, image: str | None, **extra: Any) -> dict[str, Any]:
     return entry
 
 
+_DELIVERIES = itertools.count()
+
+
 def event(
     revision: str,
     images: dict[str, str],
@@ -48,7 +53,7 @@ def event(
     phase: str = "Succeeded",
     shape: str = "envelope",
     revisions: list[str] | None = None,
-    delivery: str = "d",
+    delivery: str | None = None,
     resources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     sync_result: dict[str, Any] = {
@@ -62,7 +67,7 @@ def event(
     body = orjson.dumps({"started": started, "sync_result": sync_result, "phase": phase})
     return {
         "schema": "synctrail.sync-event/v1",
-        "delivery_id": delivery,
+        "delivery_id": delivery or f"d{next(_DELIVERIES)}",  # one per request, like the bridge's
         "received_at": "2026-11-28T10:00:00.000Z",
         "shape": shape,
         "app": {"name": "shop", "namespace": "argocd", "project": "default", "uid": None},
@@ -97,6 +102,16 @@ def run(*events: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> l
     return decisions
 
 
+def redelivered(original: dict[str, Any]) -> dict[str, Any]:
+    """The same body POSTed again: the bridge gives it a delivery id of its own."""
+    return copy.deepcopy(original) | {"delivery_id": f"d{next(_DELIVERIES)}"}
+
+
+def _without_ids(state: dict[str, Any] | None) -> dict[str, Any]:
+    assert state is not None
+    return {k: v for k, v in state.items() if k != "recent_delivery_ids"}
+
+
 def test_first_operation_is_initial_with_every_image_added():
     (first,) = run(event("a" * 40, {"web": "nginx:1.27.1"}))
     assert first.outcome == DEPLOYED
@@ -110,19 +125,22 @@ def test_duplicate_revision_is_not_reannounced():
     again = copy.deepcopy(first) | {"delivery_id": "two"}
     decisions = run(first, again)
     assert [d.outcome for d in decisions] == [DEPLOYED, DUPLICATE]
-    assert decisions[1].deployment is None and decisions[1].state is None
+    assert decisions[1].deployment is None
+    # the state changes only by remembering the delivery id (a copy of it is a duplicate too)
+    assert _without_ids(decisions[1].state) == _without_ids(decisions[0].state)
+    assert decisions[1].state["recent_delivery_ids"] == ["one", "two"]
     assert [m["kind"] for m in decisions[1].metrics] == ["duplicate"]
 
 
 def test_same_operation_with_an_equal_sync_result_but_other_bytes_is_a_duplicate():
     first = event("a" * 40, {"web": "nginx:1.27.1"})
-    again = copy.deepcopy(first) | {"body_sha256": "f" * 64, "health": "Degraded"}
+    again = redelivered(first) | {"body_sha256": "f" * 64, "health": "Degraded"}
     assert [d.outcome for d in run(first, again)] == [DEPLOYED, DUPLICATE]
 
 
 def test_bare_body_equal_to_the_last_one_is_a_duplicate():
     first = event("a" * 40, {"web": "nginx:1.27.1"}, shape="bare")
-    again = copy.deepcopy(first) | {"body_sha256": "e" * 64}
+    again = redelivered(first) | {"body_sha256": "e" * 64}
     assert [d.outcome for d in run(first, again)] == [DEPLOYED, DUPLICATE]
 
 
@@ -131,19 +149,46 @@ def test_bare_body_equal_to_an_earlier_but_not_the_last_one_is_a_rollback():
     # only when it equals the app's last one (what the README says of replaying the examples).
     a = event("a" * 40, {"web": "nginx:1.1"}, shape="bare")
     b = event("b" * 40, {"web": "nginx:1.2"}, shape="bare")
-    decisions = run(a, b, copy.deepcopy(a), copy.deepcopy(b))
+    decisions = run(a, b, redelivered(a), redelivered(b))
     assert [d.outcome for d in decisions] == [DEPLOYED] * 4
     assert [d.deployment["rollback"] for d in decisions] == [False, False, True, True]
+
+
+def test_a_delivery_appended_twice_is_a_duplicate_whatever_came_in_between():
+    # a broker stall: the bridge's copy of a bare delivery lands behind the app's later ones
+    a = event("a" * 40, {"web": "nginx:1.1"}, shape="bare")
+    b = event("b" * 40, {"web": "nginx:1.2"}, shape="bare")
+    c = event("c" * 40, {"web": "nginx:1.3"}, shape="bare")
+    decisions = run(a, b, copy.deepcopy(a), copy.deepcopy(b), c)
+    assert [d.outcome for d in decisions] == [DEPLOYED, DEPLOYED, DUPLICATE, DUPLICATE, DEPLOYED]
+    assert not any(d.deployment and d.deployment["rollback"] for d in decisions)
+    assert decisions[4].deployment["previous_revision"] == "b" * 40
+
+
+def test_a_copy_of_a_delivery_first_judged_a_duplicate_is_a_duplicate_again():
+    a = event("a" * 40, {"web": "nginx:1.1"}, shape="bare")
+    same = redelivered(a)  # a duplicate of a by content
+    b = event("b" * 40, {"web": "nginx:1.2"}, shape="bare")
+    decisions = run(a, same, b, copy.deepcopy(same))
+    assert [d.outcome for d in decisions] == [DEPLOYED, DUPLICATE, DEPLOYED, DUPLICATE]
+
+
+def test_the_app_remembers_only_its_last_delivery_ids():
+    events = [event(f"{n:040d}", {"web": f"nginx:1.{n}"}) for n in range(RECENT_DELIVERY_IDS + 5)]
+    decisions = run(*events)
+    remembered = decisions[-1].state["recent_delivery_ids"]
+    assert remembered == [e["delivery_id"] for e in events][-RECENT_DELIVERY_IDS:]
 
 
 def test_late_retry_of_an_older_operation_is_stale():
     old = event("a" * 40, {"web": "nginx:1.27.1"}, started="2026-07-06T09:00:00Z")
     new = event("b" * 40, {"web": "nginx:1.27.2"}, started="2026-07-06T10:00:00Z")
-    retry = copy.deepcopy(old) | {"body_sha256": "c" * 64, "health": "Healthy"}
+    retry = redelivered(old) | {"body_sha256": "c" * 64, "health": "Healthy"}
     retry["sync_result"]["resources"][0]["message"] = "deployment.apps/web unchanged"
     decisions = run(old, new, retry)
     assert [d.outcome for d in decisions] == [DEPLOYED, DEPLOYED, STALE]
-    assert decisions[2].state is None
+    assert decisions[2].deployment is None
+    assert _without_ids(decisions[2].state) == _without_ids(decisions[1].state)
 
 
 def test_resync_of_same_revision_and_images_is_counted_not_announced():
