@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +33,13 @@ from connectors.broker import free_port
 from connectors.cli import build_parser
 from streams.settings import CommonSettings
 from tests.compose.test_compose_file import PROCESS_PACKAGES, env_names, settings_classes
-from tests.connectors.bridge.helpers import AUTH, bridge_settings, envelope, running_bridge
+from tests.connectors.bridge.helpers import (
+    AUTH,
+    bridge_settings,
+    envelope,
+    running_bridge,
+    seq_of,
+)
 from tests.deploy.kube import (
     CRD_GROUPS,
     CRD_SCHEMAS,
@@ -51,7 +58,7 @@ from tests.deploy.kube import (
     render,
     workloads,
 )
-from tests.support import REPO, wait_for
+from tests.support import REPO, wait_for, wait_for_records
 
 KUBERNETES_VERSION = "1.30"
 COMPOSE = REPO / "compose"
@@ -147,7 +154,8 @@ def test_kustomize_renders_the_production_stack():
     bridge = find(objects, "Deployment", "synctrail-bridge")
     assert bridge["spec"]["replicas"] == 2
     assert find(objects, "PodDisruptionBudget", "synctrail-bridge")["spec"]["minAvailable"] == 1
-    find(objects, "Service", "synctrail-bridge")
+    # one notifications controller → one bridge at a time: per-app order (docs/operations.md)
+    assert find(objects, "Service", "synctrail-bridge")["spec"]["sessionAffinity"] == "ClientIP"
 
     worker = find(objects, "StatefulSet", "synctrail-worker")
     assert worker["spec"]["serviceName"] == "synctrail-worker"
@@ -622,7 +630,8 @@ def test_argocd_application_deploys_this_folder_into_the_namespace():
     assert "CreateNamespace=true" in application["spec"]["syncPolicy"]["syncOptions"]
     (image,) = kustomization(DEPLOY / "base")["images"]
     (override,) = source["kustomize"]["images"]
-    assert override == f"synctrail={image['newName']}:{image['newTag']}"
+    # Argo CD's override applies after base/ renamed `synctrail`: it must name the new name
+    assert override == f"{image['newName']}={image['newName']}:{image['newTag']}"
 
 
 def test_argocd_notifications_config_points_at_the_bridge_service():
@@ -655,3 +664,81 @@ def test_topics_job_runs_after_the_config_it_reads_and_before_the_processes():
                 workload["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", 0)
             )
             assert wave > job_wave, workload["metadata"]["name"]
+
+
+async def test_a_spool_copied_from_a_lost_bridge_drains_through_a_one_off_bridge(
+    broker, topics, tmp_path
+):
+    """docs/kubernetes.md, "lost node": copy the spool folder (without its lock) and start a
+    bridge on the copy; it sends every spooled delivery to Kafka, in order, and empties."""
+    lost = tmp_path / "node-disk" / "spool"
+    down = f"127.0.0.1:{free_port()}"
+    settings = bridge_settings(down, topics, lost, bridge_produce_timeout_s=0.5)
+    async with running_bridge(settings) as (client, bridge):
+        for seq in range(3):
+            resp = await client.post("/v1/sync", data=envelope("guestbook", seq), headers=AUTH)
+            assert resp.status == 202 and (await resp.json())["spooled"] is True
+        assert bridge.spool.records == 3
+        # the node is lost while the bridge holds its lock: copy the folder as it is on disk
+        recovered = tmp_path / "recovered-spool"
+        shutil.copytree(lost, recovered, ignore=shutil.ignore_patterns("lock"))
+
+    one_off = bridge_settings(broker.bootstrap, topics, recovered)
+    async with running_bridge(one_off) as (client, bridge):
+
+        async def drained() -> bool:
+            status = await (await client.get("/readyz")).json()
+            return status["spool"]["records"] == 0
+
+        await wait_for(drained, timeout=60, what="the recovered spool drained")
+    records = await wait_for_records(broker.bootstrap, f"{topics}sync-events", 3)
+    in_order = sorted(records, key=lambda r: (r.partition, r.offset))
+    assert [seq_of(r.value) for r in in_order if r.key == "argocd/guestbook"] == [0, 1, 2]
+
+
+def test_the_resources_table_in_the_docs_is_what_the_manifests_request():
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    table = docs.split("## Resources")[1].split("\n## ")[0]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[3].strip()
+        for line in table.splitlines()
+        if line.startswith("| ") and "→" in line and not line.startswith("| process")
+    }
+    names = {
+        "bridge": "synctrail-bridge",
+        "worker": "synctrail-worker",
+        "Slack connector": "synctrail-slack",
+        "exporter": "synctrail-exporter",
+        "topics Job": "synctrail-topics",
+    }
+    assert set(rows) == set(names)
+    by_name = {w["metadata"]["name"]: c for w, _, c in containers(render("default"))}
+    for row, name in names.items():
+        resources = by_name[name]["resources"]
+        cpu = f"CPU {resources['requests']['cpu']} → {resources['limits']['cpu']}"
+        memory = (
+            f"memory {resources['requests']['memory'].replace('Mi', ' Mi')} → "
+            f"{resources['limits']['memory'].replace('Mi', ' Mi')}"
+        )
+        assert rows[row] == f"{cpu}; {memory}", row
+
+
+def test_the_applications_image_override_reaches_every_container(tmp_path):
+    """What Argo CD does with source.kustomize.images (`kustomize edit set image`), on a copy."""
+    application = yaml.safe_load((DEPLOY / "argocd-application.yaml").read_text())
+    (override,) = application["spec"]["source"]["kustomize"]["images"]
+    name = override.split("=")[0]
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY, copy)
+    root = kustomization(copy)
+    root["images"] = [
+        {"name": name, "newName": "registry.test/platform/synctrail", "newTag": "9.9"}
+    ]
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(root))
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(copy)], capture_output=True, text=True, check=True
+    ).stdout
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert {c["image"] for _, _, c in containers(objects)} == {
+        "registry.test/platform/synctrail:9.9"
+    }
