@@ -742,3 +742,27 @@ def test_the_applications_image_override_reaches_every_container(tmp_path):
     assert {c["image"] for _, _, c in containers(objects)} == {
         "registry.test/platform/synctrail:9.9"
     }
+
+
+def test_the_overlay_in_the_docs_renders_with_its_image_and_settings(tmp_path):
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    block = next(b for b in docs.split("```yaml\n")[1:] if "my-synctrail/kustomization.yaml" in b)
+    overlay = yaml.safe_load(block.split("```")[0])
+    (tmp_path / "synctrail").symlink_to(REPO)
+    (tmp_path / "my-synctrail").mkdir()
+    (tmp_path / "my-synctrail" / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path / "my-synctrail")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    (image,) = overlay["images"]
+    assert {c["image"] for _, _, c in containers(objects)} == {
+        f"{image['newName']}:{image['newTag']}"
+    }
+    worker = find(objects, "StatefulSet", "synctrail-worker")
+    env = environment(objects, pod_spec(worker)["containers"][0])
+    assert env["SYNCTRAIL_KAFKA_BOOTSTRAP"].startswith("kafka-0.kafka.svc:9092")
+    assert env["SYNCTRAIL_SLACK_ROUTES"] == "project:payments*=#payments"
