@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck bench clean compose-up compose-down prometheus-tools wrk java kafka-jars
+.PHONY: run test lint fmt typecheck bench clean compose-up compose-down prometheus-tools kubectl wrk java kafka-jars k8s-manifests
 
 # Debian packages some tests and benchmarks need; installed when missing (root, apt-get).
 define apt_ensure
@@ -30,6 +30,14 @@ run: $(STAMP)
 prometheus-tools:
 	$(call apt_ensure,promtool,prometheus)
 
+# kubectl carries Kustomize: tests/deploy renders deploy/kubernetes with it (no cluster needed).
+kubectl:
+	$(call apt_ensure,kubectl,kubectl)
+
+## k8s-manifests: copy compose's alert rules and dashboard into deploy/kubernetes (tests check)
+k8s-manifests: $(STAMP)
+	$(BIN)/python deploy/kubernetes/generate.py
+
 wrk:
 	$(call apt_ensure,wrk,wrk)
 
@@ -52,7 +60,7 @@ $(KAFKA_JARS)/.copied: tests/apache_kafka/pom.xml
 kafka-jars: java $(KAFKA_JARS)/.copied
 
 ## test: the whole suite against the embedded broker and Apache Kafka
-test: $(STAMP) prometheus-tools kafka-jars
+test: $(STAMP) prometheus-tools kubectl kafka-jars
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

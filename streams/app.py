@@ -193,7 +193,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
     """Create the Faust app with its topics, tables, agents and web views."""
     settings = settings or WorkerSettings()
     # peers forward query requests to this URL, so a wildcard bind advertises the host name
-    advertised = (
+    advertised = settings.worker_advertised_host or (
         socket.gethostname()
         if settings.worker_web_host in ("0.0.0.0", "::")
         else settings.worker_web_host

@@ -63,6 +63,12 @@ class WorkerSettings(CommonSettings):
     worker_id: str = Field("synctrail-worker", description="Faust app id (consumer group).")
     worker_web_host: str = Field("127.0.0.1", description="Query API / metrics listen host.")
     worker_web_port: int = Field(6066, description="Query API / metrics listen port.")
+    worker_advertised_host: str | None = Field(
+        None,
+        description="Host name other workers use to forward a query to this one. Default: the "
+        "listen host, or the machine's host name when that is a wildcard (0.0.0.0); on "
+        "Kubernetes the pod's DNS name under the StatefulSet's headless Service.",
+    )
     worker_store: str = Field(
         "memory://",
         description="Table store: `memory://` (state rebuilt from changelogs on start) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import socket
 from pathlib import Path
 
 import orjson
@@ -82,3 +83,22 @@ def test_state_writes_are_queued_for_the_agents_producer_on_the_events_partition
     apps.data.set_persisted_offset = lambda tp, offset: persisted.append((tp, offset))
     apps.changelog_acknowledged({(changelog, 6): 41})
     assert persisted == [(TP(changelog, 6), 41)]
+
+
+def test_peers_reach_a_worker_at_its_advertised_host(tmp_path):
+    def canonical(**settings) -> str:
+        topology = build(
+            WorkerSettings(
+                worker_id="advertise-test",
+                worker_data_dir=tmp_path,
+                worker_web_port=6066,
+                **settings,
+            )
+        )
+        return str(topology.app.conf.canonical_url)
+
+    # Kubernetes: the pod's DNS name under the headless Service, not the bare pod name
+    pod = canonical(worker_web_host="0.0.0.0", worker_advertised_host="w-0.synctrail-worker")
+    assert pod == "http://w-0.synctrail-worker:6066"
+    assert canonical(worker_web_host="0.0.0.0") == f"http://{socket.gethostname()}:6066"
+    assert canonical(worker_web_host="10.1.2.3") == "http://10.1.2.3:6066"
