@@ -14,9 +14,10 @@ from aiokafka import AIOKafkaProducer
 from mode.types.signals import BaseSignalT
 
 from connectors import logs
-from connectors.broker import ensure_topics
+from connectors.broker import ensure_topics_for
 from streams.app import build
 from streams.event_loop import running_loop_name, uvloop_if_wanted
+from streams.kafka_client import producer_args
 from streams.policy import load_policy_file
 from streams.policy_publish import publish_rules
 from streams.settings import WorkerSettings
@@ -26,16 +27,11 @@ log = logging.getLogger(__name__)
 
 async def prepare(settings: WorkerSettings) -> None:
     """Create synctrail's topics and publish the rules of ``SYNCTRAIL_POLICY_FILE``."""
-    await ensure_topics(
-        settings.kafka_bootstrap,
-        settings.topic_prefix,
-        settings.partitions,
-        settings.replication_factor,
-    )
+    await ensure_topics_for(settings)
     if settings.policy_file is None:
         return
     rules = load_policy_file(settings.policy_file.read_text())
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**producer_args(settings, acks="all"))
     await producer.start()
     try:
         count = await publish_rules(producer, settings.topic_prefix, rules)
