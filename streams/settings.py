@@ -246,7 +246,7 @@ class WorkerSettings(CommonSettings):
         description="Event loop of the worker process. uvloop (libuv, in C) cost the worker "
         "0-15% (9% on average) less CPU per event than asyncio's own loop (bench.stream); "
         "`asyncio` is the fallback, and is used with a warning where uvloop is not installed "
-        "(Windows).",
+        "(Windows) and over TLS (uvloop took 30 s to close a TLS consumer).",
     )
     worker_fetch_max_wait_ms: int = Field(
         25,

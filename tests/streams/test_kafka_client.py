@@ -265,3 +265,21 @@ def test_every_kafka_client_is_built_from_the_connection_builders():
         if not built or direct:
             unbuilt.append(where)
     assert unbuilt == [], "build these with streams.kafka_client (client_args/producer_args/...)"
+
+
+def test_the_worker_runs_on_asyncios_loop_over_tls(tls_files):
+    """uvloop took 30 s to close a TLS consumer (see streams.worker.event_loop_for)."""
+    from streams.worker import event_loop_for
+
+    assert event_loop_for(WorkerSettings()) == "uvloop"
+    tls = WorkerSettings(**sasl_ssl(tls_files).model_dump())
+    assert event_loop_for(tls) == "asyncio"
+    plain_sasl = WorkerSettings(
+        **sasl_ssl(
+            tls_files,
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_ssl_cafile=None,
+            kafka_sasl_mechanism="PLAIN",
+        ).model_dump()
+    )
+    assert event_loop_for(plain_sasl) == "uvloop"
