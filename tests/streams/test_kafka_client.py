@@ -283,3 +283,25 @@ def test_the_worker_runs_on_asyncios_loop_over_tls(tls_files):
         ).model_dump()
     )
     assert event_loop_for(plain_sasl) == "uvloop"
+
+
+def test_certificate_errors_name_the_setting_that_fixes_them(tls_files):
+    """The branches the test node cannot produce (its certificate names every address used)."""
+    from streams.kafka_client import classify
+
+    settings = CommonSettings(kafka_security_protocol="SSL", kafka_ssl_cafile=tls_files["ca"])
+
+    def verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+        error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {message}")
+        error.verify_code, error.verify_message = code, message
+        return error
+
+    hostname = classify(settings, "kafka:9093", verify_error(62, "Hostname mismatch"))
+    assert hostname is not None and "SYNCTRAIL_KAFKA_SSL_CHECK_HOSTNAME" in hostname
+    assert "SYNCTRAIL_KAFKA_BOOTSTRAP" in hostname
+    expired = classify(settings, "kafka:9093", verify_error(10, "certificate has expired"))
+    assert expired is not None and "expired" in expired
+    unknown = classify(settings, "kafka:9093", verify_error(20, "unable to get local issuer"))
+    assert unknown is not None and unknown.endswith("check SYNCTRAIL_KAFKA_SSL_CAFILE")
+    # a refused connection is not a configuration error: the process starts and retries
+    assert classify(settings, "kafka:9093", ConnectionRefusedError(111, "refused")) is None
