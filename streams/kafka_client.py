@@ -171,7 +171,9 @@ def describe(settings: CommonSettings) -> dict[str, Any]:
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
+    host, colon, port = address.rpartition(":")
+    if not colon or host.endswith(":"):  # no port (a bare name or IPv6 address): Kafka's 9092
+        return address.strip("[]"), 9092
     return host.strip("[]") or "127.0.0.1", int(port or 9092)
 
 

@@ -305,3 +305,11 @@ def test_certificate_errors_name_the_setting_that_fixes_them(tls_files):
     assert unknown is not None and unknown.endswith("check SYNCTRAIL_KAFKA_SSL_CAFILE")
     # a refused connection is not a configuration error: the process starts and retries
     assert classify(settings, "kafka:9093", ConnectionRefusedError(111, "refused")) is None
+
+
+def test_preflight_reads_bootstrap_addresses_like_aiokafka():
+    from streams.kafka_client import _host_port
+
+    assert _host_port("kafka") == ("kafka", 9092)
+    assert _host_port("kafka:9093") == ("kafka", 9093)
+    assert _host_port("[::1]:9093") == ("::1", 9093)
