@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 DESCRIPTION = """\
 synctrail turns Argo CD sync webhooks into deployment facts: Kafka topics, Slack messages and
 Prometheus metrics. Every setting is a SYNCTRAIL_* environment variable (see README.md).
@@ -30,7 +32,12 @@ _COMMANDS: dict[str, str] = {
     "tail": "connectors.tail",
     "policy": "connectors.policy_command",
     "replay-dead-letters": "connectors.dead_letters",
+    "topics": "connectors.topics_command",
 }
+# subcommands that talk to the configured Kafka: their connection is checked at start
+_KAFKA_COMMANDS = frozenset(
+    {"bridge", "worker", "slack", "exporter", "tail", "policy", "replay-dead-letters", "topics"}
+)
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -152,7 +159,50 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument(
         "--from-beginning", action="store_true", help="ignore earlier runs' progress, replay all"
     )
+
+    topics = sub.add_parser(
+        "topics",
+        help="create every synctrail topic (or --check them)",
+        description="Create every synctrail topic under SYNCTRAIL_TOPIC_PREFIX with\n"
+        "SYNCTRAIL_PARTITIONS partitions and SYNCTRAIL_REPLICATION_FACTOR replicas (compacted\n"
+        "where the contract says so), and the worker's table changelog\n"
+        "(<SYNCTRAIL_WORKER_ID>-apps-changelog). Existing topics are left untouched.",
+        formatter_class=keep_lines,
+        settings_of="all",
+    )
+    tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = tsub.add_parser(
+        "create",
+        help="create the missing topics (idempotent)",
+        description="Create the missing topics; with --check, create nothing and exit 1 when\n"
+        "a topic is missing or has another partition count, replication factor or\n"
+        "cleanup.policy.",
+        formatter_class=keep_lines,
+        settings_of="all",
+    )
+    create.add_argument("--check", action="store_true", help="only verify; exit 1 on a mismatch")
     return parser
+
+
+def _settings_error(command: str, exc: ValidationError) -> str:
+    """One line per invalid setting, naming its variable; never the value given."""
+    lines = [f"synctrail {command}: invalid settings"]
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        where = f"SYNCTRAIL_{field.upper()}: " if field else ""
+        lines.append(f"  {where}{error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def _check_kafka(command: str) -> None:
+    """Connect once the way the command's clients will; exit on a configuration error."""
+    from connectors import logs
+    from streams.kafka_client import check_at_start
+    from streams.settings import CommonSettings
+
+    settings = CommonSettings()
+    logs.configure(settings.log_level, settings.log_format)
+    check_at_start(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command])
     try:
+        if args.command in _KAFKA_COMMANDS:
+            _check_kafka(args.command)
         return int(module.run(args) or 0)
+    except ValidationError as exc:
+        print(_settings_error(args.command, exc), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

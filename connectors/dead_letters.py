@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 
 from connectors.offsets import log_end_offsets
+from streams.kafka_client import admin_args, consumer_args, producer_args
 from streams.records import DEAD_LETTER_V1, dumps, loads_or_none
 from streams.settings import CommonSettings
 from streams.topics import ALL_TOPICS, DEAD_LETTERS
@@ -109,8 +110,8 @@ def describe(decision: Decision, partition: int, offset: int, dry_run: bool) -> 
     )
 
 
-async def _topic_exists(bootstrap: str, topic: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+async def _topic_exists(settings: DeadLetterReplaySettings, topic: str) -> bool:
+    admin = AIOKafkaAdminClient(**admin_args(settings, request_timeout_ms=10000))
     await admin.start()
     try:
         return topic in set(await admin.list_topics())
@@ -127,15 +128,17 @@ async def replay(
 ) -> Counter[str]:
     """Replay dead letters; returns counts by outcome (``sent``/``would_send``/skip reasons)."""
     topic = DEAD_LETTERS.address(settings.topic_prefix)
-    if not await _topic_exists(settings.kafka_bootstrap, topic):
+    if not await _topic_exists(settings, topic):
         raise LookupError(f"topic {topic} does not exist (is SYNCTRAIL_TOPIC_PREFIX right?)")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.dead_letter_replay_group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        **consumer_args(
+            settings,
+            group_id=settings.dead_letter_replay_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**producer_args(settings, acks="all"))
     await consumer.start()
     await producer.start()
     counts: Counter[str] = Counter()

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors import logs
 from connectors.offsets import log_end_offsets
+from streams.kafka_client import consumer_args, producer_args
 from streams.policy import PolicyError, rule_id_for, validate_rule
 from streams.policy_publish import publish_rules, remove_rule
 from streams.settings import CommonSettings
@@ -44,9 +45,7 @@ async def read_rules(settings: CommonSettings) -> dict[str, dict[str, Any]]:
     """The rules in force: the latest value per key on the policy topic, tombstones removed."""
     topic = POLICY.address(settings.topic_prefix)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        **consumer_args(settings, enable_auto_commit=False, auto_offset_reset="earliest")
     )
     await consumer.start()
     try:
@@ -78,7 +77,7 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
         if not rules:
             print("no policy rules", file=sys.stderr)
         return 0
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**producer_args(settings, acks="all"))
     await producer.start()
     try:
         if args.policy_command == "rm":

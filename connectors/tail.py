@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from connectors.offsets import log_end_offsets, topic_partitions
+from streams.kafka_client import Connection, connection
 from streams.settings import CommonSettings
 from streams.topics import ALL_TOPICS
 
@@ -58,7 +59,7 @@ def record_line(record: ConsumerRecord[bytes, bytes]) -> str:
 
 
 async def tail(
-    bootstrap: str,
+    bootstrap: Connection,
     topic: str,
     *,
     from_beginning: bool = False,
@@ -68,7 +69,7 @@ async def tail(
 ) -> int:
     """Print ``topic``'s records; returns the number printed (runs until cancelled if following)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **connection(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(
             tail(
-                settings.kafka_bootstrap,
+                settings,
                 topic,
                 from_beginning=args.from_beginning,
                 follow=args.follow,

@@ -46,6 +46,7 @@ from streams.decide import (
     recheck_policy,
     validate_event,
 )
+from streams.kafka_client import client_args
 from streams.notify import deployment_notifications, violation_notification
 from streams.policy_publish import POLICY_CHECK_V1
 from streams.produce import OutputProducer
@@ -314,7 +315,7 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
     """The agent body: every sync event to a decision, every decision to records."""
     settings = topology.settings
     outputs = OutputProducer(
-        [host.strip() for host in settings.kafka_bootstrap.split(",")],
+        client_args(settings),
         max_batch_bytes=settings.kafka_producer_max_batch_bytes,
         client_id=f"{settings.worker_id}-outputs",
     )

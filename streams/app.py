@@ -25,6 +25,7 @@ from faust.types import TP
 
 from streams import (
     faust_fixes,
+    kafka_client,
     records,  # noqa: F401 - registers the orjson codec
 )
 from streams.decide import Context
@@ -200,7 +201,9 @@ def build(settings: WorkerSettings | None = None) -> Topology:
     )
     app = faust_fixes.App(
         settings.worker_id,
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker=kafka_client.faust_broker(settings),
+        broker_credentials=kafka_client.faust_credentials(settings),
+        client_args=kafka_client.client_args(settings),
         store=settings.worker_store,
         datadir=str(settings.worker_data_dir),
         topic_partitions=settings.partitions,

@@ -46,15 +46,19 @@ from faust.types import TP
 from faust.types.transports import ConsumerT, TransportT
 
 from connectors.offsets import log_end_offsets
+from streams.kafka_client import Connection, connection
 
 
-async def true_end_offsets(bootstrap: list[str], partitions: Iterable[TP]) -> dict[TP, int]:
-    """The offset after each partition's last record, read with a short-lived client."""
+async def true_end_offsets(bootstrap: Connection, partitions: Iterable[TP]) -> dict[TP, int]:
+    """The offset after each partition's last record, read with a short-lived client.
+
+    ``bootstrap``: plaintext servers or the app's connection arguments (``App.client_args``).
+    """
     tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in partitions]
     if not tps:
         return {}
     consumer = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **connection(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
@@ -147,6 +151,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if self.consumer.in_transaction:  # pragma: no cover - synctrail never uses them
             return await super()._highwaters(partitions)
+        client_args = getattr(self.app, "client_args", None)
+        if client_args:  # the same connection as the app's own clients (TLS, SASL)
+            return await true_end_offsets(client_args, partitions)
         transport = cast(faust_aiokafka.Transport, self.transport)
         bootstrap = faust_aiokafka.server_list(transport.url, transport.default_port)
         return await true_end_offsets(bootstrap, partitions)
@@ -166,9 +173,17 @@ class _Transport(faust_aiokafka.Transport):
 class App(faust.App):
     """A ``faust.App`` with the corrections of the module docstring."""
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int = 1500, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        fetch_max_wait_ms: int = 1500,
+        client_args: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, TableManager=TableManager, **kwargs)
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        # streams.kafka_client.client_args: for the short-lived clients made here
+        self.client_args = dict(client_args) if client_args else None
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)

@@ -24,6 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from streams.kafka_client import Connection, connection
+
 _PARTITION_CACHE_MAX = 100_000
 
 
@@ -36,10 +38,10 @@ class OutputProducer:
     """Sends many keyed records at once and returns when the broker has them all."""
 
     def __init__(
-        self, bootstrap: list[str], *, max_batch_bytes: int, client_id: str = "synctrail-worker"
+        self, bootstrap: Connection, *, max_batch_bytes: int, client_id: str = "synctrail-worker"
     ) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **connection(bootstrap),  # plaintext servers, or streams.kafka_client.client_args
             client_id=client_id,
             acks="all",
             max_batch_size=max_batch_bytes,

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from streams.event_loop import EventLoopName
 
@@ -20,17 +25,81 @@ def _env_file() -> str | None:
     return os.environ.get("SYNCTRAIL_ENV_FILE")
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SECRETS_DIR_VARIABLE = "SYNCTRAIL_SECRETS_DIR"
+_SASL = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS = ("SSL", "SASL_SSL")
+_OPTIONAL = (
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_password",
+    "kafka_sasl_password_file",
+)
+
+
+def variable(field: str) -> str:
+    """The environment variable of a settings field (``kafka_ssl_cafile`` → its name)."""
+    return f"SYNCTRAIL_{field.upper()}"
+
+
 class CommonSettings(BaseSettings):
     """What every process needs: where Kafka is, how topics are named, how to log."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SYNCTRAIL_", env_file=_env_file(), extra="ignore", frozen=True
+        env_prefix="SYNCTRAIL_",
+        env_file=_env_file(),
+        extra="ignore",
+        frozen=True,
+        # a ValidationError printed whole must not show a secret it was given
+        hide_input_in_errors=True,
     )
 
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092",
         description="Kafka bootstrap servers, comma-separated host:port. "
         "`synctrail dev` points it at the embedded broker it starts.",
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT",
+        description="How every Kafka client connects: `PLAINTEXT`, `SSL` (TLS, and mTLS with "
+        "a client certificate), `SASL_PLAINTEXT` or `SASL_SSL` (user and password, over TLS).",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM bundle of the CAs that verify the brokers' certificates (SSL and "
+        "SASL_SSL); the system's CAs when unset.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (chain) for mTLS; optional."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None,
+        description="PEM private key of the client certificate (unencrypted); may be left unset "
+        "when the certificate file holds the key.",
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True,
+        description="Check that a broker's certificate names the host it was reached at. "
+        "Turn off only for brokers reached by an address their certificates do not name.",
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None,
+        description="SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with "
+        "SASL_PLAINTEXT and SASL_SSL.",
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None,
+        description="SASL password (a secret; or from `SYNCTRAIL_KAFKA_SASL_PASSWORD_FILE`, or "
+        "a file of this name in `SYNCTRAIL_SECRETS_DIR`).",
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the SASL password (a mounted Secret), read at start; "
+        "one trailing newline is ignored.",
     )
     topic_prefix: str = Field("synctrail.", description="Prefix of every topic name.")
     partitions: int = Field(
@@ -55,6 +124,104 @@ class CommonSettings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for an unprefixed topic name."""
         return f"{self.topic_prefix}{name}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Variables, then the ``.env`` file, then files in ``SYNCTRAIL_SECRETS_DIR``.
+
+        A file there named like a variable (``SYNCTRAIL_KAFKA_SASL_PASSWORD``, any case) is
+        that variable's value: how Kubernetes mounts a Secret as a volume. The directory is
+        read when settings are made, not when this module is imported.
+        """
+        secrets_dir = os.environ.get(SECRETS_DIR_VARIABLE)
+        if secrets_dir:
+            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator(*_OPTIONAL, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `SYNCTRAIL_KAFKA_SSL_CAFILE=` (as in .env.example) means unset, not the path "."
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> CommonSettings:
+        """Refuse combinations that cannot connect; each message names the variable to fix.
+
+        Messages never carry a value: a ValidationError printed whole would show its input.
+        """
+        protocol = self.kafka_security_protocol
+        proto = f"{variable('kafka_security_protocol')}={protocol}"
+        if protocol in _SASL:
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(f"{variable('kafka_sasl_mechanism')} is required with {proto}")
+            if not self.kafka_sasl_username:
+                raise ValueError(f"{variable('kafka_sasl_username')} is required with {proto}")
+            if self.kafka_sasl_password is not None and self.kafka_sasl_password_file:
+                raise ValueError(
+                    f"set {variable('kafka_sasl_password')} or "
+                    f"{variable('kafka_sasl_password_file')}, not both"
+                )
+            if self.kafka_sasl_password is None and self.kafka_sasl_password_file is None:
+                raise ValueError(
+                    f"{variable('kafka_sasl_password')} (or "
+                    f"{variable('kafka_sasl_password_file')}) is required with {proto}"
+                )
+            if self.kafka_sasl_password_file is not None:
+                _readable(self.kafka_sasl_password_file, "kafka_sasl_password_file")
+        else:
+            for name in ("kafka_sasl_mechanism", "kafka_sasl_password", "kafka_sasl_password_file"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{variable(name)} is set but {proto} does not use SASL: "
+                        "use SASL_SSL or SASL_PLAINTEXT, or unset it"
+                    )
+            if self.kafka_sasl_username:
+                raise ValueError(
+                    f"{variable('kafka_sasl_username')} is set but {proto} does not use SASL: "
+                    "use SASL_SSL or SASL_PLAINTEXT, or unset it"
+                )
+        tls_files = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+        for name in tls_files:
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if protocol not in _TLS:
+                raise ValueError(
+                    f"{variable(name)} is set but {proto} does not use TLS: "
+                    "use SSL or SASL_SSL, or unset it"
+                )
+            _readable(path, name)
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError(
+                f"{variable('kafka_ssl_keyfile')} needs {variable('kafka_ssl_certfile')} "
+                "(the client certificate it belongs to)"
+            )
+        return self
+
+    def kafka_sasl_secret(self) -> str | None:
+        """The SASL password, from the variable or the file (read now), or None."""
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        if self.kafka_sasl_password_file is not None:
+            text = self.kafka_sasl_password_file.read_text()
+            return text[:-1] if text.endswith("\n") else text
+        return None
+
+
+def _readable(path: Path, field: str) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{variable(field)}: cannot read {path}: {exc.strerror}") from None
 
 
 class WorkerSettings(CommonSettings):
@@ -85,7 +252,7 @@ class WorkerSettings(CommonSettings):
         description="Event loop of the worker process. uvloop (libuv, in C) cost the worker "
         "0-15% (9% on average) less CPU per event than asyncio's own loop (bench.stream); "
         "`asyncio` is the fallback, and is used with a warning where uvloop is not installed "
-        "(Windows).",
+        "(Windows) and over TLS (uvloop took 30 s to close a TLS consumer).",
     )
     worker_fetch_max_wait_ms: int = Field(
         25,

@@ -35,7 +35,8 @@ from connectors.bridge.batcher import Batcher, BatchFailed
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
-from connectors.broker import ensure_topics
+from connectors.broker import ensure_topics_for
+from streams.kafka_client import client_args
 from streams.topics import SYNC_EVENTS
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Dispatcher:
     def _new_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self.settings.bridge_produce_timeout_s * 1000)
         return AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **client_args(self.settings),
             acks="all",
             enable_idempotence=False,
             linger_ms=self.settings.bridge_linger_ms,
@@ -193,13 +194,7 @@ class Dispatcher:
         try:
             await asyncio.wait_for(producer.start(), timeout)
             await asyncio.wait_for(
-                ensure_topics(
-                    self.settings.kafka_bootstrap,
-                    self.settings.topic_prefix,
-                    self.settings.partitions,
-                    self.settings.replication_factor,
-                    topics=[SYNC_EVENTS],
-                ),
+                ensure_topics_for(self.settings, topics=[SYNC_EVENTS]),
                 timeout * 2,
             )
             # Tracked, so that metadata refreshes keep it when a spooled record of another

@@ -22,10 +22,11 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from connectors.broker import ensure_topics
+from connectors.broker import ensure_topics_for
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
 from connectors.offsets import log_end_offsets, topic_partitions
+from streams.kafka_client import consumer_args
 from streams.records import loads_or_none
 from streams.topics import DEAD_LETTERS, METRICS
 
@@ -67,18 +68,14 @@ class Exporter:
 
     async def _connect(self) -> AIOKafkaConsumer:
         s = self.settings
-        await ensure_topics(
-            s.kafka_bootstrap,
-            s.topic_prefix,
-            s.partitions,
-            s.replication_factor,
-            topics=(METRICS, DEAD_LETTERS),
-        )
+        await ensure_topics_for(s, topics=(METRICS, DEAD_LETTERS))
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            group_id=None,  # manual assignment, nothing committed: every start replays
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            **consumer_args(
+                s,
+                group_id=None,  # manual assignment, nothing committed: every start replays
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
         )
         await consumer.start()
         try:

@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connectors.broker import ensure_topics
+from connectors.broker import ensure_topics_for
 from connectors.slack.metrics import SlackMetrics
 from connectors.slack.offsets import OffsetTracker
 from connectors.slack.pacing import ChannelPacer
@@ -43,6 +43,7 @@ from connectors.slack.sending import (
 )
 from connectors.slack.settings import SlackSettings
 from connectors.slack.state import Source, StateStore, channel_key, entry, thread_key
+from streams.kafka_client import client_args
 from streams.records import DEAD_LETTER_V1, NOTIFICATION_V1
 from streams.topics import DEAD_LETTERS, NOTIFICATIONS, SLACK_STATE
 
@@ -182,7 +183,7 @@ class Connector:
         if not await self._until(stop, self._ensure_topics, "create topics"):
             return 0
         producer = self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=False
+            **client_args(s), acks="all", enable_idempotence=False
         )
         try:
             if not await self._until(stop, producer.start, "start producer"):
@@ -216,7 +217,7 @@ class Connector:
     async def _load_state(self) -> None:
         assert self._producer is not None
         s = self.settings
-        store = self.store = StateStore(s.kafka_bootstrap, self.state_topic, self._producer)
+        store = self.store = StateStore(s, self.state_topic, self._producer)
         started = time.monotonic()
         read = await store.load()
         pruned = await store.prune(s.slack_state_retention_days * 86400)
@@ -232,11 +233,8 @@ class Connector:
 
     async def _ensure_topics(self) -> None:
         s = self.settings
-        await ensure_topics(
-            s.kafka_bootstrap,
-            s.topic_prefix,
-            s.partitions,
-            s.replication_factor,
+        await ensure_topics_for(
+            s,
             topics=(NOTIFICATIONS, DEAD_LETTERS, SLACK_STATE),
         )
 
@@ -274,7 +272,7 @@ class Connector:
     async def _consume(self, stop: asyncio.Event) -> int:
         s = self.settings
         consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+            **client_args(s),
             group_id=s.slack_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

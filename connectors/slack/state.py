@@ -27,6 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.offsets import log_end_offsets, topic_partitions
+from streams.kafka_client import Connection, connection
 
 STATE_V1 = "synctrail.slack-state/v1"
 
@@ -140,7 +141,8 @@ class SlackState:
 class StateStore:
     """Reads ``<prefix>slack-state`` into a ``SlackState`` and writes to it durably."""
 
-    def __init__(self, bootstrap: str, topic: str, producer: AIOKafkaProducer) -> None:
+    def __init__(self, bootstrap: Connection, topic: str, producer: AIOKafkaProducer) -> None:
+        # bootstrap: the settings (every process) or a plaintext host:port
         self.bootstrap = bootstrap
         self.topic = topic
         self.producer = producer
@@ -149,7 +151,7 @@ class StateStore:
     async def load(self, timeout_s: float = 60.0) -> int:
         """Read the topic from the beginning to the end offsets seen now; returns records read."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection(self.bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -37,6 +37,7 @@ PROCESS_PACKAGES = {
     "worker": "streams",
     "slack": "connectors.slack",
     "exporter": "connectors.exporter",
+    "topics": "streams",  # `topics create` reads WorkerSettings (the changelog's worker id)
 }
 # Scrape job → (compose services, the variable holding the port it listens on).
 SCRAPED = {
@@ -261,24 +262,33 @@ def test_prometheus_and_grafana_load_their_files_from_where_compose_mounts_them(
 
 async def test_topic_init_creates_every_synctrail_topic(broker, prefix):
     init = services()["topic-init"]
-    assert init["entrypoint"] == ["python", "-c"]
-    (script,) = init["command"]
+    assert command_of(init) == "topics" and init["command"] == ["topics", "create"]
     env = {k: interpolate(v, {}) for k, v in environment(init).items() if v is not None}
-    env.update(SYNCTRAIL_KAFKA_BOOTSTRAP=broker.bootstrap, SYNCTRAIL_TOPIC_PREFIX=prefix)
+    # the worker's changelog is created too: the same worker id as the worker service's
+    assert env["SYNCTRAIL_WORKER_ID"] == environment(services()["worker"])["SYNCTRAIL_WORKER_ID"]
+    env.update(
+        SYNCTRAIL_KAFKA_BOOTSTRAP=broker.bootstrap,
+        SYNCTRAIL_TOPIC_PREFIX=prefix,
+        SYNCTRAIL_WORKER_ID=f"{prefix}worker",
+    )
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", script],
+        [sys.executable, "-m", "connectors.cli", *init["command"]],
         env={**os.environ, **env},
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "created topics:" in result.stdout
+    names = [spec.address(prefix) for spec in ALL_TOPICS] + [f"{prefix}worker-apps-changelog"]
+    assert result.stdout.splitlines() == [
+        line for line in result.stdout.splitlines() if line.startswith("created ")
+    ]
+    assert len(result.stdout.splitlines()) == len(names)
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()
     try:
-        names = [spec.address(prefix) for spec in ALL_TOPICS]
         described = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
     finally:
         await admin.close()
