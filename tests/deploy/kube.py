@@ -31,28 +31,6 @@ INSTALL_HINT = (
     "Debian's `kubectl` package carries Kustomize: apt-get install kubectl (make test does)"
 )
 
-# Issue 14 part 1 (Kafka security settings and `synctrail topics create`) is built on another
-# branch at the same time. Until both are merged, these names are allowed without a settings
-# field / CLI subcommand behind them. DELETE THIS after the merge: the tests must then find
-# every one of them in the settings classes and the CLI.
-PENDING_UNTIL_KAFKA_SECURITY_MERGE = frozenset(
-    {
-        "SYNCTRAIL_KAFKA_SECURITY_PROTOCOL",
-        "SYNCTRAIL_KAFKA_SSL_CAFILE",
-        "SYNCTRAIL_KAFKA_SSL_CERTFILE",
-        "SYNCTRAIL_KAFKA_SSL_KEYFILE",
-        "SYNCTRAIL_KAFKA_SSL_CHECK_HOSTNAME",
-        "SYNCTRAIL_KAFKA_SASL_MECHANISM",
-        "SYNCTRAIL_KAFKA_SASL_USERNAME",
-        "SYNCTRAIL_KAFKA_SASL_PASSWORD",
-        "SYNCTRAIL_KAFKA_SASL_PASSWORD_FILE",
-        "topics",  # the subcommand `synctrail topics create`
-    }
-)
-# Secret settings of part 1 (SecretStr there); they must never be set literally. DELETE THIS
-# with the constant above: secret_variables() then finds the field itself.
-PENDING_SECRETS = frozenset({"SYNCTRAIL_KAFKA_SASL_PASSWORD"})
-
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob"}
 CRD_GROUPS = ("monitoring.coreos.com/", "argoproj.io/")
 

@@ -45,8 +45,6 @@ from tests.deploy.kube import (
     CRD_SCHEMAS,
     DEPLOY,
     NAMESPACE,
-    PENDING_SECRETS,
-    PENDING_UNTIL_KAFKA_SECURITY_MERGE,
     RENDERS,
     containers,
     dockerfile_user,
@@ -97,7 +95,7 @@ def setting_default(process: str, variable: str) -> Any:
 
 def secret_variables() -> set[str]:
     """Every variable whose setting is a SecretStr, in any settings class."""
-    names = set(PENDING_SECRETS)
+    names: set[str] = set()
     for cls in settings_classes():
         prefix = str(cls.model_config.get("env_prefix") or "").upper()
         for field, info in cls.model_fields.items():
@@ -231,7 +229,7 @@ def test_every_synctrail_variable_is_a_setting_of_the_process_it_configures(name
     objects = render(name)
     for workload, _, container in containers(objects):
         process = process_of(container)
-        allowed = allowed_variables(process) | PENDING_UNTIL_KAFKA_SECURITY_MERGE
+        allowed = allowed_variables(process)
         variables = {k for k in environment(objects, container) if k.startswith("SYNCTRAIL_")}
         unknown = variables - allowed
         assert not unknown, f"{workload['metadata']['name']} sets {sorted(unknown)}"
@@ -242,8 +240,6 @@ def test_every_container_runs_a_synctrail_command(name):
     parser = build_parser()
     for workload, _, container in containers(render(name)):
         args = container["args"]
-        if args[0] in PENDING_UNTIL_KAFKA_SECURITY_MERGE:
-            continue
         try:
             parser.parse_args(args)
         except SystemExit:
