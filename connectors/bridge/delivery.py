@@ -16,8 +16,10 @@ behind the app's earlier records. The maintenance task
 * while it is up, checks that the topic still exists and drains the spool in order.
 
 Idempotence does not make the spool exactly-once: a record whose produce timed out is spooled,
-and the abandoned producer's request may still be appended when a stalled broker wakes up;
-the drain (a new producer, a new producer id) then appends it a second time.
+and the abandoned producer's request may still be appended (a killed leader's followers have
+it, a stalled broker wakes up); the drain, on a new producer with a new producer id, would
+append it a second time. The :class:`~connectors.bridge.fence.Fence` reads back the
+partitions in doubt before draining and skips what is there already.
 
 Per-app order: each delivery of an app waits for the previous one of the same app to settle
 (acknowledged or spooled) before it may be spooled, and is only sent directly when the previous
@@ -39,6 +41,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from connectors.bridge.batcher import Batcher, BatchFailed
+from connectors.bridge.fence import Fence
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
@@ -152,6 +155,7 @@ class Dispatcher:
         self.idempotence = False
         self._topic_seen = False
         self._missing_reported = False
+        self.fence = Fence()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -223,7 +227,11 @@ class Dispatcher:
             self._retire(producer)
             return False
         self._producer = producer
-        self._batcher = Batcher(producer, self.topic, sorted(partitions))
+        if self.fence.in_doubt:
+            await self.fence.read_back(self.settings.kafka_bootstrap, self.topic, timeout)
+        self._batcher = Batcher(
+            producer, self.topic, sorted(partitions), on_ack=self.fence.acknowledged
+        )
         self._topic_seen = True
         self._missing_reported = False
         self._set_up(True)
@@ -283,6 +291,7 @@ class Dispatcher:
         producer, self._producer = self._producer, None
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
+            self.fence.doubt(batcher.handed_over())
             batcher.fail_all(reason)
         if producer is not None:
             self._retire(producer, batcher)
@@ -462,7 +471,22 @@ class Dispatcher:
         batch = self.spool.peek(self.settings.bridge_drain_batch)
         if not batch:
             return
-        waits = [self._submit(rec.topic, rec.key, rec.value) for rec in batch]
+        waits = []
+        skipped = 0
+        for rec in batch:
+            if rec.topic == self.topic and self.fence.landed(rec.key, rec.value):
+                # on the topic already: its produce failed, but the broker appended it
+                skipped += 1
+                done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                waits.append(done)
+            else:
+                waits.append(self._submit(rec.topic, rec.key, rec.value))
+        if skipped:
+            log.info(
+                "spooled records found on the topic already; not sent again",
+                extra={"records": skipped},
+            )
         results = await asyncio.gather(*waits, return_exceptions=True)
         acked = 0
         for res in results:
@@ -475,6 +499,7 @@ class Dispatcher:
             failure = next(r for r in results if isinstance(r, BaseException))
             self.mark_down(f"draining failed: {failure}")
         elif not self.spool.records:
+            self.fence.forget()
             log.info("spool drained", extra={"drained_total": self.spool.drained_total})
 
 
