@@ -17,7 +17,9 @@ Apache Kafka (``tests.chaos.kafka``), bridge at 300 req/s for 20 s over 100 apps
   (``kafka-stall-no-idempotence``: without, for comparison). Bound: 0 lost; duplicates and
   per-app order inversions are reported (issue 15 part 2 fixes what the worker makes of them).
 
-The embedded-broker scenarios of issue 15 (broker kill -9 and stall, bridge kill -9
+* ``embedded-stall``: the same stall on the embedded broker, for comparison (bound: 0 lost).
+
+The other embedded-broker scenarios of issue 15 (broker kill -9 and stall, bridge kill -9
 mid-drain, worker kill -9 on a backlog, Slack connector kill -9, slow clients) go in modules
 of their own beside ``kafka``, registered in ``tests.chaos.__main__.SCENARIOS``.
 """

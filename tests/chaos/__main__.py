@@ -29,6 +29,8 @@ SCENARIOS: dict[str, Scenario] = {
     "kafka-stall-no-idempotence": lambda d: kafka.stall(
         d, idempotence="off", scenario="kafka-stall-no-idempotence"
     ),
+    # issue 15's embedded-broker scenarios join here
+    "embedded-stall": lambda d: kafka.stall(d, embedded=True, scenario="embedded-stall"),
 }
 
 

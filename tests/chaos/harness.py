@@ -72,6 +72,7 @@ class Answer:
     app: str
     seq: int
     sent: float  # time.monotonic()
+    answered: float | None = None
     status: int | None = None  # None: no HTTP answer (connection error, timeout)
     delivery_id: str | None = None
     spooled: bool = False
@@ -128,6 +129,8 @@ async def paced_load(
                         answer.error = body[:200].decode(errors="replace")
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     answer.error = f"{type(exc).__name__}: {exc}"
+                else:
+                    answer.answered = time.monotonic()
 
         await asyncio.gather(*(one_app(i) for i in range(apps)))
     return answers
@@ -202,6 +205,10 @@ def delivery_figures(figures: Figures, answers: list[Answer], records: list[Read
     figures.put("bridge_5xx", sum(1 for a in answers if a.status is not None and a.status >= 500))
     figures.put("client_errors", sum(1 for a in answers if a.status is None))
     figures.put("spooled", sum(1 for a in answers if a.spooled))
+    took = sorted(a.answered - a.sent for a in answers if a.answered is not None)
+    if took:
+        figures.put("answer_p99_seconds", took[int(len(took) * 0.99) - 1 if len(took) > 1 else 0])
+        figures.put("answer_max_seconds", took[-1])
 
 
 class Bridge(Service):
@@ -223,6 +230,15 @@ class Bridge(Service):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def fence_skipped(self) -> int:
+        """Spooled records the drain found on the topic already and did not send again (each
+        one a duplicate without the fence), from the bridge's log."""
+        total = 0
+        for line in self.log().splitlines():
+            if line.startswith("{") and "not sent again" in line:
+                total += int(orjson.loads(line).get("records", 0))
+        return total
 
     async def readyz(self) -> dict[str, Any] | None:
         """The bridge's readiness answer, or ``None`` when it does not answer."""

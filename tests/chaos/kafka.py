@@ -9,13 +9,15 @@ deliveries in order, side by side). Each scenario prints ``CHAOS`` lines and ret
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.broker import ensure_topics
+from connectors.broker import EmbeddedBroker, ensure_topics
 from streams.topics import ALL_TOPICS, DEPLOYMENTS, SYNC_EVENTS
 from tests.apache_kafka.node import KafkaCluster, KafkaNode
 from tests.chaos.harness import (
@@ -165,10 +167,11 @@ async def _failover(
             await asyncio.sleep(load.fault_at)  # the moment of the fault, not a wait for one
             fault_ms = int(time.time() * 1000)
             fault_at = time.monotonic()
+            # in a thread: waiting for the JVM to exit must not pause the load
             if shutdown == "kill":
-                victim.kill()
+                await asyncio.to_thread(victim.kill)
             else:
-                victim.stop()
+                await asyncio.to_thread(victim.stop)
                 figures.put("shutdown_seconds", time.monotonic() - fault_at)
             answers = await loading
             figures.put("load_seconds", time.monotonic() - fault_at + load.fault_at)
@@ -184,6 +187,7 @@ async def _failover(
                     "isr_catch_up_seconds", await full_isr_seconds(bootstrap, names, 3, restarted)
                 )
             figures.put("idempotence", bridge.idempotence())
+            figures.put("fence_skipped", bridge.fence_skipped())
             records = await read_all(bootstrap, topic)
             delivery_figures(figures, answers, records)
             if worker is not None:
@@ -265,9 +269,11 @@ async def stall(
     *,
     frozen_s: float = 10.0,
     idempotence: str = "auto",
+    embedded: bool = False,
     scenario: str = "kafka-stall",
 ) -> Figures:
-    """One Apache Kafka node frozen (SIGSTOP) for ``frozen_s`` under load, then SIGCONT.
+    """One Apache Kafka node (or the embedded broker) frozen (SIGSTOP) for ``frozen_s`` under
+    load, then SIGCONT.
 
     Issue 15 found on the embedded broker that a stall duplicates and reorders records: a
     produce times out, the bridge spools the record, the broker appends the original when it
@@ -275,7 +281,11 @@ async def stall(
     """
     figures = Figures(scenario)
     started = time.monotonic()
-    node = KafkaNode(directory / "kafka")
+    node: KafkaNode | EmbeddedBroker = (
+        EmbeddedBroker(log_path=directory / "broker.log")
+        if embedded
+        else KafkaNode(directory / "kafka")
+    )
     try:
         await node.start()
         figures.put("broker_start_seconds", time.monotonic() - started)
@@ -293,20 +303,25 @@ async def stall(
                 paced_load(bridge.url, rate=load.rate, seconds=load.seconds, apps=load.apps)
             )
             await asyncio.sleep(load.fault_at)  # the moment of the fault, not a wait for one
-            node.pause()
+            assert node.pid is not None
+            os.kill(node.pid, signal.SIGSTOP)
             try:
                 await asyncio.sleep(frozen_s)  # the length of the stall is the scenario
             finally:
-                node.resume()
+                os.kill(node.pid, signal.SIGCONT)
             answers = await loading
             await _settled(bridge)
             await watch.stop()
             watch.put(figures)
             figures.put("idempotence", bridge.idempotence())
+            figures.put("fence_skipped", bridge.fence_skipped())
             records = await read_all(node.bootstrap, SYNC_EVENTS.address(PREFIX))
             delivery_figures(figures, answers, records)
     finally:
-        node.kill()
+        if isinstance(node, EmbeddedBroker):
+            node.stop(timeout_s=0.5)
+        else:
+            node.kill()
     figures.put("seconds", time.monotonic() - started)
     figures.bound("lost", "==", 0)
     figures.bound("client_errors", "==", 0)
