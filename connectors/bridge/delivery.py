@@ -227,8 +227,13 @@ class Dispatcher:
             self._retire(producer)
             return False
         self._producer = producer
-        if self.fence.in_doubt:
-            await self.fence.read_back(self.settings.kafka_bootstrap, self.topic, timeout)
+        if self.fence.in_doubt and not await self.fence.read_back(
+            self.settings.kafka_bootstrap, self.topic, timeout
+        ):
+            # the partitions in doubt cannot be read yet (no leader): no drain before
+            self.last_broker_error = "reading back the partitions in doubt failed; retrying"
+            self._retire(producer)
+            return False
         self._batcher = Batcher(
             producer, self.topic, sorted(partitions), on_ack=self.fence.acknowledged
         )

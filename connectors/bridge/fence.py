@@ -15,10 +15,15 @@ a value carries its delivery id, so equal bytes are the same delivery); the drai
 a spooled record found there without sending it again. The original is in the log before
 every later record of its app, so per-app order holds too.
 
+The read is retried at each reconnection while it fails for a passing reason (a killed
+leader's partitions have none until the controller fences it, ~9 s on Apache Kafka's
+defaults), for up to ``give_up_s``; the spool waits meanwhile.
+
 Limits: a record the broker appends after this read (a stalled broker's old connection handled
 after the new one's fetch) is still duplicated; a partition that never had an acknowledgement
 in this process is read over its last ``TAIL`` records only; a bridge that cannot read the
-topic (no Read permission) drains without the fence, as before (it logs that once).
+topic (no Read permission), or not within ``give_up_s``, drains without the fence, as before
+(it logs that).
 """
 
 from __future__ import annotations
@@ -30,11 +35,26 @@ import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    UnsupportedVersionError,
+)
 
 from connectors.offsets import log_end_offsets
 
 log = logging.getLogger(__name__)
+
+#: errors that another try will not mend; anything else (timeouts, no leader, connections
+#: refused) is retried until ``give_up_s``
+_LASTING = (
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    SaslAuthenticationFailed,
+    UnsupportedVersionError,
+)
 
 TAIL = 20_000  # records read back on a partition without a known acknowledged offset
 
@@ -42,11 +62,12 @@ TAIL = 20_000  # records read back on a partition without a known acknowledged o
 class Fence:
     """Offsets acknowledged, partitions in doubt, and the records found there."""
 
-    def __init__(self) -> None:
+    def __init__(self, give_up_s: float = 60.0) -> None:
+        self.give_up_s = give_up_s
+        self._since: float | None = None  # time.monotonic() of the first failed read
         self._next: dict[int, int] = {}  # partition -> offset after the last acknowledged one
         self._doubt: dict[int, int | None] = {}  # partition -> first offset in doubt
         self._landed: set[tuple[bytes, bytes]] = set()
-        self._warned = False
 
     @property
     def in_doubt(self) -> bool:
@@ -74,8 +95,9 @@ class Fence:
         self._landed.clear()
 
     async def read_back(self, bootstrap: str, topic: str, timeout_s: float) -> bool:
-        """Read the partitions in doubt to their end; False when that failed (the drain then
-        goes ahead without the fence for what was in doubt)."""
+        """Read the partitions in doubt to their end. False when that failed for a passing
+        reason: try again later, and do not drain before. True once read, or given up on (a
+        lasting error, or ``give_up_s`` of failures: the drain then goes ahead unfenced)."""
         doubt = dict(self._doubt)
         started = time.monotonic()
         consumer = AIOKafkaConsumer(
@@ -103,19 +125,23 @@ class Fence:
                                 self._landed.add((record.key or b"", record.value))
                                 found += 1
         except (KafkaError, OSError, TimeoutError) as exc:
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    "could not read back the topic before draining; records whose produce "
-                    "failed may be appended twice",
-                    extra={"topic": topic, "error": f"{type(exc).__name__}: {exc}"},
-                )
+            now = time.monotonic()
+            self._since = now if self._since is None else self._since
+            if not isinstance(exc, _LASTING) and now - self._since < self.give_up_s:
+                return False
+            log.warning(
+                "could not read back the topic before draining; records whose produce "
+                "failed may be appended twice",
+                extra={"topic": topic, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            self._since = None
             for partition in doubt:
                 self._doubt.pop(partition, None)
-            return False
+            return True
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+        self._since = None
         for partition in doubt:
             self._doubt.pop(partition, None)
         log.info(
