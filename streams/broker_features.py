@@ -140,7 +140,9 @@ async def resolve_idempotence(
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
     enabled = use_idempotence(setting, features)
-    if setting == "auto" and features is not None and not enabled:
+    if enabled:
+        log.info("producing with idempotence", extra={"setting": setting})
+    elif setting == "auto" and features is not None:
         log.info(
             "the broker has no idempotent producers; producing without (SYNCTRAIL_KAFKA_IDEMPOTENCE)",
             extra={"cluster_id": features.cluster_id, "reason": features.idempotence_error},
