@@ -14,13 +14,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from tests.chaos import kafka
 from tests.chaos.harness import Figures
 
-Scenario = Callable[[Path], Awaitable[Figures]]
+Scenario = Callable[[Path], Coroutine[Any, Any, Figures]]
 
 SCENARIOS: dict[str, Scenario] = {
     "kafka-leader-kill": kafka.leader_kill,
