@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck bench clean compose-up compose-down prometheus-tools kubectl wrk java kafka-jars k8s-manifests
+.PHONY: run test lint fmt typecheck bench chaos clean compose-up compose-down prometheus-tools kubectl wrk java kafka-jars k8s-manifests
 
 # Debian packages some tests and benchmarks need; installed when missing (root, apt-get).
 define apt_ensure
@@ -78,6 +78,12 @@ typecheck: $(STAMP)
 bench: $(STAMP) wrk kafka-jars
 	$(BIN)/python -m bench.bridge
 	$(BIN)/python -m bench.stream
+
+## chaos: fault scenarios on real processes (tests/chaos), each printing CHAOS lines; exits
+## non-zero when a figure breaks its bound. `make chaos SCENARIOS="kafka-stall"` runs some.
+SCENARIOS ?=
+chaos: $(STAMP) kafka-jars
+	$(BIN)/python -m tests.chaos $(SCENARIOS)
 
 ## compose-up / compose-down: the production stack on Apache Kafka (needs Docker)
 compose-up:

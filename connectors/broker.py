@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _TOPIC_ALREADY_EXISTS = 36
+#: the embedded broker's cluster id (streams.broker_features.EMBEDDED_CLUSTER_IDS has it)
+EMBEDDED_CLUSTER_ID = "synctrail-embedded"
 
 
 class BrokerStartError(RuntimeError):
@@ -290,7 +292,17 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         self._log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                # named, so that clients can tell it forgets topics (streams.broker_features)
+                "--cluster-id",
+                EMBEDDED_CLUSTER_ID,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -36,6 +36,7 @@ from faust.streams import _current_event as faust_current_event
 
 from streams import records
 from streams.app import Topology
+from streams.broker_features import resolve_idempotence
 from streams.decide import (
     Decision,
     InvalidSyncEvent,
@@ -314,10 +315,12 @@ def _exit_unwritten() -> None:
 async def process_sync_events(topology: Topology, stream: Any) -> None:
     """The agent body: every sync event to a decision, every decision to records."""
     settings = topology.settings
+    idempotence, _ = await resolve_idempotence(settings.kafka_idempotence, settings)
     outputs = OutputProducer(
         client_args(settings),
         max_batch_bytes=settings.kafka_producer_max_batch_bytes,
         client_id=f"{settings.worker_id}-outputs",
+        enable_idempotence=idempotence,
     )
     await outputs.start()
     flusher = Flusher(topology, outputs)

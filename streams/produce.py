@@ -11,7 +11,9 @@ by topic partition and appended to aiokafka ``BatchBuilder``s, so a batch of 500
 few dozen ``send_batch()`` calls whose futures are awaited together.
 
 Order: a partition's records are appended in the order given, and aiokafka sends one batch
-per partition at a time, so per-app order holds on every output topic. Partitioning is Kafka's
+per partition at a time, so per-app order holds on every output topic. Where the broker has
+idempotent producers (``SYNCTRAIL_KAFKA_IDEMPOTENCE``), a batch retried after a lost answer is
+not appended twice either. Partitioning is Kafka's
 default for keyed records (murmur2 of the key), so consumers in any language agree on it.
 """
 
@@ -38,12 +40,18 @@ class OutputProducer:
     """Sends many keyed records at once and returns when the broker has them all."""
 
     def __init__(
-        self, bootstrap: Connection, *, max_batch_bytes: int, client_id: str = "synctrail-worker"
+        self,
+        bootstrap: Connection,
+        *,
+        max_batch_bytes: int,
+        client_id: str = "synctrail-worker",
+        enable_idempotence: bool = False,
     ) -> None:
         self.producer = AIOKafkaProducer(
             **connection(bootstrap),  # plaintext servers, or streams.kafka_client.client_args
             client_id=client_id,
             acks="all",
+            enable_idempotence=enable_idempotence,
             max_batch_size=max_batch_bytes,
             linger_ms=0,
         )

@@ -113,6 +113,12 @@ class CommonSettings(BaseSettings):
         ge=1,
         description="Producer batch size in bytes (aiokafka's max_batch_size).",
     )
+    kafka_idempotence: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Idempotent producers (a retried produce cannot duplicate or reorder a "
+        "record; acks=all either way): `auto` asks the broker at start and uses them where it "
+        "has them (Apache Kafka; the embedded broker has none), `on` always, `off` never.",
+    )
     default_app_namespace: str = Field(
         "argocd", description="Application namespace assumed when a body does not say."
     )

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,13 @@ class _Batch:
 class Batcher:
     """Per-partition batches for one topic on one producer; create it in the running loop."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        partitions: list[int],
+        on_ack: Callable[[int, int], None] | None = None,
+    ) -> None:
         # Kept rather than looked up per record: asyncio.get_running_loop() makes a getpid()
         # system call on Python 3.11.
         self._loop = asyncio.get_running_loop()
@@ -61,6 +68,7 @@ class Batcher:
         self._sending: dict[int, _Batch] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
         self._failed: BatchFailed | None = None
+        self._on_ack = on_ack  # (partition, last offset) of every acknowledged batch
 
     def partition_for(self, key: bytes) -> int:
         """The partition ``key`` goes to (cached: apps are few, murmur2 in Python is not free)."""
@@ -106,6 +114,11 @@ class Batcher:
         starts += [batch.started for batch in self._open.values()]
         return min(starts, default=None)
 
+    def handed_over(self) -> list[int]:
+        """Partitions with a batch in the producer's hands, not yet acknowledged: the broker
+        may append it even if it is failed here."""
+        return sorted(self._sending)
+
     def _next_batch(self, partition: int) -> _Batch | None:
         if self._failed is not None:
             return None
@@ -129,6 +142,8 @@ class Batcher:
                 except Exception as exc:
                     _fail(batch.waiters, BatchFailed(f"{type(exc).__name__}: {exc}"))
                 else:
+                    if self._on_ack is not None:
+                        self._on_ack(partition, base + len(batch.waiters) - 1)
                     for i, fut in enumerate(batch.waiters):
                         if not fut.done():
                             fut.set_result((partition, base + i))

@@ -25,6 +25,10 @@ A connection is in one of three states:
     drops the rest for up to its lingering time before the next request, so bytes arriving now
     are not a new request's head. The connection is closed silently if it is still in this
     state after the head deadline plus that lingering time.
+``closing``
+    a 408 was written: our side is shut (FIN), what the client still sends is dropped, and the
+    connection is aborted after :data:`CLOSE_LINGER_S` (closing at once could make the kernel
+    answer the client's late bytes with a reset that destroys the 408 before it is read).
 
 At most ``max_connections`` are open at once (by default the open-file limit less a reserve for
 Kafka, the spool and the process itself). A connection arriving at the bound takes the place
@@ -54,7 +58,11 @@ _TIMEOUT_ANSWER = (
     b"Content-Length: %d\r\n\r\n%s"
 )
 
-IDLE, HEAD, BUSY, DRAINING = "idle", "head", "busy", "draining"
+IDLE, HEAD, BUSY, DRAINING, CLOSING = "idle", "head", "busy", "draining", "closing"
+#: After a 408, how long the connection stays half-open (our side shut) while what the client
+#: still sends is read and dropped: closing at once would make the kernel answer that data with
+#: a reset, which can destroy the 408 before the client reads it.
+CLOSE_LINGER_S = 2.0
 #: aiohttp's ``lingering_time`` default: how long it drains a body its handler did not read.
 AIOHTTP_LINGERING_S = 10.0
 
@@ -101,13 +109,19 @@ class ConnectionGuard:
     def request_started(self, transport: Any) -> None:
         """A handler runs for a request on ``transport``: its head arrived in time."""
         guarded = self._open.get(transport)
-        if guarded is not None:
+        if guarded is not None and guarded.state != CLOSING:
             guarded.enter(BUSY)
+
+    def close_after_answer(self, transport: Any) -> None:
+        """The answer on ``transport`` is written and the connection must end (a 408)."""
+        guarded = self._open.get(transport)
+        if guarded is not None:
+            guarded.linger()
 
     def request_finished(self, transport: Any, body_read: bool) -> None:
         """The handler of ``transport``'s request returned, having read all of its body or not."""
         guarded = self._open.get(transport)
-        if guarded is not None:
+        if guarded is not None and guarded.state != CLOSING:
             guarded.enter(IDLE if body_read else DRAINING)
 
     # -- called by GuardedProtocol ----------------------------------------------------------
@@ -135,7 +149,7 @@ class ConnectionGuard:
                 b'(SYNCTRAIL_BRIDGE_HEAD_TIMEOUT_S)"}' % self.head_timeout_s
             )
             guarded.transport.write(_TIMEOUT_ANSWER % (len(body), body))  # type: ignore[attr-defined]
-            guarded.transport.close()
+            guarded.linger()
         else:
             guarded.transport.abort()  # type: ignore[attr-defined]
 
@@ -186,6 +200,14 @@ class GuardedProtocol(asyncio.Protocol):
                 self.guard.head_timeout_s + AIOHTTP_LINGERING_S, self._drain_expired
             )
 
+    def linger(self) -> None:
+        """Shut our side after the answer, drop what still arrives, abort after a moment."""
+        self.enter(CLOSING)
+        transport: Any = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._deadline = asyncio.get_running_loop().call_later(CLOSE_LINGER_S, transport.abort)
+
     def _head_expired(self) -> None:
         self._deadline = None
         if self.state == HEAD and not self.transport.is_closing():
@@ -205,8 +227,8 @@ class GuardedProtocol(asyncio.Protocol):
             self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.accepted:
-            return
+        if not self.accepted or self.state == CLOSING:
+            return  # a refused or answered-and-closing connection: nothing more is read
         if self.state == IDLE:
             self.enter(HEAD)
         self.inner.data_received(data)

@@ -1,16 +1,25 @@
 """Getting accepted records to Kafka, or into the spool, in per-app order.
 
-One :class:`Dispatcher` per bridge owns the Kafka producer (acks=all, no idempotence: the
-embedded broker has none), the spool and a maintenance task. A record goes straight to Kafka
+One :class:`Dispatcher` per bridge owns the Kafka producer (acks=all; idempotent where the
+broker supports it, see ``SYNCTRAIL_KAFKA_IDEMPOTENCE``), the spool and a maintenance task. A record goes straight to Kafka
 while the broker is up and its app has nothing spooled; otherwise it is appended to the spool
 behind the app's earlier records. The maintenance task
 
 * fails produces that take too long: after ``probe_after`` it probes the brokers over TCP (an
   aiokafka producer facing a dead broker waits for its whole request timeout) and, if none
   answers, marks the broker down so that this and every following record is spooled at once;
-* while the broker is down, tries every ``drain_interval`` to connect a fresh producer and
-  re-create the sync-events topic (the embedded broker forgets topics when it restarts);
+* while the broker is down, tries every ``drain_interval`` to connect a fresh producer; the
+  sync-events topic is created at the first connection, and re-created when it went missing
+  only on the embedded broker (it forgets topics when it restarts). On any other broker a
+  topic that vanished is an operator's error: the bridge logs it, spools, and waits for the
+  topic to be created again (``synctrail topics create``);
 * while it is up, checks that the topic still exists and drains the spool in order.
+
+Idempotence does not make the spool exactly-once: a record whose produce timed out is spooled,
+and the abandoned producer's request may still be appended (a killed leader's followers have
+it, a stalled broker wakes up); the drain, on a new producer with a new producer id, would
+append it a second time. The :class:`~connectors.bridge.fence.Fence` reads back the
+partitions in doubt before draining and skips what is there already.
 
 Per-app order: each delivery of an app waits for the previous one of the same app to settle
 (acknowledged or spooled) before it may be spooled, and is only sent directly when the previous
@@ -32,10 +41,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from connectors.bridge.batcher import Batcher, BatchFailed
+from connectors.bridge.fence import Fence
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
 from connectors.broker import ensure_topics_for
+from streams.broker_features import BrokerFeatures, probe, use_idempotence
 from streams.kafka_client import client_args
 from streams.topics import SYNC_EVENTS
 
@@ -141,6 +152,11 @@ class Dispatcher:
         self._last_check = 0.0
         self._last_submit = 0.0
         self._batcher: Batcher | None = None
+        self.features: BrokerFeatures | None = None
+        self.idempotence = False
+        self._topic_seen = False
+        self._missing_reported = False
+        self.fence = Fence()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,12 +189,12 @@ class Dispatcher:
                 await task
         self.spool.close()
 
-    def _new_producer(self) -> AIOKafkaProducer:
+    def _new_producer(self, idempotence: bool = False) -> AIOKafkaProducer:
         timeout_ms = int(self.settings.bridge_produce_timeout_s * 1000)
         return AIOKafkaProducer(
             **client_args(self.settings),
             acks="all",
-            enable_idempotence=False,
+            enable_idempotence=idempotence,
             linger_ms=self.settings.bridge_linger_ms,
             request_timeout_ms=timeout_ms,
             max_request_size=self.settings.bridge_max_body_bytes * 2 + 65536,
@@ -190,13 +206,19 @@ class Dispatcher:
     async def _connect(self) -> bool:
         """Start a fresh producer and make sure the topic exists; True when the broker is up."""
         timeout = max(self.settings.bridge_produce_timeout_s, 1.0)
-        producer = self._new_producer()
+        try:
+            # asked at every connection: the broker behind the address may have changed
+            features = self.features = await probe(self.settings, timeout_s=timeout)
+        except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
+            self.last_broker_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.idempotence = use_idempotence(self.settings.kafka_idempotence, features)
+        producer = self._new_producer(self.idempotence)
         try:
             await asyncio.wait_for(producer.start(), timeout)
-            await asyncio.wait_for(
-                ensure_topics_for(self.settings, topics=[SYNC_EVENTS]),
-                timeout * 2,
-            )
+            if not await self._topic_ready(producer, timeout):
+                self._retire(producer)
+                return False
             # Tracked, so that metadata refreshes keep it when a spooled record of another
             # topic makes aiokafka track that one (it then refreshes tracked topics only).
             await asyncio.wait_for(producer.client.add_topic(self.topic), timeout)
@@ -206,10 +228,49 @@ class Dispatcher:
             self._retire(producer)
             return False
         self._producer = producer
-        self._batcher = Batcher(producer, self.topic, sorted(partitions))
+        if self.fence.in_doubt and not await self.fence.read_back(
+            self.settings, self.topic, timeout
+        ):
+            # the partitions in doubt cannot be read yet (no leader): no drain before
+            self.last_broker_error = "reading back the partitions in doubt failed; retrying"
+            self._retire(producer)
+            return False
+        self._batcher = Batcher(
+            producer, self.topic, sorted(partitions), on_ack=self.fence.acknowledged
+        )
+        self._topic_seen = True
+        self._missing_reported = False
         self._set_up(True)
-        log.info("kafka reachable", extra={"bootstrap": self.settings.kafka_bootstrap})
+        log.info(
+            "kafka reachable",
+            extra={
+                "bootstrap": self.settings.kafka_bootstrap,
+                "idempotence": self.idempotence,
+                "cluster_id": features.cluster_id,
+            },
+        )
         return True
+
+    async def _topic_ready(self, producer: AIOKafkaProducer, timeout: float) -> bool:
+        """Create the topic at the first connection (and on the embedded broker, whenever it
+        went missing); otherwise only check that it is there, and report it when not."""
+        if not self._topic_seen or (self.features is not None and self.features.forgets_topics):
+            await asyncio.wait_for(
+                ensure_topics_for(self.settings, topics=[SYNC_EVENTS]),
+                timeout * 2,
+            )
+            return True
+        cluster = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
+        if self.topic in cluster.topics():
+            return True
+        self.last_broker_error = f"topic {self.topic} is missing"
+        if not self._missing_reported:
+            self._missing_reported = True
+            log.error(
+                "topic missing; spooling until it is created again (synctrail topics create)",
+                extra={"topic": self.topic, "spool_records": self.spool.records},
+            )
+        return False
 
     def _set_up(self, up: bool) -> None:
         self.broker_up = up
@@ -230,6 +291,7 @@ class Dispatcher:
         producer, self._producer = self._producer, None
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
+            self.fence.doubt(batcher.handed_over())
             batcher.fail_all(reason)
         if producer is not None:
             self._retire(producer, batcher)
@@ -378,7 +440,8 @@ class Dispatcher:
             await self._connect()
 
     async def _check_topic(self) -> None:
-        # The embedded broker forgets its topics when restarted; notice it while idle. Only
+        # The embedded broker forgets its topics when restarted, and an operator may delete
+        # it on any broker; notice it while idle. Only
         # while idle: a metadata request shares the connection with produce requests and
         # would delay them. Under load a dead broker shows up as slow produces anyway.
         now = time.monotonic()
@@ -397,16 +460,33 @@ class Dispatcher:
             self.mark_down(f"metadata request failed: {type(exc).__name__}: {exc}")
             return
         if self.topic not in cluster.topics():
-            log.warning(
-                "topic missing (broker restarted?); re-creating", extra={"topic": self.topic}
-            )
+            if self.features is not None and self.features.forgets_topics:
+                log.warning(
+                    "topic missing (embedded broker restarted?); re-creating",
+                    extra={"topic": self.topic},
+                )
             self.mark_down("topic missing")
 
     async def _drain_round(self) -> None:
         batch = self.spool.peek(self.settings.bridge_drain_batch)
         if not batch:
             return
-        waits = [self._submit(rec.topic, rec.key, rec.value) for rec in batch]
+        waits = []
+        skipped = 0
+        for rec in batch:
+            if rec.topic == self.topic and self.fence.landed(rec.key, rec.value):
+                # on the topic already: its produce failed, but the broker appended it
+                skipped += 1
+                done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                waits.append(done)
+            else:
+                waits.append(self._submit(rec.topic, rec.key, rec.value))
+        if skipped:
+            log.info(
+                "spooled records found on the topic already; not sent again",
+                extra={"records": skipped},
+            )
         results = await asyncio.gather(*waits, return_exceptions=True)
         acked = 0
         for res in results:
@@ -419,6 +499,7 @@ class Dispatcher:
             failure = next(r for r in results if isinstance(r, BaseException))
             self.mark_down(f"draining failed: {failure}")
         elif not self.spool.records:
+            self.fence.forget()
             log.info("spool drained", extra={"drained_total": self.spool.drained_total})
 
 

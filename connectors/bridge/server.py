@@ -134,7 +134,10 @@ def _observed(bridge: Bridge, route: str, handler: Handler) -> Handler:
                 answer.force_close()
                 await answer.prepare(request)
                 await answer.write_eof()
-                request.protocol.force_close()
+                if guard is not None:
+                    guard.close_after_answer(request.transport)
+                else:
+                    request.protocol.force_close()
             return answer
         except web.HTTPException as exc:
             status = exc.status

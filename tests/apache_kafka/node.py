@@ -176,7 +176,9 @@ class KafkaNode:
         if self.secure:
             names += ["SSL", "MTLS", "SASL_SSL", "SASL_PLAINTEXT"]
         for name in names:
-            self.ports.setdefault(name, free_port(self.host))
+            if name not in self.ports:
+                taken = {*self.ports.values(), *self.voters.values()}
+                self.ports[name] = _free_port_not_in(taken, self.host)
         if not self.voters:
             self.voters = {self.node_id: self.ports["CONTROLLER"]}
         self.cluster_id = self.cluster_id or _random_cluster_id()
@@ -428,7 +430,9 @@ class KafkaCluster:
     """Three combined KRaft nodes: replication factor 3, ``min.insync.replicas=2``."""
 
     def __init__(self, directory: Path, size: int = 3) -> None:
-        controller_ports = {node: free_port() for node in range(1, size + 1)}
+        controller_ports: dict[int, int] = {}
+        for node in range(1, size + 1):
+            controller_ports[node] = _free_port_not_in(set(controller_ports.values()))
         cluster_id = _random_cluster_id()
         self.nodes = [
             KafkaNode(
@@ -521,6 +525,19 @@ class KafkaCluster:
 
     def __iter__(self) -> Iterable[KafkaNode]:  # pragma: no cover - convenience
         return iter(self.nodes)
+
+
+_HANDED_OUT: set[int] = set()  # ports given to a node in this process (threads: GIL-safe enough)
+
+
+def _free_port_not_in(taken: set[int], host: str = "127.0.0.1") -> int:
+    """A free port that is none of ``taken`` and was given to no other node of this process:
+    the kernel may hand a port just probed and released to the next probe, and a node's
+    ports are chosen before it listens (Kafka refuses two listeners on one port)."""
+    while (port := free_port(host)) in taken or port in _HANDED_OUT:
+        pass
+    _HANDED_OUT.add(port)
+    return port
 
 
 def _random_cluster_id() -> str:
