@@ -52,7 +52,7 @@ $(KAFKA_JARS)/.copied: tests/apache_kafka/pom.xml
 kafka-jars: java $(KAFKA_JARS)/.copied
 
 ## test: the whole suite against the embedded broker and Apache Kafka
-test: $(STAMP) prometheus-tools kafka-jars
+test: $(STAMP) prometheus-tools wrk kafka-jars
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
