@@ -66,10 +66,14 @@ fmt: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## bench: throughput/latency benchmarks; each prints BENCH lines with its baseline and ratio
+## bench: throughput/latency benchmarks on the embedded broker and on Apache Kafka; each prints
+## BENCH lines (<broker>.<figure>) with its baseline and ratio, taken on the same broker.
+## Options pass through, e.g. make bench BENCH_STREAM_ARGS="--broker kafka --processing-guarantee both"
+BENCH_BRIDGE_ARGS ?=
+BENCH_STREAM_ARGS ?=
 bench: $(STAMP) wrk kafka-jars
-	$(BIN)/python -m bench.bridge
-	$(BIN)/python -m bench.stream
+	$(BIN)/python -m bench.bridge $(BENCH_BRIDGE_ARGS)
+	$(BIN)/python -m bench.stream $(BENCH_STREAM_ARGS)
 
 ## compose-up / compose-down: the production stack on Apache Kafka (needs Docker)
 compose-up:

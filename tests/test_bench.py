@@ -52,6 +52,7 @@ def test_stream_bench_runs_on_apache_kafka_with_both_guarantees() -> None:
             ("stream_ratio", "x"),
             ("raw_cpu_us_per_event", "us"),
             ("stream_cpu_us_per_event", "us"),
+            ("raw_broker_cpu_us_per_event", "us"),
             ("stream_broker_cpu_us_per_event", "us"),
             ("e2e_p50_ms", "ms"),
             ("e2e_p99_ms", "ms"),
