@@ -60,7 +60,7 @@ $(KAFKA_JARS)/.copied: tests/apache_kafka/pom.xml
 kafka-jars: java $(KAFKA_JARS)/.copied
 
 ## test: the whole suite against the embedded broker and Apache Kafka
-test: $(STAMP) prometheus-tools kubectl kafka-jars
+test: $(STAMP) prometheus-tools kubectl wrk kafka-jars
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -74,10 +74,14 @@ fmt: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## bench: throughput/latency benchmarks; each prints BENCH lines with its baseline and ratio
+## bench: throughput/latency benchmarks on the embedded broker and on Apache Kafka; each prints
+## BENCH lines (<broker>.<figure>) with its baseline and ratio, taken on the same broker.
+## Options pass through, e.g. make bench BENCH_STREAM_ARGS="--broker kafka --processing-guarantee both"
+BENCH_BRIDGE_ARGS ?=
+BENCH_STREAM_ARGS ?=
 bench: $(STAMP) wrk kafka-jars
-	$(BIN)/python -m bench.bridge
-	$(BIN)/python -m bench.stream
+	$(BIN)/python -m bench.bridge $(BENCH_BRIDGE_ARGS)
+	$(BIN)/python -m bench.stream $(BENCH_STREAM_ARGS)
 
 ## chaos: fault scenarios on real processes (tests/chaos), each printing CHAOS lines; exits
 ## non-zero when a figure breaks its bound. `make chaos SCENARIOS="kafka-stall"` runs some.

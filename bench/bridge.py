@@ -1,6 +1,7 @@
 """Bridge benchmark: the real bridge against a bare aiohttp handler, same load, same machine.
 
-``python -m bench.bridge`` (``make bench``) starts the embedded broker, the bridge (a child
+``python -m bench.bridge`` (``make bench``) starts each broker in turn (``--broker``: the
+embedded one and Apache Kafka, see ``bench.brokers``) and, on it, the bridge (a child
 process, as in production) and a bare aiohttp server whose handler only reads the body and
 answers 202. wrk (1 thread, 32 connections) POSTs ``03-guestbook-rev-b.json`` to both, in
 alternating rounds so that a noisy machine hurts both alike; the medians are reported. A third
@@ -18,12 +19,14 @@ Then an open-loop client starts requests at a steady 1,000 req/s, whatever the a
 measures each latency from the request's scheduled start (so a stall is not hidden by the
 client waiting). It runs against the bridge, the bare handler and the broker itself (an
 aiokafka ``send_and_wait`` of a record of the same size, acks=all: the floor under the bridge's
-"202 only once the broker acknowledged" latency), in alternating rounds; per-round p50/p99 are
-reported as medians over the rounds.
+"202 only once the broker acknowledged" latency, ``broker_p*_at_*_rps_ms``), in alternating
+rounds; per-round p50/p99 are reported as medians over the rounds.
 The client does not collect garbage during a run (``bench.loadgen``): its own pauses would
 otherwise show up as the server's latency.
 
-Output: one ``BENCH <name> <value> <unit>`` line per figure. Needs wrk
+Output: one ``BENCH <broker>.<name> <value> <unit>`` line per figure (``BENCH
+kafka.bridge_ratio``): everything, the bare handler's rounds included, is measured again on each
+broker, and every ratio is taken between rounds of the same broker. Needs wrk
 (``apt-get install -y wrk``); without it the script says so and exits with status 2.
 """
 
@@ -49,6 +52,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench import brokers
 from bench.loadgen import cpu_seconds, no_collector_pauses
 from streams.topics import SYNC_EVENTS
 
@@ -314,10 +318,15 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_rounds: int) -> int:
-    """Run everything and print the BENCH lines."""
-    from connectors.broker import EmbeddedBroker, ensure_topics
-
+def bench(
+    seconds: int,
+    rounds: int,
+    rate: int,
+    paced_seconds: float,
+    paced_rounds: int,
+    broker_option: str = "both",
+) -> int:
+    """Run everything on each chosen broker and print the BENCH lines."""
     if shutil.which("wrk") is None:
         print(
             "bench.bridge needs wrk: install it with `sudo apt-get install -y wrk` "
@@ -326,97 +335,118 @@ def bench(seconds: int, rounds: int, rate: int, paced_seconds: float, paced_roun
         )
         return 2
     work = Path(tempfile.mkdtemp(prefix="synctrail-bench-"))
+    try:
+        for name in brokers.chosen(broker_option):
+            with brokers.running(name, work / name) as broker:
+                print(f"bench.bridge: on the {name} broker ({broker.bootstrap})", file=sys.stderr)
+                lines = on_broker(
+                    broker, work / name, seconds, rounds, rate, paced_seconds, paced_rounds
+                )
+            for line in lines:
+                print(f"BENCH {name}.{line}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def on_broker(
+    broker: brokers.Broker,
+    work: Path,
+    seconds: int,
+    rounds: int,
+    rate: int,
+    paced_seconds: float,
+    paced_rounds: int,
+) -> list[str]:
+    """Every measurement on one running broker; the figures as ``<name> <value> <unit>``."""
+    from connectors.broker import ensure_topics
+
     lua = work / "post.lua"
     lua.write_text(LUA)
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    broker = EmbeddedBroker()
-    broker.start_sync()
-    try:
-        asyncio.run(ensure_topics(broker.bootstrap, prefix, 8))
-        bridge_port, bare_port, naive_port = _free_port(), _free_port(), _free_port()
-        env = {
-            **os.environ,
-            "SYNCTRAIL_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "SYNCTRAIL_TOPIC_PREFIX": prefix,
-            "SYNCTRAIL_BRIDGE_PORT": str(bridge_port),
-            "SYNCTRAIL_BRIDGE_TOKENS": TOKEN,
-            "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(work / "spool"),
-            "SYNCTRAIL_LOG_LEVEL": "WARNING",
-        }
-        bridge_cmd = [sys.executable, "-m", "connectors.cli", "bridge"]
-        bare_cmd = [sys.executable, "-m", "bench.bridge", "--serve-bare", str(bare_port)]
-        naive_cmd = [sys.executable, "-m", "bench.bridge", "--serve-naive", str(naive_port)]
-        naive_cmd += [broker.bootstrap, SYNC_EVENTS.address(prefix)]
-        with (
-            _child(bridge_cmd, env, work / "bridge.log") as bridge_proc,
-            _child(bare_cmd, env, work / "bare.log") as bare_proc,
-            _child(naive_cmd, env, work / "naive.log") as naive_proc,
-        ):
-            bridge_url = f"http://127.0.0.1:{bridge_port}"
-            bare_url = f"http://127.0.0.1:{bare_port}"
-            naive_url = f"http://127.0.0.1:{naive_port}"
-            asyncio.run(_wait_http(f"{bridge_url}/readyz", want='"broker":"up"'))
-            asyncio.run(_wait_http(f"{bare_url}/"))
-            asyncio.run(_wait_http(f"{naive_url}/"))
-            wrk_env = {**os.environ, "BENCH_BODY_FILE": str(BODY), "BENCH_TOKEN": TOKEN}
-            for url in (bare_url, bridge_url, naive_url):  # warm-up
-                run_wrk(f"{url}/v1/sync", 2, lua, wrk_env)
-            bare_runs: list[dict[str, float]] = []
-            bridge_runs: list[dict[str, float]] = []
-            naive_runs: list[dict[str, float]] = []
-            servers = (
-                (bare_runs, bare_url, bare_proc.pid, None),
-                (bridge_runs, bridge_url, bridge_proc.pid, broker.pid),
-                (naive_runs, naive_url, naive_proc.pid, broker.pid),
-            )
-            for _ in range(rounds):
-                for runs, url, pid, broker_pid in servers:
-                    out = run_wrk_measured(f"{url}/v1/sync", seconds, lua, wrk_env, pid, broker_pid)
-                    runs.append(out)
-            # The same steady load on the bridge, on the bare handler (what this machine and
-            # the client add by themselves) and on the broker alone (the acknowledgement).
-            steady: dict[str, list[list[float]]] = {"bridge": [], "bare": [], "kafka": []}
-            body, topic = BODY.read_bytes(), SYNC_EVENTS.address(prefix)
-            for _ in range(paced_rounds):
-                for name, url in (("bridge", bridge_url), ("bare", bare_url)):
-                    run = paced(f"{url}/v1/sync", rate, paced_seconds, body)
-                    steady[name].append(asyncio.run(run))
-                run = paced_kafka(broker.bootstrap, topic, rate, paced_seconds, body)
-                steady["kafka"].append(asyncio.run(run))
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    asyncio.run(ensure_topics(broker.bootstrap, prefix, 8))
+    bridge_port, bare_port, naive_port = _free_port(), _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "SYNCTRAIL_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "SYNCTRAIL_TOPIC_PREFIX": prefix,
+        "SYNCTRAIL_BRIDGE_PORT": str(bridge_port),
+        "SYNCTRAIL_BRIDGE_TOKENS": TOKEN,
+        "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(work / "spool"),
+        "SYNCTRAIL_LOG_LEVEL": "WARNING",
+    }
+    bridge_cmd = [sys.executable, "-m", "connectors.cli", "bridge"]
+    bare_cmd = [sys.executable, "-m", "bench.bridge", "--serve-bare", str(bare_port)]
+    naive_cmd = [sys.executable, "-m", "bench.bridge", "--serve-naive", str(naive_port)]
+    naive_cmd += [broker.bootstrap, SYNC_EVENTS.address(prefix)]
+    with (
+        _child(bridge_cmd, env, work / "bridge.log") as bridge_proc,
+        _child(bare_cmd, env, work / "bare.log") as bare_proc,
+        _child(naive_cmd, env, work / "naive.log") as naive_proc,
+    ):
+        bridge_url = f"http://127.0.0.1:{bridge_port}"
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        naive_url = f"http://127.0.0.1:{naive_port}"
+        asyncio.run(_wait_http(f"{bridge_url}/readyz", want='"broker":"up"'))
+        asyncio.run(_wait_http(f"{bare_url}/"))
+        asyncio.run(_wait_http(f"{naive_url}/"))
+        wrk_env = {**os.environ, "BENCH_BODY_FILE": str(BODY), "BENCH_TOKEN": TOKEN}
+        for url in (bare_url, bridge_url, naive_url):  # warm-up
+            run_wrk(f"{url}/v1/sync", 2, lua, wrk_env)
+        bare_runs: list[dict[str, float]] = []
+        bridge_runs: list[dict[str, float]] = []
+        naive_runs: list[dict[str, float]] = []
+        servers = (
+            (bare_runs, bare_url, bare_proc.pid, None),
+            (bridge_runs, bridge_url, bridge_proc.pid, broker.pid),
+            (naive_runs, naive_url, naive_proc.pid, broker.pid),
+        )
+        for _ in range(rounds):
+            for runs, url, pid, broker_pid in servers:
+                out = run_wrk_measured(f"{url}/v1/sync", seconds, lua, wrk_env, pid, broker_pid)
+                runs.append(out)
+        # The same steady load on the bridge, on the bare handler (what this machine and
+        # the client add by themselves) and on the broker alone (the acknowledgement).
+        steady: dict[str, list[list[float]]] = {"bridge": [], "bare": [], "broker": []}
+        body, topic = BODY.read_bytes(), SYNC_EVENTS.address(prefix)
+        for _ in range(paced_rounds):
+            for name, url in (("bridge", bridge_url), ("bare", bare_url)):
+                run = paced(f"{url}/v1/sync", rate, paced_seconds, body)
+                steady[name].append(asyncio.run(run))
+            run = paced_kafka(broker.bootstrap, topic, rate, paced_seconds, body)
+            steady["broker"].append(asyncio.run(run))
 
     def med(runs: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
     bare_rps, bridge_rps = med(bare_runs, "rps"), med(bridge_runs, "rps")
-    print(f"BENCH bare_req_per_s {bare_rps:.0f} req/s")
-    print(f"BENCH bridge_req_per_s {bridge_rps:.0f} req/s")
-    print(f"BENCH bridge_ratio {bridge_rps / bare_rps:.2f} x")
+    lines: list[str] = []
+    lines.append(f"bare_req_per_s {bare_rps:.0f} req/s")
+    lines.append(f"bridge_req_per_s {bridge_rps:.0f} req/s")
+    lines.append(f"bridge_ratio {bridge_rps / bare_rps:.2f} x")
     # Each round's bridge run against the bare run just before it: the spread shows how much
     # of a difference between two `make bench` runs is the machine.
     paired = [b["rps"] / a["rps"] for a, b in zip(bare_runs, bridge_runs, strict=True)]
-    print(f"BENCH bridge_ratio_round_min {min(paired):.2f} x")
-    print(f"BENCH bridge_ratio_round_max {max(paired):.2f} x")
+    lines.append(f"bridge_ratio_round_min {min(paired):.2f} x")
+    lines.append(f"bridge_ratio_round_max {max(paired):.2f} x")
     naive_rps = med(naive_runs, "rps")
-    print(f"BENCH naive_req_per_s {naive_rps:.0f} req/s")
-    print(f"BENCH naive_ratio {naive_rps / bare_rps:.2f} x")
-    print(f"BENCH bridge_vs_naive {bridge_rps / naive_rps:.2f} x")
-    print(f"BENCH bare_cpu_us_per_req {med(bare_runs, 'cpu_us'):.0f} us")
-    print(f"BENCH bridge_cpu_us_per_req {med(bridge_runs, 'cpu_us'):.0f} us")
-    print(f"BENCH bridge_broker_cpu_us_per_req {med(bridge_runs, 'broker_cpu_us'):.0f} us")
-    print(f"BENCH naive_cpu_us_per_req {med(naive_runs, 'cpu_us'):.0f} us")
-    print(f"BENCH bare_p50_ms {med(bare_runs, 'p50'):.2f} ms")
-    print(f"BENCH bare_p99_ms {med(bare_runs, 'p99'):.2f} ms")
-    print(f"BENCH bridge_p50_ms {med(bridge_runs, 'p50'):.2f} ms")
-    print(f"BENCH bridge_p99_ms {med(bridge_runs, 'p99'):.2f} ms")
-    print(f"BENCH bridge_non_2xx {sum(r['errors'] for r in bridge_runs):.0f} responses")
-    for name in ("bridge", "bare", "kafka"):
+    lines.append(f"naive_req_per_s {naive_rps:.0f} req/s")
+    lines.append(f"naive_ratio {naive_rps / bare_rps:.2f} x")
+    lines.append(f"bridge_vs_naive {bridge_rps / naive_rps:.2f} x")
+    lines.append(f"bare_cpu_us_per_req {med(bare_runs, 'cpu_us'):.0f} us")
+    lines.append(f"bridge_cpu_us_per_req {med(bridge_runs, 'cpu_us'):.0f} us")
+    lines.append(f"bridge_broker_cpu_us_per_req {med(bridge_runs, 'broker_cpu_us'):.0f} us")
+    lines.append(f"naive_cpu_us_per_req {med(naive_runs, 'cpu_us'):.0f} us")
+    lines.append(f"bare_p50_ms {med(bare_runs, 'p50'):.2f} ms")
+    lines.append(f"bare_p99_ms {med(bare_runs, 'p99'):.2f} ms")
+    lines.append(f"bridge_p50_ms {med(bridge_runs, 'p50'):.2f} ms")
+    lines.append(f"bridge_p99_ms {med(bridge_runs, 'p99'):.2f} ms")
+    lines.append(f"bridge_non_2xx {sum(r['errors'] for r in bridge_runs):.0f} responses")
+    for name in ("bridge", "bare", "broker"):
         for q in (50, 99):
             value = statistics.median(_pct(run, q / 100) for run in steady[name])
-            print(f"BENCH {name}_p{q}_at_{rate}_rps_ms {value:.2f} ms")
-    return 0
+            lines.append(f"{name}_p{q}_at_{rate}_rps_ms {value:.2f} ms")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +457,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=1000, help="steady rate for the p99 figure")
     parser.add_argument("--paced-seconds", type=float, default=8.0, help="length of those runs")
     parser.add_argument(
-        "--paced-rounds", type=int, default=3, help="alternating bridge/bare/kafka steady runs"
+        "--paced-rounds", type=int, default=3, help="alternating bridge/bare/broker steady runs"
+    )
+    parser.add_argument(
+        "--broker",
+        choices=(*brokers.BROKERS, "both"),
+        default="both",
+        help="the broker(s) to run on, one after the other (default: both)",
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-naive", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
@@ -439,7 +475,14 @@ def main(argv: list[str] | None = None) -> int:
         port, bootstrap, topic = args.serve_naive
         serve_naive(int(port), bootstrap, topic)
         return 0
-    return bench(args.seconds, args.rounds, args.rate, args.paced_seconds, args.paced_rounds)
+    return bench(
+        args.seconds,
+        args.rounds,
+        args.rate,
+        args.paced_seconds,
+        args.paced_rounds,
+        args.broker,
+    )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Stream benchmark: the real worker against a raw aiokafka passthrough, same broker, same run.
 
-``python -m bench.stream`` (``make bench``) starts the embedded broker and runs, in order:
+``python -m bench.stream`` (``make bench``) starts each broker in turn (``--broker``: the embedded
+one and Apache Kafka, see ``bench.brokers``) and runs on it, in order:
 
 1. **Raw baseline** (``raw_events_per_s``): N sync-event records (built from
    ``examples/payloads/03-guestbook-rev-b.json``, 2,598-byte body, ~2.7 KB record) are produced
    to a topic of their own; then a child process consumes them (aiokafka, up to 500 per fetch),
    parses each with orjson and produces it to an output topic, awaiting the acks (``acks=all``)
-   once per fetched batch, with aiokafka's default 16384-byte producer batches.
+   once per fetched batch, with aiokafka's default 16384-byte producer batches. It runs twice,
+   measured the second time only: the first warms the broker up (a fresh JVM compiles as it
+   goes), as the preload does before the worker's timed round. ``raw_cpu_us_per_event`` and
+   ``raw_broker_cpu_us_per_event`` are the CPU time the passthrough and the broker used.
 2. **Preload**: a ``synctrail worker`` child (default settings) processes the first deploy of each of A apps (10,000); its RSS is read from
    ``/proc/<pid>/status`` (``worker_rss_preload_mb``). It is then stopped (SIGTERM).
 3. **Recovery and throughput** (``recovery_s``, ``stream_events_per_s``): N more deploys (two
@@ -32,11 +36,24 @@
    bridge, worker and broker share the 2 cores; the client does not collect garbage during the
    run (``bench.loadgen``).
 
+**Processing guarantee** (``--processing-guarantee at_least_once|exactly_once|both``, default
+``at_least_once``): the workers get ``SYNCTRAIL_PROCESSING_GUARANTEE``, and every phase above
+runs once per guarantee, each on topics of its own. ``exactly_once`` runs on Apache Kafka only
+(the embedded broker has no transactions); there the raw baseline is transactional too: a
+transactional producer commits each fetched batch's outputs with the batch's input offsets
+(``send_offsets_to_transaction``), and the passthrough and this process read
+``read_committed``. The e2e latency is still taken from the records' timestamps, i.e. when the
+worker's producer sent them, not when their transaction committed (which a ``read_committed``
+reader waits for).
+
 ``*_lost_events`` counts events that reached sync-events but never produced a deployment
 record (it must be 0); the waits end once the worker reports no lag and has been quiet for
 6 s, so a loss is reported rather than hanging the run.
 
-Output: one ``BENCH <name> <value> <unit>`` line per figure; progress goes to stderr.
+Output: one ``BENCH <name> <value> <unit>`` line per figure, named ``<broker>.<figure>``
+(``BENCH kafka.stream_events_per_s``), and ``<broker>.exactly_once.<figure>`` for the
+exactly-once runs; ``stream_ratio`` is ``stream_events_per_s`` over ``raw_events_per_s`` of the
+same name prefix: same broker, same guarantee, same run. Progress goes to stderr.
 ``--profile DIR`` samples the draining workers with py-spy (collapsed stacks); ``--keep``
 keeps the child processes' logs.
 """
@@ -64,8 +81,9 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench import brokers
 from bench.loadgen import cpu_seconds, no_collector_pauses
-from connectors.broker import EmbeddedBroker, ensure_topics, free_port
+from connectors.broker import ensure_topics, free_port
 from connectors.offsets import log_end_offsets
 from streams.topics import DEPLOYMENTS, SYNC_EVENTS, TopicSpec
 
@@ -81,6 +99,8 @@ TEMPLATE_STARTED = datetime(2026, 7, 7, 14, 2, 11, tzinfo=UTC)
 TEMPLATE_FINISHED = datetime(2026, 7, 7, 14, 3, 5, tzinfo=UTC)
 RAW_IN = TopicSpec("bench-raw-in", "raw", "raw passthrough input")
 RAW_OUT = TopicSpec("bench-raw-out", "raw", "raw passthrough output")
+RAW_WARM_UP = TopicSpec("bench-raw-warm-up", "raw", "raw passthrough output, not measured")
+GUARANTEES = ("at_least_once", "exactly_once")
 
 
 def say(message: str) -> None:
@@ -165,7 +185,7 @@ class Read:
 class TopicReader:
     """End offsets and reads of one topic, without a consumer group."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, committed: bool = False) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -175,6 +195,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=50,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            isolation_level="read_committed" if committed else "read_uncommitted",
         )
 
     async def __aenter__(self) -> TopicReader:
@@ -190,7 +211,11 @@ class TopicReader:
         return await log_end_offsets(self.consumer, self.tps)
 
     async def read(self, start: dict[TopicPartition, int], end: dict[TopicPartition, int]) -> Read:
-        """Every record between ``start`` and ``end``."""
+        """Every record between ``start`` and ``end``.
+
+        A partition is done once the consumer's position reaches ``end``: with transactions
+        the last offsets are commit markers, which the consumer skips without returning them.
+        """
         out = Read()
         for tp in self.tps:
             self.consumer.seek(tp, start[tp])
@@ -204,9 +229,26 @@ class TopicReader:
                         out.values.append(m.value)
                         out.partitions.append(m.partition)
                         out.offsets.append(m.offset)
-                if messages and messages[-1].offset + 1 >= end[tp]:
+            for tp in list(remaining):
+                if await self.consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
         return out
+
+    async def read_new(
+        self, start: dict[TopicPartition, int], count: int, settle_s: float = 10.0
+    ) -> Read:
+        """The records after ``start``, once there are ``count`` of them (or ``settle_s`` passed).
+
+        A worker counts a record as deployed when it sends it; under exactly-once a
+        ``read_committed`` reader sees it only once its transaction has committed, a moment
+        later. Without transactions the first read is already complete.
+        """
+        deadline = time.monotonic() + settle_s
+        while True:
+            read = await self.read(start, await self.ends())
+            if len(read.values) >= count or time.monotonic() > deadline:
+                return read
+            await asyncio.sleep(0.2)
 
 
 def middle_rate(timestamps_ms: list[int], share: float = 0.8) -> float:
@@ -221,15 +263,28 @@ def middle_rate(timestamps_ms: list[int], share: float = 0.8) -> float:
 # --- the raw passthrough (child process) ------------------------------------------------------
 
 
-async def raw_passthrough(bootstrap: str, source: str, target: str, count: int, batch: int) -> None:
-    """Consume ``count`` records from ``source``, parse each with orjson, produce to ``target``."""
+async def raw_passthrough(
+    bootstrap: str, source: str, target: str, count: int, batch: int, guarantee: str
+) -> None:
+    """Consume ``count`` records from ``source``, parse each with orjson, produce to ``target``.
+
+    With ``exactly_once``, each fetched batch's outputs and its input offsets (for a group of
+    its own) commit in one transaction, and the input is read ``read_committed``.
+    """
+    transactional = guarantee == "exactly_once"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        isolation_level="read_committed" if transactional else "read_uncommitted",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_batch_size=batch)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        max_batch_size=batch,
+        transactional_id=f"{target}-raw" if transactional else None,
+    )
     await consumer.start()
     await producer.start()
     try:
@@ -237,12 +292,20 @@ async def raw_passthrough(bootstrap: str, source: str, target: str, count: int, 
         done = 0
         while done < count:
             batches = await consumer.getmany(timeout_ms=100, max_records=500)
+            if not batches:
+                continue
+            if transactional:
+                await producer.begin_transaction()
             futures = []
             for messages in batches.values():
                 for m in messages:
                     value = orjson.loads(m.value)
                     futures.append(await producer.send(target, orjson.dumps(value), key=m.key))
             await asyncio.gather(*futures)
+            if transactional:
+                offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
+                await producer.send_offsets_to_transaction(offsets, f"{target}-raw")
+                await producer.commit_transaction()
             done += len(futures)
     finally:
         await producer.stop()
@@ -334,6 +397,12 @@ class Bench:
     log_level: str = "WARNING"
     profile: Path | None = None
     broker_pid: int | None = None
+    guarantee: str = "at_least_once"
+
+    @property
+    def committed(self) -> bool:
+        """Read ``read_committed``: the outputs are written in transactions."""
+        return self.guarantee == "exactly_once"
 
     def figure(self, name: str, value: float, unit: str) -> None:
         self.figures.append((name, value, unit))
@@ -365,6 +434,7 @@ class Bench:
             "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": "6",
             "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
             "SYNCTRAIL_LOG_LEVEL": self.log_level,
+            "SYNCTRAIL_PROCESSING_GUARANTEE": self.guarantee,
         }
         log = self.work / f"worker-{self.started_workers}.log"
         return self.child(["connectors.cli", "worker"], env, log), f"http://127.0.0.1:{port}"
@@ -381,28 +451,33 @@ class Bench:
             child.stop(10)
 
     async def raw(self, items: list[tuple[bytes, bytes]]) -> None:
-        """The baseline, with aiokafka's default producer batches and with 1-byte batches."""
+        """The baseline: the passthrough once unmeasured, then once measured.
+
+        The first pass warms the broker up as the preload does before the worker's timed
+        round: a fresh Apache Kafka JVM spent 2-3x the CPU on its first 20,000 records (JIT
+        compilation) that it spent on the next, on the two cores the passthrough shares.
+        """
         await produce_all(self.bootstrap, self.topic(RAW_IN), items)
-        for spec, batch, name in ((RAW_OUT, 16384, "raw_events_per_s"),):
-            args = ["bench.stream", "--raw-passthrough", self.bootstrap, self.topic(RAW_IN)]
-            args += [self.topic(spec), str(len(items)), str(batch)]
-            broker_cpu = cpu_seconds(self.broker_pid)
-            child = self.child(args, {}, self.work / f"raw-{batch}.log")
-            await asyncio.to_thread(child.process.wait, 300)
-            if child.process.returncode != 0:
-                raise RuntimeError(f"raw passthrough failed:\n{child.log.read_text()[-3000:]}")
-            async with TopicReader(self.bootstrap, self.topic(spec)) as reader:
-                read = await reader.read({tp: 0 for tp in reader.tps}, await reader.ends())
-            self.figure(name, middle_rate(read.timestamps), "events/s")
-            cpu = orjson.loads(child.log.read_text().splitlines()[-1])["cpu_s"]
-            say(
-                f"raw: passthrough {cpu:.1f}s CPU, broker {cpu_seconds(self.broker_pid) - broker_cpu:.1f}s CPU"
-            )
-            self.figure(
-                f"{name.removesuffix('_events_per_s')}_cpu_us_per_event",
-                cpu / len(items) * 1e6,
-                "us",
-            )
+        await self.passthrough(RAW_WARM_UP, len(items))
+        broker_before = cpu_seconds(self.broker_pid)
+        cpu = await self.passthrough(RAW_OUT, len(items))
+        broker_cpu = cpu_seconds(self.broker_pid) - broker_before
+        say(f"raw: passthrough {cpu:.1f}s CPU, broker {broker_cpu:.1f}s CPU")
+        async with TopicReader(self.bootstrap, self.topic(RAW_OUT), self.committed) as reader:
+            read = await reader.read({tp: 0 for tp in reader.tps}, await reader.ends())
+        self.figure("raw_events_per_s", middle_rate(read.timestamps), "events/s")
+        self.figure("raw_cpu_us_per_event", cpu / len(items) * 1e6, "us")
+        self.figure("raw_broker_cpu_us_per_event", broker_cpu / len(items) * 1e6, "us")
+
+    async def passthrough(self, target: TopicSpec, count: int) -> float:
+        """Run the raw passthrough (a child process) from RAW_IN to ``target``; its CPU seconds."""
+        args = ["bench.stream", "--raw-passthrough", self.bootstrap, self.topic(RAW_IN)]
+        args += [self.topic(target), str(count), "16384", self.guarantee]
+        child = self.child(args, {}, self.work / f"{target.name}.log")
+        await asyncio.to_thread(child.process.wait, 300)
+        if child.process.returncode != 0:
+            raise RuntimeError(f"raw passthrough failed:\n{child.log.read_text()[-3000:]}")
+        return float(orjson.loads(child.log.read_text().splitlines()[-1])["cpu_s"])
 
     async def preload(self, deployments: TopicReader) -> None:
         """Worker 1 takes every app's first deploy; its RSS then counts A apps of state."""
@@ -444,7 +519,7 @@ class Bench:
             f"drain: {time.monotonic() - cpu[2]:.1f}s wall (from /readyz), "
             f"worker {worker_cpu:.1f}s CPU, broker {broker_cpu:.1f}s CPU"
         )
-        read = await deployments.read(start, await deployments.ends())
+        read = await deployments.read_new(start, len(items))
         lost = len(items) - len(read.values)
         self.figure(f"{label}_lost_events", lost, "events")
         if lost:
@@ -490,7 +565,7 @@ class Bench:
             self.figure("worker_rss_mb", max(worker.rss_mb(), self._preload_rss()), "MiB")
         finally:
             bridge.stop()
-        read = await deployments.read(start, await deployments.ends())
+        read = await deployments.read_new(start, len(accepted))
         written = {
             orjson.loads(value)["delivery_id"]: ts / 1000
             for value, ts in zip(read.values, read.timestamps, strict=True)
@@ -631,7 +706,7 @@ async def paced_post(url: str, bodies: list[bytes], rate: int) -> dict[str, floa
 
 async def run_all(bench: Bench, rate: int, seconds: float) -> None:
     """Every phase, in the order the module docstring gives."""
-    topics = [RAW_IN, RAW_OUT]
+    topics = [RAW_IN, RAW_OUT, RAW_WARM_UP]
     await ensure_topics(bench.bootstrap, bench.prefix, PARTITIONS)
     await ensure_topics(bench.bootstrap, bench.prefix, PARTITIONS, topics=topics)
     say(f"building {bench.events} payloads")
@@ -640,7 +715,9 @@ async def run_all(bench: Bench, rate: int, seconds: float) -> None:
     say(f"mean sync-event record {size:.0f} bytes, body {len(envelope_body(bench.template, 0, 1))}")
     await bench.raw(raw_items)
     del raw_items
-    async with TopicReader(bench.bootstrap, bench.topic(DEPLOYMENTS)) as deployments:
+    async with TopicReader(
+        bench.bootstrap, bench.topic(DEPLOYMENTS), bench.committed
+    ) as deployments:
         await bench.preload(deployments)
         worker, url = await bench.throughput_and_recovery(deployments)
         try:
@@ -649,12 +726,71 @@ async def run_all(bench: Bench, rate: int, seconds: float) -> None:
             worker.stop()
 
 
+def runs(broker_option: str, guarantee_option: str) -> list[tuple[str, str]]:
+    """The (broker, guarantee) pairs to run, in order; exactly-once only where transactions are."""
+    guarantees = list(GUARANTEES) if guarantee_option == "both" else [guarantee_option]
+    chosen = [
+        (broker, guarantee)
+        for broker in brokers.chosen(broker_option)
+        for guarantee in guarantees
+        if not (broker == "embedded" and guarantee == "exactly_once")
+    ]
+    if "exactly_once" in guarantees and "kafka" not in brokers.chosen(broker_option):
+        say("exactly_once needs Apache Kafka (the embedded broker has no transactions): skipped")
+    if not chosen:
+        raise SystemExit("nothing to run: exactly_once runs on --broker kafka (or both) only")
+    return chosen
+
+
+def run_name(broker: str, guarantee: str) -> str:
+    """The name prefix of a run's figures: ``kafka``, ``kafka.exactly_once``."""
+    return broker if guarantee == "at_least_once" else f"{broker}.{guarantee}"
+
+
+ORDER = [
+    "raw_events_per_s",
+    "stream_events_per_s",
+    "stream_ratio",
+    "raw_cpu_us_per_event",
+    "stream_cpu_us_per_event",
+    "raw_broker_cpu_us_per_event",
+    "stream_broker_cpu_us_per_event",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "recovery_s",
+    "worker_rss_mb",
+]
+
+
+def report(name: str, figures: list[tuple[str, float, str]]) -> list[str]:
+    """The BENCH lines of one run, ``stream_ratio`` added, each named with the run."""
+    by_name = {figure: (value, unit) for figure, value, unit in figures}
+    stream, raw = by_name["stream_events_per_s"][0], by_name["raw_events_per_s"][0]
+    by_name["stream_ratio"] = (stream / raw, "x")
+    return [
+        f"BENCH {name}.{figure} {by_name[figure][0]:.2f} {by_name[figure][1]}"
+        for figure in [n for n in ORDER if n in by_name] + [n for n in by_name if n not in ORDER]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.stream``."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.stream",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--broker",
+        choices=(*brokers.BROKERS, "both"),
+        default="both",
+        help="the broker(s) to run on, one after the other (default: both)",
+    )
+    parser.add_argument(
+        "--processing-guarantee",
+        choices=(*GUARANTEES, "both"),
+        default="at_least_once",
+        help="the workers' SYNCTRAIL_PROCESSING_GUARANTEE; exactly_once runs on Apache Kafka only",
     )
     parser.add_argument("--apps", type=int, default=10_000, help="apps with state (A)")
     parser.add_argument("--events", type=int, default=20_000, help="events per timed round (N)")
@@ -667,58 +803,55 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the draining workers with py-spy (collapsed stacks written to this folder)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
-    parser.add_argument("--raw-passthrough", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-passthrough", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.profile is not None:
         _py_spy()  # fail before the run, not in the middle of it
     if args.raw_passthrough:
-        bootstrap, source, target, count, batch = args.raw_passthrough
-        asyncio.run(raw_passthrough(bootstrap, source, target, int(count), int(batch)))
+        bootstrap, source, target, count, batch, guarantee = args.raw_passthrough
+        run = raw_passthrough(bootstrap, source, target, int(count), int(batch), guarantee)
+        asyncio.run(run)
         return 0
 
+    plan = runs(args.broker, args.processing_guarantee)
     work = Path(tempfile.mkdtemp(prefix="synctrail-bench-stream-"))
-    broker = EmbeddedBroker(log_path=work / "broker.log")
-    broker.start_sync()
-    bench = Bench(
-        broker_pid=broker.pid,
-        bootstrap=broker.bootstrap,
-        prefix=f"bench{uuid.uuid4().hex[:6]}.",
-        work=work,
-        template=TEMPLATE.read_text(),
-        apps=args.apps,
-        events=args.events,
-        log_level=args.log_level,
-        profile=args.profile,
-    )
+    template = TEMPLATE.read_text()
     began = time.monotonic()
     try:
-        asyncio.run(run_all(bench, args.rate, args.seconds))
+        for broker_name in dict.fromkeys(broker for broker, _ in plan):
+            with brokers.running(broker_name, work / broker_name) as broker:
+                say(f"{broker_name} broker on {broker.bootstrap} (pid {broker.pid})")
+                for guarantee in [g for b, g in plan if b == broker_name]:
+                    name = run_name(broker_name, guarantee)
+                    run_work = work / name
+                    run_work.mkdir(parents=True, exist_ok=True)
+                    bench = Bench(
+                        broker_pid=broker.pid,
+                        bootstrap=broker.bootstrap,
+                        prefix=f"bench{uuid.uuid4().hex[:6]}.",
+                        work=run_work,
+                        template=template,
+                        apps=args.apps,
+                        events=args.events,
+                        log_level=args.log_level,
+                        profile=args.profile / name if args.profile else None,
+                        guarantee=guarantee,
+                    )
+                    say(f"run {name}: {guarantee} on the {broker_name} broker")
+                    try:
+                        asyncio.run(run_all(bench, args.rate, args.seconds))
+                    finally:
+                        bench.stop_children()
+                    for line in report(name, bench.figures):  # now: a later run may fail
+                        print(line, flush=True)
     except BaseException:
         say(f"failed; logs kept in {work}")
         raise
-    finally:
-        bench.stop_children()
-        broker.stop()
     say(f"done in {time.monotonic() - began:.0f}s")
     if args.keep:
         say(f"logs kept in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    figures = {name: (value, unit) for name, value, unit in bench.figures}
-    stream, raw = figures["stream_events_per_s"][0], figures["raw_events_per_s"][0]
-    figures["stream_ratio"] = (stream / raw, "x")
-    order = [
-        "raw_events_per_s",
-        "stream_events_per_s",
-        "stream_ratio",
-        "e2e_p50_ms",
-        "e2e_p99_ms",
-        "recovery_s",
-        "worker_rss_mb",
-    ]
-    for name in order + [n for n in figures if n not in order]:
-        value, unit = figures[name]
-        print(f"BENCH {name} {value:.2f} {unit}", flush=True)
     return 0
 
 
