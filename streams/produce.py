@@ -36,14 +36,21 @@ class OutputProducer:
     """Sends many keyed records at once and returns when the broker has them all."""
 
     def __init__(
-        self, bootstrap: list[str], *, max_batch_bytes: int, client_id: str = "synctrail-worker"
+        self,
+        bootstrap: list[str],
+        *,
+        max_batch_bytes: int,
+        client_id: str = "synctrail-worker",
+        transactional_id: str | None = None,
     ) -> None:
+        # transactional_id: see streams.transactions (sends then need an open transaction)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
             max_batch_size=max_batch_bytes,
             linger_ms=0,
+            transactional_id=transactional_id,
         )
         self._partition_counts: dict[str, int] = {}
         self._partition_of: dict[tuple[bytes, int], int] = {}
