@@ -79,6 +79,7 @@ class Exporter:
             group_id=None,  # manual assignment, nothing committed: every start replays
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # never what an aborted worker transaction wrote
         )
         await consumer.start()
         try:
