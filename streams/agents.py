@@ -16,6 +16,9 @@ broker acknowledges the last one: one round trip per batch instead of two on the
 event. Its outputs are handed to the producer at once, behind the earlier batches' on every
 partition; decided states wait in :attr:`Flusher.pending` (read before the table) until their
 outputs are acknowledged, because a state must never be durable before its outputs are.
+
+With ``SYNCTRAIL_PROCESSING_GUARANTEE=exactly_once``, :mod:`streams.transactions` writes each
+partition's outputs, states and offsets in one transaction instead (same decisions, no repeats).
 """
 
 from __future__ import annotations
