@@ -27,8 +27,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from connectors.broker import ensure_topics
 from streams.policy import load_policy_file
 from streams.policy_publish import publish_rules
+from streams.produce import kafka_partition
+from streams.transactions import transactional_id
 from tests.e2e.harness import FixtureEvent, Worker, synthetic_events
-from tests.support import Service, produce, read_topic, wait_for
+from tests.support import Service, produce, read_topic, wait_for, wait_for_records
 
 APPS, EVENTS = 2000, 5000
 OUTPUTS = ("deployments", "notifications", "metrics", "violations", "remediations")
@@ -284,3 +286,34 @@ async def test_exactly_once_on_the_embedded_broker_stops_at_start_naming_the_set
     stderr_line = worker.log().strip().splitlines()[-1]
     assert stderr_line.startswith("synctrail worker: SYNCTRAIL_PROCESSING_GUARANTEE=exactly_once")
     assert "transactions" in stderr_line and "at_least_once" in stderr_line
+
+
+async def test_a_fenced_worker_exits_without_committing_and_its_restart_writes_once(
+    apache_kafka, prefix, kafka_worker
+):
+    bootstrap = apache_kafka.bootstrap
+    first, second = synthetic_events(apps=1, deploys=2)
+    worker = kafka_worker("exactly_once")
+    await worker.wait_ready()
+    await produce(bootstrap, f"{prefix}sync-events", [(first.key.encode(), first.raw)])
+    await wait_for_records(bootstrap, f"{prefix}deployments", 1)
+
+    # another producer takes the worker's transactional id: what a new owner does
+    partition = kafka_partition(first.key.encode(), 8)
+    group = worker.env["SYNCTRAIL_WORKER_ID"]
+    usurper = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id(group, f"{prefix}sync-events", partition),
+    )
+    await usurper.start()
+    await usurper.stop()
+    await produce(bootstrap, f"{prefix}sync-events", [(second.key.encode(), second.raw)])
+    assert worker.process is not None
+    await wait_for(lambda: worker.process.poll() is not None, timeout=60, what="the exit")
+    assert worker.process.returncode == 75
+    assert "has another owner now (producer fenced)" in worker.log()
+
+    restarted = kafka_worker("exactly_once")
+    await restarted.wait_ready()
+    deployments = await wait_for_records(bootstrap, f"{prefix}deployments", 2)
+    assert [d.value["delivery_id"] for d in deployments] == ["svc-000#0", "svc-000#1"]
