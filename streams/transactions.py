@@ -125,6 +125,7 @@ class TransactionalFlusher(Flusher):
         self._queues: dict[int, asyncio.Queue[Batch]] = {}
         self._writers: dict[int, asyncio.Task[None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._unwritten = 0  # batches submitted, neither committed nor dropped yet
 
     # -- ownership ----------------------------------------------------------------------------
 
@@ -138,6 +139,11 @@ class TransactionalFlusher(Flusher):
         async with contextlib.AsyncExitStack() as held:
             for partition in sorted(set(self._producers) | partitions):
                 await held.enter_async_context(self._lock(partition))
+            if self._unwritten:
+                # Faust's revoke waits until every event it delivered is acknowledged, so this
+                # does not happen; if it did, those batches were decided for an ownership that
+                # may have ended, and neither writing nor dropping them alone is safe.
+                _exit("batches decided before this rebalance are still unwritten")
             old, self._producers = self._producers, {}
             await asyncio.gather(*(p.stop() for p in old.values()), return_exceptions=True)
             settings = self.topology.settings
@@ -174,6 +180,7 @@ class TransactionalFlusher(Flusher):
             event.message.incref()  # not committable when the agent's take acks it
         for key, (_, state) in batch.states.items():
             self.pending[key] = state
+        self._unwritten += 1
         queue = self._queues.get(partition)
         if queue is None:
             queue = self._queues[partition] = asyncio.Queue(QUEUE_DEPTH)
@@ -209,6 +216,7 @@ class TransactionalFlusher(Flusher):
                 _exit(f"partition {partition} has another owner now (producer fenced)")
             except Exception:
                 _exit(f"could not commit a transaction for partition {partition}")
+            self._unwritten -= len(batches)
             for _ in batches:
                 queue.task_done()
 

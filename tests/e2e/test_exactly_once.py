@@ -293,6 +293,11 @@ async def test_a_fenced_worker_exits_without_committing_and_its_restart_writes_o
 ):
     bootstrap = apache_kafka.bootstrap
     first, second = synthetic_events(apps=1, deploys=2)
+    # A first start creates the changelog topic. (A brand-new group's first table write can
+    # meet a consumer that has not seen the new topic's partitions yet and exit: not tested.)
+    worker = kafka_worker("exactly_once")
+    await worker.wait_ready()
+    assert worker.stop() == 0
     worker = kafka_worker("exactly_once")
     await worker.wait_ready()
     await produce(bootstrap, f"{prefix}sync-events", [(first.key.encode(), first.raw)])
