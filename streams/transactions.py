@@ -17,7 +17,9 @@ fix 4, for the parts reached inside Faust):
   (re)started in ``App.before_assignment``, before Faust recovers tables or seeks: starting one
   fences the partition's previous owner and aborts its open transaction, so the changelog
   recovery and the committed offsets that follow are final. Faust's revoke handling first waits
-  until every event it delivered is acknowledged, i.e. its transaction committed.
+  until every event it delivered is acknowledged, i.e. its transaction committed; a batch still
+  unwritten at an assignment would belong to an ownership that may have ended, and ends the
+  process instead.
 - The agent decides each partition's events of a take as a batch of its own; a writer task per
   partition commits what is queued for it in one transaction (under load, several batches), in
   order. Decisions run ahead of the commits as in ``streams.agents.Flusher`` (states decided
