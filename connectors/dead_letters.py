@@ -136,6 +136,7 @@ async def replay(
             group_id=settings.dead_letter_replay_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # never what an aborted worker transaction wrote
         )
     )
     producer = AIOKafkaProducer(**producer_args(settings, acks="all"))

@@ -4,11 +4,13 @@ The embedded Tansu broker answers ListOffsets(latest) with the base offset of a 
 record batch + 1, not the offset after its last record. Anything that reads "to the end" (state
 rebuilds, the exporter's catch-up, replays, tools) would stop short whenever that batch held
 several records. ``log_end_offsets`` reads the last batch and takes its last record's offset + 1;
-on Apache Kafka that equals what ListOffsets says, so the correction is harmless there.
+on Apache Kafka that equals what ListOffsets says, so the correction is harmless there (where
+the last offset is a transaction marker, the read finds nothing and the reported end holds).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,10 +29,18 @@ async def log_end_offsets(
             end = reported[tp]
             if end > 0:
                 consumer.seek(tp, end - 1)
-                fetched = await consumer.getmany(tp, timeout_ms=timeout_ms)
-                records = fetched.get(tp, [])
-                if records:
-                    end = max(end, records[-1].offset + 1)
+                deadline = time.monotonic() + timeout_ms / 1000
+                # Short polls: where end - 1 is a transaction marker (never delivered) the
+                # position moves past it with nothing to return, and one long poll would wait
+                # its whole timeout for records that are not there.
+                while time.monotonic() < deadline:
+                    fetched = await consumer.getmany(tp, timeout_ms=20)
+                    records = fetched.get(tp, [])
+                    if records:
+                        end = max(end, records[-1].offset + 1)
+                        break
+                    if await consumer.position(tp) >= end:
+                        break
             ends[tp] = end
     finally:
         for tp, position in positions.items():

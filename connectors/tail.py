@@ -69,7 +69,10 @@ async def tail(
 ) -> int:
     """Print ``topic``'s records; returns the number printed (runs until cancelled if following)."""
     consumer = AIOKafkaConsumer(
-        **connection(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
+        **connection(bootstrap),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # never what an aborted worker transaction wrote
     )
     await consumer.start()
     try:

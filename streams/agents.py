@@ -16,6 +16,9 @@ broker acknowledges the last one: one round trip per batch instead of two on the
 event. Its outputs are handed to the producer at once, behind the earlier batches' on every
 partition; decided states wait in :attr:`Flusher.pending` (read before the table) until their
 outputs are acknowledged, because a state must never be durable before its outputs are.
+
+With ``SYNCTRAIL_PROCESSING_GUARANTEE=exactly_once``, :mod:`streams.transactions` writes each
+partition's outputs, states and offsets in one transaction instead (same decisions, no repeats).
 """
 
 from __future__ import annotations
@@ -289,6 +292,11 @@ class Flusher:
             if self.pending.get(key) is state:  # a later batch may have decided it again
                 del self.pending[key]
         apps.changelog_acknowledged(await self.outputs.send_placed(apps.take_changelog()))
+        self._written(batch)
+
+    def _written(self, batch: Batch) -> None:
+        """The batch's outputs and states are durable: let its offsets commit, count it."""
+        topology = self.topology
         consumer, on_message_out = topology.app.consumer, topology.app.sensors.on_message_out
         for event in batch.events:
             message = event.message
@@ -313,8 +321,17 @@ def _exit_unwritten() -> None:
 
 
 async def process_sync_events(topology: Topology, stream: Any) -> None:
-    """The agent body: every sync event to a decision, every decision to records."""
+    """The agent body: every sync event to a decision, every decision to records.
+
+    With ``SYNCTRAIL_PROCESSING_GUARANTEE=exactly_once`` the batches are written in
+    transactions instead (``streams.transactions``).
+    """
     settings = topology.settings
+    if topology.transactions is not None:
+        from streams.transactions import process_transactionally  # imports this module
+
+        await process_transactionally(topology.transactions, stream)
+        return
     idempotence, _ = await resolve_idempotence(settings.kafka_idempotence, settings)
     outputs = OutputProducer(
         client_args(settings),
@@ -389,6 +406,11 @@ async def _process(flusher: Flusher, stream: Any) -> None:
 def register(topology: Topology) -> None:
     """Attach the agent and the housekeeping timer to the app."""
     app = topology.app
+    if topology.settings.processing_guarantee == "exactly_once":
+        from streams.transactions import TransactionalFlusher  # imports this module
+
+        topology.transactions = TransactionalFlusher(topology)
+        app.before_assignment.append(topology.transactions.on_assignment)
 
     @app.agent(topology.sync_events, name="process_sync_events")
     async def _agent(stream: Any) -> None:

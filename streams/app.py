@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
@@ -34,6 +34,9 @@ from streams.notify import NotifyConfig
 from streams.routing import parse_routes
 from streams.settings import WorkerSettings
 from streams.topics import POLICY, SYNC_EVENTS
+
+if TYPE_CHECKING:
+    from streams.transactions import TransactionalFlusher
 
 
 class _RawKeyJsonValues:
@@ -158,13 +161,15 @@ class Topology:
     """Everything the agents and views need, built from one ``WorkerSettings``."""
 
     settings: WorkerSettings
-    app: faust.App
+    app: faust_fixes.App
     sync_events: faust.TopicT
     apps: DurableTable
     policy: Any  # faust GlobalTable
     metrics: WorkerMetrics
     notify: NotifyConfig
     decide_context: Context
+    #: with exactly_once: writes the batches in transactions (``streams.transactions``)
+    transactions: TransactionalFlusher | None = None
 
     def topic(self, name: str) -> str:
         """Full name of a synctrail topic."""
@@ -209,7 +214,9 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
+        # never Faust's exactly_once (broken upstream): see faust_fixes fix 4
         processing_guarantee="at_least_once",
+        transactional_outputs=settings.processing_guarantee == "exactly_once",
         producer_acks=-1,
         producer_max_batch_size=settings.kafka_producer_max_batch_bytes,
         broker_session_timeout=settings.broker_session_timeout_s,

@@ -1,4 +1,4 @@
-"""Three corrections to Faust 0.15 that synctrail needs on every broker it runs on.
+"""Corrections to Faust 0.15 that synctrail needs on every broker it runs on, and one mode.
 
 1. **Stream partitions are sought before they are resumed.** After a table recovery, Faust
    resumes the source partitions and only then seeks them to their committed offsets. In the
@@ -25,8 +25,23 @@
    answers a long-poll fetch only at that deadline (Tansu does) adds up to 1.5 s to every
    deploy's latency; ``SYNCTRAIL_WORKER_FETCH_MAX_WAIT_MS`` bounds it.
 
+4. **Exactly-once without Faust's transactions** (``SYNCTRAIL_PROCESSING_GUARANTEE=exactly_once``;
+   Faust's own ``processing_guarantee="exactly_once"`` is broken upstream, faust-streaming
+   517, 177, 323, 440, and ties reading committed data to it). ``streams.transactions`` writes
+   every output, state and consumed offset in its own transactions; here, for such an app
+   (``App(transactional_outputs=True)``): the worker's consumer reads ``read_committed`` (state
+   written by an aborted transaction is never recovered); recovery reads each changelog up to
+   its last *committed record* (``committed_end_offsets``: commit markers take offsets and are
+   never delivered, so the log end or the last stable offset would leave recovery waiting for
+   a record that never comes); Faust's own offset commits are skipped (the transactions commit
+   the offsets; a plain commit of an older offset reaching the group coordinator after a
+   transaction's would move the group back); and ``App.before_assignment`` hooks run before
+   Faust handles a new assignment, so that the transactional producers of the new partitions
+   fence their previous owner before recovery and the seek read anything.
+
 Each overrides a method Faust has no public hook for (``Recovery.on_recovery_completed``,
-``AIOKafkaConsumerThread.getmany``, ``_highwaters`` and ``_create_worker_consumer``);
+``AIOKafkaConsumerThread.getmany``, ``_highwaters``, ``_commit`` and
+``_create_worker_consumer``, ``App._on_partitions_assigned``);
 ``tests/streams/test_faust_fixes.py`` and the worker's restart tests pin the behaviour against
 the real broker, so that a Faust upgrade that moves them fails loudly.
 """
@@ -34,7 +49,8 @@ the real broker, so that a Faust upgrade that moves them fails loudly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, cast
 
 import aiokafka
@@ -67,6 +83,56 @@ async def true_end_offsets(bootstrap: Connection, partitions: Iterable[TP]) -> d
     finally:
         await consumer.stop()
     return {TP(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+
+async def committed_end_offsets(
+    bootstrap: Connection, partitions: Iterable[TP], *, timeout_s: float = 30.0
+) -> dict[TP, int]:
+    """The offset after each partition's last *committed data record*, read ``read_committed``.
+
+    What table recovery must read up to on a transactional changelog (see fix 4): the last
+    stable offset minus the commit and abort markers and aborted records before it. The log is
+    read backwards in growing windows from the last stable offset; a partition without any
+    committed record ends at its first offset.
+    """
+    tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    if not tps:
+        return {}
+    consumer = aiokafka.AIOKafkaConsumer(
+        **connection(bootstrap),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        stable = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
+        first = await consumer.beginning_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        ends: dict[TP, int] = {}
+        for tp in tps:
+            end, high, window = first[tp], stable[tp], 64
+            while high > first[tp]:
+                low = max(first[tp], high - window)
+                consumer.seek(tp, low)
+                last = None
+                # the position moves past markers and aborted records too
+                while await consumer.position(tp) < high:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"could not read {tp} to offset {high}")
+                    fetched = await consumer.getmany(tp, timeout_ms=500)
+                    for record in fetched.get(tp, []):
+                        if record.offset < high:
+                            last = record.offset
+                if last is not None:
+                    end = last + 1
+                    break
+                high, window = low, window * 8
+            ends[TP(tp.topic, tp.partition)] = end
+    finally:
+        await consumer.stop()
+    return ends
 
 
 class _SeekThenResumeRecovery(Recovery):
@@ -138,7 +204,16 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # read by AIOKafkaConsumer.start() when it builds its Fetcher
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        if _transactional(self.app):  # fix 4 (Faust ties this to its own transactions)
+            consumer._isolation_level = "read_committed"
         return consumer
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if _transactional(self.app):  # fix 4: the output transactions commit the offsets
+            now = time.monotonic()  # Faust's livelock warnings read this
+            self.tp_last_committed_at.update({tp: now for tp in offsets})
+            return True
+        return cast(bool, await super()._commit(offsets))
 
     async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         if active_partitions is None:
@@ -152,11 +227,19 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if self.consumer.in_transaction:  # pragma: no cover - synctrail never uses them
             return await super()._highwaters(partitions)
         client_args = getattr(self.app, "client_args", None)
+        bootstrap: Connection
         if client_args:  # the same connection as the app's own clients (TLS, SASL)
-            return await true_end_offsets(client_args, partitions)
-        transport = cast(faust_aiokafka.Transport, self.transport)
-        bootstrap = faust_aiokafka.server_list(transport.url, transport.default_port)
+            bootstrap = client_args
+        else:
+            transport = cast(faust_aiokafka.Transport, self.transport)
+            bootstrap = faust_aiokafka.server_list(transport.url, transport.default_port)
+        if _transactional(self.app):
+            return await committed_end_offsets(bootstrap, partitions)
         return await true_end_offsets(bootstrap, partitions)
+
+
+def _transactional(app: Any) -> bool:
+    return bool(getattr(app, "transactional_outputs", False))
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -178,12 +261,23 @@ class App(faust.App):
         *args: Any,
         fetch_max_wait_ms: int = 1500,
         client_args: Mapping[str, Any] | None = None,
+        transactional_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, TableManager=TableManager, **kwargs)
         self.fetch_max_wait_ms = fetch_max_wait_ms
         # streams.kafka_client.client_args: for the short-lived clients made here
         self.client_args = dict(client_args) if client_args else None
+        #: fix 4: the agent commits outputs, state and offsets in its own transactions
+        self.transactional_outputs = transactional_outputs
+        #: awaited with each new assignment before Faust handles it (recovery, seek)
+        self.before_assignment: list[Callable[[set[TP]], Awaitable[None]]] = []
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
+
+    async def _on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if not self.should_stop:
+            for hook in self.before_assignment:
+                await hook(set(assigned))
+        await super()._on_partitions_assigned(assigned, generation_id)

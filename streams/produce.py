@@ -46,7 +46,9 @@ class OutputProducer:
         max_batch_bytes: int,
         client_id: str = "synctrail-worker",
         enable_idempotence: bool = False,
+        transactional_id: str | None = None,
     ) -> None:
+        # transactional_id: see streams.transactions (sends then need an open transaction)
         self.producer = AIOKafkaProducer(
             **connection(bootstrap),  # plaintext servers, or streams.kafka_client.client_args
             client_id=client_id,
@@ -54,6 +56,7 @@ class OutputProducer:
             enable_idempotence=enable_idempotence,
             max_batch_size=max_batch_bytes,
             linger_ms=0,
+            transactional_id=transactional_id,
         )
         self._partition_counts: dict[str, int] = {}
         self._partition_of: dict[tuple[bytes, int], int] = {}

@@ -268,6 +268,14 @@ class WorkerSettings(CommonSettings):
         "to that much latency to every deploy on brokers that answer long polls only at the "
         "deadline (the embedded one does).",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="`at_least_once`: a worker killed mid-batch re-emits that batch's "
+        "outputs (consumers dedupe by delivery id). `exactly_once`: each input partition's "
+        "outputs, state and consumed offsets commit in one Kafka transaction, and the worker "
+        "reads its changelog read_committed; needs a broker with transactions (Apache Kafka; "
+        "not the embedded one) and the `memory://` store. See docs/operations.md.",
+    )
     broker_session_timeout_s: float = Field(
         10.0, gt=0, description="Consumer session timeout; short values speed up rebalances."
     )

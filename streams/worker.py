@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import sys
 import time
 from typing import Any
 
@@ -21,12 +22,15 @@ from streams.kafka_client import producer_args
 from streams.policy import load_policy_file
 from streams.policy_publish import publish_rules
 from streams.settings import WorkerSettings
+from streams.transactions import TransactionsUnavailable, check_broker, check_configuration
 
 log = logging.getLogger(__name__)
 
 
 async def prepare(settings: WorkerSettings) -> None:
-    """Create synctrail's topics and publish the rules of ``SYNCTRAIL_POLICY_FILE``."""
+    """Create synctrail's topics and publish the rules of ``SYNCTRAIL_POLICY_FILE``; with
+    ``exactly_once``, check that the broker has transactions."""
+    await check_broker(settings)
     await ensure_topics_for(settings)
     if settings.policy_file is None:
         return
@@ -91,7 +95,13 @@ def run(args: argparse.Namespace | None = None) -> int:
     if uvloop is not None:
         # A policy rather than a loop: Faust and mode get their loop from it.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(prepare(settings))
+    try:
+        check_configuration(settings)
+        asyncio.run(prepare(settings))
+    except TransactionsUnavailable as exc:
+        log.error("worker refuses to start", extra={"reason": str(exc)})
+        print(f"synctrail worker: {exc}", file=sys.stderr)
+        return 2
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     topology = build(settings)
     topology.app.on_rebalance_complete.connect(freeze_heap)

@@ -82,9 +82,14 @@ class Record:
 
 
 async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> list[Record]:
-    """Every record currently on ``topic`` (all partitions, from the beginning), no group."""
+    """Every committed record currently on ``topic`` (all partitions, from the beginning), no
+    group; ``read_committed`` like synctrail's readers (the same as read_uncommitted where
+    nothing is written in transactions)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

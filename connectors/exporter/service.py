@@ -75,6 +75,7 @@ class Exporter:
                 group_id=None,  # manual assignment, nothing committed: every start replays
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                isolation_level="read_committed",  # never what an aborted transaction wrote
             )
         )
         await consumer.start()

@@ -276,6 +276,7 @@ class Connector:
             group_id=s.slack_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # never what an aborted worker transaction wrote
             session_timeout_ms=int(s.broker_session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(s.broker_session_timeout_s * 1000 / 3)),
             rebalance_timeout_ms=int(s.broker_rebalance_timeout_s * 1000),

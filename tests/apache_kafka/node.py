@@ -544,7 +544,10 @@ def _random_cluster_id() -> str:
     # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding (22 chars)
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:  # as Kafka's Uuid.randomUuid: one starting with "-" reads as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _run_in_thread(coroutine: object) -> None:

@@ -7,9 +7,11 @@ import io
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from connectors.broker import EmbeddedBroker
+from connectors.broker import EmbeddedBroker, ensure_topics
 from connectors.tail import TopicNotFound, full_topic_name, tail
+from streams.topics import DEPLOYMENTS
 from tests.support import produce, wait_for
 
 
@@ -76,3 +78,21 @@ async def test_unknown_topic_is_reported(broker: EmbeddedBroker, prefix: str) ->
         await tail(
             broker.bootstrap, f"{prefix}no-such-topic", from_beginning=True, out=io.StringIO()
         )
+
+
+async def test_records_of_an_aborted_transaction_are_never_printed(apache_kafka, prefix) -> None:
+    # what an exactly_once worker killed mid-transaction leaves on its output topics
+    await ensure_topics(apache_kafka.bootstrap, prefix, partitions=1, topics=[DEPLOYMENTS])
+    topic = DEPLOYMENTS.address(prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=apache_kafka.bootstrap, transactional_id=topic)
+    await producer.start()
+    try:
+        for n, commit in ((1, True), (2, False), (3, True)):
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, orjson.dumps({"n": n}), key=b"argocd/app")
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+    finally:
+        await producer.stop()
+    out = io.StringIO()
+    assert await tail(apache_kafka.bootstrap, topic, from_beginning=True, out=out) == 2
+    assert [line["value"]["n"] for line in _lines(out)] == [1, 3]

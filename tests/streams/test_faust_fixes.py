@@ -1,8 +1,14 @@
-"""The Faust corrections (streams.faust_fixes), against the real embedded broker."""
+"""The Faust corrections (streams.faust_fixes), against the real brokers."""
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaProducer
+import inspect
+
+import faust
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.consumer.fetcher import READ_COMMITTED
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -11,7 +17,7 @@ from streams import faust_fixes
 from streams.app import build
 from streams.faust_fixes import true_end_offsets
 from streams.settings import WorkerSettings
-from streams.topics import SYNC_EVENTS
+from streams.topics import SYNC_EVENTS, TopicSpec
 
 
 async def _send_one_batch(bootstrap: str, topic: str, partition: int, count: int) -> None:
@@ -116,3 +122,106 @@ async def test_a_fetch_gets_a_snapshot_of_the_active_partitions_never_the_live_s
     handed.clear()
     assert await thread.getmany(set(), 1.0) == {}
     assert handed == []  # nothing active: no fetch at all
+
+
+# -- fix 4: exactly-once without Faust's transactions -------------------------------------------
+
+
+def _app(tmp_path, guarantee: str):
+    return build(
+        WorkerSettings(
+            worker_id=f"eos-{guarantee}",
+            topic_prefix="eos.",
+            worker_data_dir=tmp_path,
+            processing_guarantee=guarantee,
+        )
+    ).app
+
+
+async def test_a_transactional_app_reads_committed_and_leaves_offset_commits_to_its_transactions(
+    tmp_path,
+):
+    transactional, plain = _app(tmp_path, "exactly_once"), _app(tmp_path, "at_least_once")
+    for app, isolation in ((transactional, "read_committed"), (plain, "read_uncommitted")):
+        thread = app.consumer._thread  # Faust's consumer thread (a faust_fixes._ConsumerThread)
+        assert isinstance(thread, faust_fixes._ConsumerThread)
+        consumer = thread._create_worker_consumer(app.transport)
+        assert consumer._isolation_level == isolation
+        assert not app.in_transaction  # Faust's own exactly_once stays off
+
+    # no consumer is running: a real commit would fail, the transactional app's is skipped
+    tp = TP("eos.sync-events", 0)
+    assert await transactional.consumer._thread._commit({tp: 5}) is True
+    assert tp in transactional.consumer._thread.tp_last_committed_at
+    with pytest.raises(ConsumerNotStarted):
+        await plain.consumer._thread._commit({tp: 5})
+
+
+async def test_aiokafka_takes_the_isolation_level_when_the_consumer_starts(broker):
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+    consumer._isolation_level = "read_committed"  # what fix 4 sets after Faust built it
+    await consumer.start()
+    try:
+        assert consumer._fetcher._isolation_level == READ_COMMITTED
+        await consumer.topics()  # (aiokafka's stop right after start trips on its own task)
+    finally:
+        await consumer.stop()
+
+
+async def test_assignment_hooks_run_before_faust_handles_the_assignment(tmp_path, monkeypatch):
+    calls: list[str] = []
+
+    async def faust_handles(self: object, assigned: set[TP], generation_id: int = 0) -> None:
+        calls.append(f"faust {sorted(tp.partition for tp in assigned)} {generation_id}")
+
+    assert list(inspect.signature(faust.App._on_partitions_assigned).parameters) == [
+        "self",
+        "assigned",
+        "generation_id",
+    ]
+    # Faust hands this method to its consumer as the assignment callback
+    assert "on_partitions_assigned=self._on_partitions_assigned" in inspect.getsource(
+        faust.App._new_consumer
+    )
+    monkeypatch.setattr(faust.App, "_on_partitions_assigned", faust_handles)
+    app = _app(tmp_path, "at_least_once")
+
+    async def hook(assigned: set[TP]) -> None:
+        calls.append(f"hook {sorted(tp.partition for tp in assigned)}")
+
+    app.before_assignment.append(hook)
+    await app._on_partitions_assigned({TP("t", 3)}, 7)
+    assert calls == ["hook [3]", "faust [3] 7"]
+
+
+async def test_recovery_of_a_transactional_changelog_ends_at_its_last_committed_record(
+    apache_kafka, prefix
+):
+    topic = f"{prefix}changelog"
+    await ensure_topics(
+        apache_kafka.bootstrap, prefix, partitions=3, topics=[TopicSpec("changelog", "", "")]
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=apache_kafka.bootstrap, transactional_id=topic)
+    await producer.start()
+    try:
+        async with producer.transaction():  # partition 0: offsets 0, 1, marker 2
+            for value in (b"a", b"b"):
+                await producer.send_and_wait(topic, value, key=b"k", partition=0)
+        await producer.begin_transaction()  # offset 3 on 0 and 0 on 1, then abort markers
+        await producer.send_and_wait(topic, b"aborted", key=b"k", partition=0)
+        await producer.send_and_wait(topic, b"aborted", key=b"k", partition=1)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    await _send_one_batch(apache_kafka.bootstrap, topic, 2, 3)  # not transactional: 0, 1, 2
+
+    tps = [TP(topic, 0), TP(topic, 1), TP(topic, 2)]
+    ends = await faust_fixes.committed_end_offsets([apache_kafka.bootstrap], tps)
+
+    # Faust recovers up to end - 1, the last record it will be given
+    assert ends == {TP(topic, 0): 2, TP(topic, 1): 0, TP(topic, 2): 3}
+    assert await true_end_offsets([apache_kafka.bootstrap], tps) == {
+        TP(topic, 0): 5,  # markers take offsets: recovery would wait for offset 4 forever
+        TP(topic, 1): 2,
+        TP(topic, 2): 3,
+    }
