@@ -28,6 +28,7 @@ from streams import (
     kafka_client,
     records,  # noqa: F401 - registers the orjson codec
 )
+from streams.broker_features import EMBEDDED_FETCH_WAIT_MS
 from streams.decide import Context
 from streams.metrics import WorkerMetrics
 from streams.notify import NotifyConfig
@@ -232,7 +233,7 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         table_standby_replicas=0,
         logging_config=None,
         loghandlers=[],
-        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms or EMBEDDED_FETCH_WAIT_MS,
     )
     sync_events = app.topic(
         settings.topic(SYNC_EVENTS.name),

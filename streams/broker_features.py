@@ -106,6 +106,25 @@ async def _init_producer_id(client: AIOKafkaClient, node_id: int, timeout_s: flo
         await asyncio.sleep(0.1)
 
 
+#: The worker's fetch wait where the broker answers long polls only at their deadline.
+EMBEDDED_FETCH_WAIT_MS = 25
+#: Apache Kafka answers a long poll as soon as records arrive: Kafka's own default then.
+KAFKA_FETCH_WAIT_MS = 500
+
+
+def fetch_wait_ms(setting: int | None, features: BrokerFeatures | None) -> int:
+    """The worker's fetch wait: the setting when given, else by broker (see the constants).
+
+    Unknown broker (the probe failed): the embedded broker's, which costs Apache Kafka only
+    idle fetches, while the other way round would cost every deploy up to 500 ms.
+    """
+    if setting is not None:
+        return setting
+    if features is None or features.forgets_topics:
+        return EMBEDDED_FETCH_WAIT_MS
+    return KAFKA_FETCH_WAIT_MS
+
+
 def use_idempotence(setting: Idempotence, features: BrokerFeatures | None) -> bool:
     """Whether producers run with ``enable_idempotence``.
 

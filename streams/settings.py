@@ -260,13 +260,14 @@ class WorkerSettings(CommonSettings):
         "`asyncio` is the fallback, and is used with a warning where uvloop is not installed "
         "(Windows) and over TLS (uvloop took 30 s to close a TLS consumer).",
     )
-    worker_fetch_max_wait_ms: int = Field(
-        25,
+    worker_fetch_max_wait_ms: int | None = Field(
+        None,
         ge=1,
         le=30000,
-        description="Longest time a fetch waits for new records. Faust's own 1500 ms adds up "
-        "to that much latency to every deploy on brokers that answer long polls only at the "
-        "deadline (the embedded one does).",
+        description="Longest time a fetch waits for new records. Unset: 25 ms on the embedded "
+        "broker, which answers a long poll only at its deadline (Faust's own 1500 ms added up "
+        "to that much latency to every deploy), and 500 ms (Kafka's default) on Apache Kafka, "
+        "which answers as soon as records arrive.",
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",

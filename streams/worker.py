@@ -12,11 +12,13 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from mode.types.signals import BaseSignalT
 
 from connectors import logs
 from connectors.broker import ensure_topics_for
 from streams.app import build
+from streams.broker_features import BrokerFeatures, fetch_wait_ms, probe
 from streams.event_loop import EventLoopName, running_loop_name, uvloop_if_wanted
 from streams.kafka_client import producer_args
 from streams.policy import load_policy_file
@@ -27,13 +29,15 @@ from streams.transactions import TransactionsUnavailable, check_broker, check_co
 log = logging.getLogger(__name__)
 
 
-async def prepare(settings: WorkerSettings) -> None:
+async def prepare(settings: WorkerSettings) -> WorkerSettings:
     """Create synctrail's topics and publish the rules of ``SYNCTRAIL_POLICY_FILE``; with
-    ``exactly_once``, check that the broker has transactions."""
+    ``exactly_once``, check that the broker has transactions. Returns the settings with what
+    depends on the broker resolved (the fetch wait)."""
     await check_broker(settings)
     await ensure_topics_for(settings)
+    settings = await resolve_for_broker(settings)
     if settings.policy_file is None:
-        return
+        return settings
     rules = load_policy_file(settings.policy_file.read_text())
     producer = AIOKafkaProducer(**producer_args(settings, acks="all"))
     await producer.start()
@@ -42,6 +46,21 @@ async def prepare(settings: WorkerSettings) -> None:
     finally:
         await producer.stop()
     log.info("policy file published", extra={"rules": count, "file": str(settings.policy_file)})
+    return settings
+
+
+async def resolve_for_broker(settings: WorkerSettings) -> WorkerSettings:
+    """``settings`` with the fetch wait chosen for the broker when it is not set."""
+    if settings.worker_fetch_max_wait_ms is not None:
+        return settings
+    try:
+        features: BrokerFeatures | None = await probe(settings)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("could not ask the broker what it is", extra={"error": str(exc)})
+        features = None
+    wait = fetch_wait_ms(None, features)
+    log.info("fetch wait chosen for the broker", extra={"fetch_max_wait_ms": wait})
+    return settings.model_copy(update={"worker_fetch_max_wait_ms": wait})
 
 
 def event_loop_for(settings: WorkerSettings) -> EventLoopName:
@@ -97,7 +116,7 @@ def run(args: argparse.Namespace | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         check_configuration(settings)
-        asyncio.run(prepare(settings))
+        settings = asyncio.run(prepare(settings))
     except TransactionsUnavailable as exc:
         log.error("worker refuses to start", extra={"reason": str(exc)})
         print(f"synctrail worker: {exc}", file=sys.stderr)

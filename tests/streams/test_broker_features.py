@@ -9,7 +9,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from connectors.broker import EmbeddedBroker, free_port
-from streams.broker_features import BrokerFeatures, probe, resolve_idempotence, use_idempotence
+from streams.broker_features import (
+    EMBEDDED_FETCH_WAIT_MS,
+    KAFKA_FETCH_WAIT_MS,
+    BrokerFeatures,
+    fetch_wait_ms,
+    probe,
+    resolve_idempotence,
+    use_idempotence,
+)
 from streams.produce import OutputProducer
 from tests.apache_kafka.node import KafkaNode
 from tests.support import read_topic
@@ -94,3 +102,18 @@ async def test_the_output_producer_writes_idempotently_on_apache_kafka(
         await outputs.stop()
     assert enabled is True
     assert len(await read_topic(apache_kafka.bootstrap, topic)) == 20
+
+
+async def test_the_worker_waits_short_on_the_embedded_broker_and_kafkas_default_on_kafka(
+    broker: EmbeddedBroker, apache_kafka: KafkaNode
+) -> None:
+    from streams.settings import WorkerSettings
+    from streams.worker import resolve_for_broker
+
+    embedded = await resolve_for_broker(WorkerSettings(kafka_bootstrap=broker.bootstrap))
+    assert embedded.worker_fetch_max_wait_ms == EMBEDDED_FETCH_WAIT_MS
+    kafka = await resolve_for_broker(WorkerSettings(kafka_bootstrap=apache_kafka.bootstrap))
+    assert kafka.worker_fetch_max_wait_ms == KAFKA_FETCH_WAIT_MS
+    chosen = WorkerSettings(kafka_bootstrap=apache_kafka.bootstrap, worker_fetch_max_wait_ms=7)
+    assert (await resolve_for_broker(chosen)).worker_fetch_max_wait_ms == 7
+    assert fetch_wait_ms(None, None) == EMBEDDED_FETCH_WAIT_MS  # the broker could not be asked
