@@ -19,10 +19,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -38,6 +38,44 @@ _PR_SET_PDEATHSIG = 1
 _TOPIC_ALREADY_EXISTS = 36
 #: the embedded broker's cluster id (streams.broker_features.EMBEDDED_CLUSTER_IDS has it)
 EMBEDDED_CLUSTER_ID = "synctrail-embedded"
+
+
+def run_in_thread(coroutine: Coroutine[Any, Any, Any], name: str = "broker-start") -> None:
+    """Run ``coroutine`` to its end on a loop of its own in a helper thread, from sync code
+    that may already run inside an event loop; its exception is raised here."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM ``process`` and wait ``timeout_s`` for it, then SIGKILL it."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of the log at ``path`` ("" when unreadable)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class BrokerStartError(RuntimeError):
@@ -314,11 +352,7 @@ class EmbeddedBroker:
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the broker's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     async def start(
         self,
@@ -355,19 +389,7 @@ class EmbeddedBroker:
         when the spawning *thread* exits; only the readiness wait runs in a helper thread.
         """
         self._spawn()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                asyncio.run(self._until_ready(prefix, partitions, 20.0))
-            except BaseException as exc:  # re-raised in the caller's thread
-                errors.append(exc)
-
-        thread = threading.Thread(target=run, name="broker-start")
-        thread.start()
-        thread.join()
-        if errors:
-            raise errors[0]
+        run_in_thread(self._until_ready(prefix, partitions, 20.0))
         return self.bootstrap
 
     def is_running(self) -> bool:
@@ -377,13 +399,7 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL) and wait for it."""
         proc, self._process = self._process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout_s)
+        terminate(proc, timeout_s)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -44,7 +43,14 @@ from typing import IO
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from connectors.broker import die_with_parent, free_port, wait_until_ready
+from connectors.broker import (
+    die_with_parent,
+    free_port,
+    log_tail,
+    run_in_thread,
+    terminate,
+    wait_until_ready,
+)
 
 KAFKA_VERSION = "4.1.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -207,11 +213,7 @@ class KafkaNode:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the node's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -376,7 +378,7 @@ class KafkaNode:
         spawning *thread* exits.
         """
         self.spawn()
-        _run_in_thread(self.wait_ready())
+        run_in_thread(self.wait_ready())
         return self.bootstrap
 
     def is_running(self) -> bool:
@@ -386,13 +388,7 @@ class KafkaNode:
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (a controlled shutdown), then SIGKILL if it takes longer than ``timeout_s``."""
         proc, self._process = self._process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        terminate(proc, timeout_s)
         self._close_log()
 
     def kill(self) -> None:
@@ -472,7 +468,7 @@ class KafkaCluster:
             await asyncio.gather(*(node.wait_ready() for node in self.nodes))
             await self.wait_brokers(len(self.nodes), 120.0)
 
-        _run_in_thread(ready())
+        run_in_thread(ready())
         return self.bootstrap
 
     async def wait_brokers(self, count: int, deadline_s: float = 60.0) -> None:
@@ -548,19 +544,3 @@ def _random_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-def _run_in_thread(coroutine: object) -> None:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(coroutine)  # type: ignore[arg-type]
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="kafka-start")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
