@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from tests.chaos import kafka
+from tests.chaos import embedded, kafka
 from tests.chaos.harness import Figures
 
 Scenario = Callable[[Path], Coroutine[Any, Any, Figures]]
@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     # issue 15's embedded-broker scenarios join here
     "embedded-stall": lambda d: kafka.stall(d, embedded=True, scenario="embedded-stall"),
+    "embedded-stall-decisions": embedded.stall_decisions,
 }
 
 
