@@ -33,6 +33,8 @@ SCENARIOS: dict[str, Scenario] = {
     # issue 15's embedded-broker scenarios join here
     "embedded-stall": lambda d: kafka.stall(d, embedded=True, scenario="embedded-stall"),
     "embedded-stall-decisions": embedded.stall_decisions,
+    "embedded-broker-kill": embedded.broker_kill,
+    "bridge-kill-mid-drain": embedded.bridge_kill_mid_drain,
 }
 
 

@@ -225,8 +225,15 @@ def delivery_figures(figures: Figures, answers: list[Answer], records: list[Read
 class Bridge(Service):
     """``synctrail bridge`` as a child process on a free port."""
 
-    def __init__(self, env: dict[str, str], directory: Path) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        env: dict[str, str],
+        directory: Path,
+        *,
+        port: int | None = None,
+        log_name: str = "bridge.log",
+    ) -> None:
+        self.port = port or free_port()
         super().__init__(
             ["bridge"],
             {
@@ -235,7 +242,7 @@ class Bridge(Service):
                 "SYNCTRAIL_BRIDGE_TOKENS": TOKEN,
                 "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(directory / "spool"),
             },
-            directory / "bridge.log",
+            directory / log_name,
         )
 
     @property
