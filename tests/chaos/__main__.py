@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from tests.chaos import embedded, kafka, worker
+from tests.chaos import clients, embedded, kafka, worker
 from tests.chaos.harness import Figures
 
 Scenario = Callable[[Path], Coroutine[Any, Any, Figures]]
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, Scenario] = {
     "embedded-stall-decisions": embedded.stall_decisions,
     "embedded-broker-kill": embedded.broker_kill,
     "bridge-kill-mid-drain": embedded.bridge_kill_mid_drain,
+    "slow-clients": clients.slow_clients,
     "worker-kill-embedded-at-least-once": lambda d: worker.kill_on_backlog(d),
     "worker-kill-kafka-at-least-once": lambda d: worker.kill_on_backlog(d, broker="kafka"),
     "worker-kill-kafka-exactly-once": lambda d: worker.kill_on_backlog(
