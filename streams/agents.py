@@ -475,8 +475,7 @@ async def _read_back(flusher: Flusher, guard: ReplayGuard, events: list[Any]) ->
     if not first:
         return
     await flusher.drain()  # this worker's own batches in flight are on their topics first
-    for partition, offset in first.items():
-        await guard.read_back(partition, offset)
+    await guard.read_back(first)
 
 
 def register(topology: Topology) -> None:

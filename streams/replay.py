@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -114,40 +114,44 @@ class ReplayGuard:
             return None
         return written
 
-    async def read_back(self, partition: int, offset: int) -> None:
-        """Read what the output partitions ``partition`` hold for events at ``offset`` or later."""
+    async def read_back(self, starts: Mapping[int, int]) -> None:
+        """Read what the output partitions hold for events at or after ``starts[partition]``
+        (one short-lived consumer for them all)."""
         started = time.monotonic()
-        found: set[tuple[str, int, int]] = set()
+        found: dict[int, set[tuple[str, int, int]]] = {p: set() for p in starts}
         read = 0
         consumer = AIOKafkaConsumer(
             **connection(self.bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
         )
         await consumer.start()
         try:
-            tps = [TopicPartition(topic, partition) for topic in self.output_topics]
+            tps = [TopicPartition(t, p) for p in starts for t in self.output_topics]
             consumer.assign(tps)
             first = await consumer.beginning_offsets(tps)
             ends = await log_end_offsets(consumer, tps)  # the true ends (embedded broker)
+            consumer.pause(*tps)  # no prefetching: each is read in its turn, from its end
             deadline = started + self.timeout_s
             for tp in tps:
+                consumer.resume(tp)
                 read += await self._read_partition(
-                    consumer, tp, first[tp], ends[tp], partition, offset, found, deadline
+                    consumer, tp, first[tp], ends[tp], starts[tp.partition], found, deadline
                 )
+                consumer.pause(tp)
         finally:
             await consumer.stop()
-        self._low[partition] = offset
-        if found:
-            self._written[partition] = found
-            self._highest[partition] = max(source for _, source, _ in found)
-        else:
-            self._written.pop(partition, None)
+        for partition, offset in starts.items():
+            self._low[partition] = offset
+            if found[partition]:
+                self._written[partition] = found[partition]
+                self._highest[partition] = max(source for _, source, _ in found[partition])
+            else:
+                self._written.pop(partition, None)
         log.info(
-            "read back the outputs of a partition before deciding it",
+            "read back the outputs of partitions before deciding them",
             extra={
-                "partition": partition,
-                "from_offset": offset,
+                "from_offsets": {str(p): o for p, o in starts.items()},
                 "records_read": read,
-                "already_written": len(found),
+                "already_written": sum(len(f) for f in found.values()),
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
@@ -158,9 +162,8 @@ class ReplayGuard:
         tp: TopicPartition,
         first: int,
         end: int,
-        partition: int,
         offset: int,
-        found: set[tuple[str, int, int]],
+        found: dict[int, set[tuple[str, int, int]]],
         deadline: float,
     ) -> int:
         high, window, read = end, FIRST_WINDOW, 0
@@ -177,10 +180,10 @@ class ReplayGuard:
                         continue
                     read += 1
                     source = record_source(record.headers)
-                    if source is None or source[0] != partition or source[1] < offset:
+                    if source is None or source[0] != tp.partition or source[1] < offset:
                         older = True  # written before (or without a source): stop here
                     else:
-                        found.add((tp.topic, source[1], source[2]))
+                        found[tp.partition].add((tp.topic, source[1], source[2]))
             if older:
                 break
             high, window = low, window * 8

@@ -64,13 +64,13 @@ async def test_reading_back_stops_at_the_first_older_record_and_keeps_what_is_ne
 
     guard = ReplayGuard(broker.bootstrap, [topic, f"{prefix}notifications"])
     assert guard.needs_reading(2, 1000)
-    await guard.read_back(2, 1000)
+    await guard.read_back({2: 1000})
     assert not guard.needs_reading(2, 1001) and guard.needs_reading(2, 999)
     assert guard.written_for(2, 1000) == {(topic, s, 0) for s in range(1000, 1005)}
     assert guard.written_for(2, 1005) is None  # past the highest: dropped
-    await guard.read_back(2, 10)  # further back: growing windows down to source 9
+    await guard.read_back({2: 10})  # further back: growing windows down to source 9
     assert guard.written_for(2, 10) == {(topic, s, 0) for s in range(10, 1005)}
-    await guard.read_back(5, 0)  # an empty partition
+    await guard.read_back({5: 0})  # an empty partition
     assert guard.written_for(5, 0) is None
     guard.on_assignment()
     assert guard.needs_reading(2, 2000)
