@@ -5,9 +5,10 @@ Order of effects per batch, which is what makes at-least-once safe without trans
 2. send every output record and wait until the broker has them all;
 3. write the new app states and wait until their changelog records are acknowledged;
 4. only then do the batch's offsets become committable (its events are acked).
-A crash before 2 completes replays the batch: outputs may repeat (consumers dedupe by
-``delivery_id`` / idempotency key) but nothing is lost. A crash between 2 and 3 replays too and
-re-emits the same records. Once 3 is done a replay finds duplicates and emits nothing.
+A crash before 4 replays the batch: nothing is lost, and the outputs the broker already has are
+not written again (each carries a ``synctrail-source`` header; after an assignment the worker
+reads its output partitions back before deciding: :mod:`streams.replay`). Once 3 is done a
+replay finds the states applied and emits nothing.
 If the broker refuses outputs, the process exits at once so that no offset is committed past
 records that were never written.
 
