@@ -47,8 +47,9 @@ from streams.kafka_client import Connection, connection
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "synctrail-source"
-#: First window read back from an output partition's end; each next one is 8 times as long.
-FIRST_WINDOW = 256
+#: First window read back from an output partition's end (on a quiet restart its last record is
+#: already older than the replay, so a small one); each next one is 8 times as long.
+FIRST_WINDOW = 16
 
 
 def source_value(partition: int, offset: int, index: int) -> bytes:
