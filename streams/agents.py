@@ -5,9 +5,10 @@ Order of effects per batch, which is what makes at-least-once safe without trans
 2. send every output record and wait until the broker has them all;
 3. write the new app states and wait until their changelog records are acknowledged;
 4. only then do the batch's offsets become committable (its events are acked).
-A crash before 2 completes replays the batch: outputs may repeat (consumers dedupe by
-``delivery_id`` / idempotency key) but nothing is lost. A crash between 2 and 3 replays too and
-re-emits the same records. Once 3 is done a replay finds duplicates and emits nothing.
+A crash before 4 replays the batch: nothing is lost, and the outputs the broker already has are
+not written again (each carries a ``synctrail-source`` header; after an assignment the worker
+reads its output partitions back before deciding: :mod:`streams.replay`). Once 3 is done a
+replay finds the states applied and emits nothing.
 If the broker refuses outputs, the process exits at once so that no offset is committed past
 records that were never written.
 
@@ -54,6 +55,7 @@ from streams.kafka_client import client_args
 from streams.notify import deployment_notifications, violation_notification
 from streams.policy_publish import POLICY_CHECK_V1
 from streams.produce import OutputProducer
+from streams.replay import ReplayGuard, source_value
 from streams.topics import (
     DEAD_LETTERS,
     DEPLOYMENTS,
@@ -75,14 +77,39 @@ class Batch:
     """Outputs and state updates collected while deciding one batch."""
 
     events: list[Any] = field(default_factory=list)
-    outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    #: ``(topic, key, value, source header)``; see :mod:`streams.replay`
+    outputs: list[tuple[str, bytes, bytes, bytes | None]] = field(default_factory=list)
     states: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     outcomes: list[tuple[str, float | None]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # the event being decided: its partition and offset, its outputs per topic so far, and
+    # the outputs a replay must not write again (streams.replay)
+    _source: tuple[int, int] | None = None
+    _counts: dict[str, int] = field(default_factory=dict)
+    _written: set[tuple[str, int, int]] | None = None
+    skipped: int = 0
+
+    def begin(
+        self, partition: int, offset: int, written: set[tuple[str, int, int]] | None = None
+    ) -> None:
+        """The next outputs are the event at ``partition``/``offset``'s; ``written``: those of
+        its outputs already on their topics (not emitted again)."""
+        self._source = (partition, offset)
+        self._counts = {}
+        self._written = written
 
     def emit(self, topic: str, key: str, value: Any) -> None:
-        self.outputs.append((topic, key.encode(), records.dumps(value)))
+        source = None
+        if self._source is not None:
+            partition, offset = self._source
+            index = self._counts.get(topic, 0)
+            self._counts[topic] = index + 1
+            if self._written is not None and (topic, offset, index) in self._written:
+                self.skipped += 1
+                return
+            source = source_value(partition, offset, index)
+        self.outputs.append((topic, key.encode(), records.dumps(value), source))
 
 
 def _dead_letter(
@@ -340,6 +367,8 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
         enable_idempotence=idempotence,
     )
     await outputs.start()
+    if topology.replay_guard is not None and not await _equal_partition_counts(topology, outputs):
+        topology.replay_guard = None
     flusher = Flusher(topology, outputs)
     flusher.start()
     try:
@@ -355,12 +384,38 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
             await outputs.stop()
 
 
+#: the topics the agent writes outputs to (each record with its source: streams.replay)
+OUTPUT_TOPICS = (DEPLOYMENTS, NOTIFICATIONS, METRICS, VIOLATIONS, REMEDIATIONS, DEAD_LETTERS)
+
+
+async def _equal_partition_counts(topology: Topology, outputs: OutputProducer) -> bool:
+    """Whether every output topic has as many partitions as sync-events (each app's outputs
+    then land on its sync-events partition's number); warns when not."""
+    source = topology.sync_events.get_topic_name()
+    counts = {
+        name: await outputs.partition_count(name)
+        for name in [source, *(topology.topic(t.name) for t in OUTPUT_TOPICS)]
+    }
+    if len(set(counts.values())) == 1:
+        return True
+    log.warning(
+        "output topics and sync-events differ in partition count: a worker restarted after a "
+        "crash may write outputs again (at_least_once); create them with SYNCTRAIL_PARTITIONS",
+        extra={"partitions": counts},
+    )
+    return False
+
+
 def decide_batch(flusher: Flusher, events: list[Any]) -> Batch:
     """Decide every event of one take against the newest states; nothing is written yet."""
     topology = flusher.topology
     batch = Batch(events=events)  # kept as given: Faust's take_events yields a new list each time
     now = batch.now
+    guard = topology.replay_guard
     for event in events:
+        message = event.message
+        written = guard.written_for(message.partition, message.offset) if guard else None
+        batch.begin(message.partition, message.offset, written)
         try:
             value = orjson.loads(event.message.value)
             if isinstance(value, dict) and value.get("schema") == POLICY_CHECK_V1:
@@ -397,10 +452,31 @@ def decide_batch(flusher: Flusher, events: list[Any]) -> Batch:
 
 async def _process(flusher: Flusher, stream: Any) -> None:
     settings = flusher.topology.settings
+    guard = flusher.topology.replay_guard
     async for events in stream.take_events(
         settings.worker_batch_size, settings.worker_batch_within_s
     ):
-        await flusher.submit(decide_batch(flusher, events))
+        if guard is not None:
+            await _read_back(flusher, guard, events)
+        batch = decide_batch(flusher, events)
+        if batch.skipped:
+            guard.skipped += batch.skipped  # type: ignore[union-attr]
+            log.info("outputs already written not written again", extra={"records": batch.skipped})
+        await flusher.submit(batch)
+
+
+async def _read_back(flusher: Flusher, guard: ReplayGuard, events: list[Any]) -> None:
+    """Before deciding the first events of a partition after an assignment (or any earlier
+    than those it last read back from), read what its output partitions already hold."""
+    first: dict[int, int] = {}
+    for event in events:
+        partition, offset = event.message.partition, event.message.offset
+        if partition not in first and guard.needs_reading(partition, offset):
+            first[partition] = offset
+    if not first:
+        return
+    await flusher.drain()  # this worker's own batches in flight are on their topics first
+    await guard.read_back(first)
 
 
 def register(topology: Topology) -> None:
@@ -411,6 +487,15 @@ def register(topology: Topology) -> None:
 
         topology.transactions = TransactionalFlusher(topology)
         app.before_assignment.append(topology.transactions.on_assignment)
+    else:
+        guard = topology.replay_guard = ReplayGuard(
+            client_args(topology.settings), [topology.topic(t.name) for t in OUTPUT_TOPICS]
+        )
+
+        async def _assigned(assigned: set[Any]) -> None:
+            guard.on_assignment()
+
+        app.before_assignment.append(_assigned)
 
     @app.agent(topology.sync_events, name="process_sync_events")
     async def _agent(stream: Any) -> None:

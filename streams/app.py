@@ -37,6 +37,7 @@ from streams.settings import WorkerSettings
 from streams.topics import POLICY, SYNC_EVENTS
 
 if TYPE_CHECKING:
+    from streams.replay import ReplayGuard
     from streams.transactions import TransactionalFlusher
 
 
@@ -171,6 +172,8 @@ class Topology:
     decide_context: Context
     #: with exactly_once: writes the batches in transactions (``streams.transactions``)
     transactions: TransactionalFlusher | None = None
+    #: with at_least_once: the outputs a replay must not write again (``streams.replay``)
+    replay_guard: ReplayGuard | None = None
 
     def topic(self, name: str) -> str:
         """Full name of a synctrail topic."""

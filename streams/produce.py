@@ -27,6 +27,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from streams.kafka_client import Connection, connection
+from streams.replay import SOURCE_HEADER
+
+#: ``(topic, partition, key, value, source header or None)``
+Placed = tuple[str, int, bytes, bytes, bytes | None]
 
 _PARTITION_CACHE_MAX = 100_000
 
@@ -94,19 +98,25 @@ class OutputProducer:
         return cached
 
     async def place(
-        self, records: Iterable[tuple[str, bytes, bytes]]
-    ) -> list[tuple[str, int, bytes, bytes]]:
-        """``(topic, key, value)`` records as ``(topic, partition, key, value)``: each on its
-        key's partition."""
+        self,
+        records: Iterable[tuple[str, bytes, bytes] | tuple[str, bytes, bytes, bytes | None]],
+    ) -> list[Placed]:
+        """``(topic, key, value[, source])`` records as ``(topic, partition, key, value,
+        source)``: each on its key's partition (``source``: see :meth:`hand_over`)."""
         placed = []
-        for topic, key, value in records:
-            placed.append((topic, self._partition(key, await self._partitions(topic)), key, value))
+        for topic, key, value, *source in records:
+            partition = self._partition(key, await self._partitions(topic))
+            placed.append((topic, partition, key, value, source[0] if source else None))
         return placed
 
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (from the producer's metadata)."""
+        return await self._partitions(topic)
+
     async def send_placed(
-        self, records: Iterable[tuple[str, int, bytes, bytes]]
+        self, records: Iterable[tuple[str, int, bytes, bytes] | Placed]
     ) -> dict[tuple[str, int], int]:
-        """Send ``(topic, partition, key, value)`` records; once all are acknowledged, return
+        """Send ``(topic, partition, key, value[, source])`` records; once all are acknowledged, return
         the offset of the last record written to each ``(topic, partition)``.
 
         Raises whatever the producer raises when the broker refuses a batch.
@@ -114,31 +124,34 @@ class OutputProducer:
         return await (await self.hand_over(records))
 
     async def hand_over(
-        self, records: Iterable[tuple[str, int, bytes, bytes]]
+        self, records: Iterable[tuple[str, int, bytes, bytes] | Placed]
     ) -> asyncio.Future[dict[tuple[str, int], int]]:
-        """Give ``(topic, partition, key, value)`` records to the producer, without waiting for
-        the broker; the returned future resolves to :meth:`send_placed`'s answer.
+        """Give ``(topic, partition, key, value[, source])`` records to the producer, without
+        waiting for the broker; the returned future resolves to :meth:`send_placed`'s answer.
+        A ``source`` (not ``None``) goes in the record's ``synctrail-source`` header
+        (:mod:`streams.replay`); the value is written as given.
 
         Records of one partition go in one batch (or more, when full), in the order given, and
         after those of every earlier call: a caller that hands over batch after batch keeps
         their order on every partition while their acknowledgements are still outstanding.
         The future fails with whatever the producer raises when the broker refuses a batch.
         """
-        grouped: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
-        for topic, partition, key, value in records:
-            grouped.setdefault((topic, partition), []).append((key, value))
+        grouped: dict[tuple[str, int], list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
+        for topic, partition, key, value, *source in records:
+            headers = [(SOURCE_HEADER, source[0])] if source and source[0] is not None else []
+            grouped.setdefault((topic, partition), []).append((key, value, headers))
         delivered: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         for tp, items in grouped.items():
             if tp[0] not in self._tracked:  # every topic before its first batch
                 await self._track(tp[0])
             batch, size = self.producer.create_batch(), 0
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+            for key, value, headers in items:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # full: send it and start another (a record always fits an empty batch)
                     sent = await self.producer.send_batch(batch, tp[0], partition=tp[1])
                     delivered.append((tp, size, sent))
                     batch, size = self.producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None)
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
                 size += 1
             delivered.append(
                 (tp, size, await self.producer.send_batch(batch, tp[0], partition=tp[1]))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from tests.chaos import kafka
+from tests.chaos import clients, embedded, kafka, slack, worker
 from tests.chaos.harness import Figures
 
 Scenario = Callable[[Path], Coroutine[Any, Any, Figures]]
@@ -32,6 +32,17 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     # issue 15's embedded-broker scenarios join here
     "embedded-stall": lambda d: kafka.stall(d, embedded=True, scenario="embedded-stall"),
+    "embedded-stall-decisions": embedded.stall_decisions,
+    "embedded-broker-kill": embedded.broker_kill,
+    "bridge-kill-mid-drain": embedded.bridge_kill_mid_drain,
+    "slow-clients": clients.slow_clients,
+    "slack-kill-api": slack.slack_kill,
+    "slack-kill-console": lambda d: slack.slack_kill(d, console=True),
+    "worker-kill-embedded-at-least-once": lambda d: worker.kill_on_backlog(d),
+    "worker-kill-kafka-at-least-once": lambda d: worker.kill_on_backlog(d, broker="kafka"),
+    "worker-kill-kafka-exactly-once": lambda d: worker.kill_on_backlog(
+        d, broker="kafka", guarantee="exactly_once"
+    ),
 }
 
 

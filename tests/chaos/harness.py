@@ -86,8 +86,12 @@ async def paced_load(
     seconds: float,
     apps: int = 100,
     request_timeout_s: float = 30.0,
+    bare: bool = False,
 ) -> list[Answer]:
     """``rate`` requests per second for ``seconds``, spread over ``apps`` apps.
+
+    ``bare``: each delivery is a bare syncResult posted to ``/v1/sync/<app>`` (no operation:
+    the worker tells a rollback from the revisions alone) instead of an envelope.
 
     Each app posts its deliveries one after another (the next once the previous is answered,
     and not before its turn), so that each app's deliveries have one order the bridge must
@@ -117,7 +121,9 @@ async def paced_load(
                 answers.append(answer)
                 try:
                     async with session.post(
-                        f"{url}/v1/sync", data=envelope(app, seq), headers=AUTH
+                        f"{url}/v1/sync/{app}" if bare else f"{url}/v1/sync",
+                        data=bare_body(app, seq) if bare else envelope(app, seq),
+                        headers=AUTH,
                     ) as resp:
                         answer.status = resp.status
                         body = await resp.read()
@@ -134,6 +140,11 @@ async def paced_load(
 
         await asyncio.gather(*(one_app(i) for i in range(apps)))
     return answers
+
+
+def bare_body(app: str, seq: int) -> bytes:
+    """The bare syncResult of :func:`envelope` (revision ``rev-<seq>``)."""
+    return orjson.dumps(orjson.loads(envelope(app, seq))["syncResult"])
 
 
 @dataclass(frozen=True)
@@ -214,8 +225,15 @@ def delivery_figures(figures: Figures, answers: list[Answer], records: list[Read
 class Bridge(Service):
     """``synctrail bridge`` as a child process on a free port."""
 
-    def __init__(self, env: dict[str, str], directory: Path) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        env: dict[str, str],
+        directory: Path,
+        *,
+        port: int | None = None,
+        log_name: str = "bridge.log",
+    ) -> None:
+        self.port = port or free_port()
         super().__init__(
             ["bridge"],
             {
@@ -224,7 +242,7 @@ class Bridge(Service):
                 "SYNCTRAIL_BRIDGE_TOKENS": TOKEN,
                 "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(directory / "spool"),
             },
-            directory / "bridge.log",
+            directory / log_name,
         )
 
     @property

@@ -1,12 +1,15 @@
-"""Worker crashes and rebalances on a backlog, on Apache Kafka, with both processing guarantees.
+"""Worker crashes and rebalances on a backlog, with both processing guarantees.
 
-``exactly_once`` must leave 0 duplicate records (read ``read_committed``) on every output topic;
-``at_least_once`` re-emits what was in flight at a kill, which is counted and printed
-(``DUPLICATES`` lines; issue 15 part 3 is to bring it to 0 without transactions), not asserted.
-Both must lose nothing and end with every app's state right. The embedded broker has no
-transactions: there ``exactly_once`` stops the worker at start.
+Both must leave 0 duplicate records on every output topic (issue 15 part 3, issue 19 part 5):
+``exactly_once`` by transactions (read ``read_committed``), ``at_least_once`` by reading back
+what the output partitions hold for the events it decides again (``streams.replay``). The
+duplicates found are also printed (``DUPLICATES`` lines, per kill point). Both must lose nothing
+and end with every app's state right. The embedded broker has no transactions: there
+``exactly_once`` stops the worker at start.
 
-These run on Apache Kafka only (the ``apache_kafka`` node), whatever ``--broker`` says.
+``exactly_once`` runs on Apache Kafka (the ``apache_kafka`` node); the ``at_least_once`` kill
+test runs on both brokers (``broker``: ``[embedded]`` and ``[kafka]``), its rebalance test on
+Apache Kafka.
 """
 
 from __future__ import annotations
@@ -22,63 +25,41 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from connectors.broker import ensure_topics
-from streams.policy import load_policy_file
-from streams.policy_publish import publish_rules
 from streams.produce import kafka_partition
 from streams.transactions import transactional_id
+from tests.e2e.backlog import (
+    APPS,
+    EVENTS,
+    OUTPUTS,
+    duplicates,
+    output_ends,
+    produce_backlog,
+    wait_done,
+    wait_processed,
+)
 from tests.e2e.harness import FixtureEvent, Worker, synthetic_events
-from tests.support import Service, produce, read_topic, wait_for, wait_for_records
-
-APPS, EVENTS = 2000, 5000
-OUTPUTS = ("deployments", "notifications", "metrics", "violations", "remediations")
-POLICY = "deny:\n  - image: quay.io/acme/sidecar:*\n    reason: sidecars are not allowed\n"
-# fields that say when a record was made: a re-emission differs only in those
-WHEN = {"timestamp", "latency_seconds"}
-
-
-def _identity(value: Any) -> bytes:
-    """What a record says, without when it was made: equal for a re-emitted record."""
-    return orjson.dumps(
-        {k: v for k, v in value.items() if k not in WHEN and not k.endswith("_at")},
-        option=orjson.OPT_SORT_KEYS,
-    )
+from tests.support import Service, produce, wait_for, wait_for_records
 
 
 @pytest.fixture
-async def backlog(apache_kafka, prefix: str) -> AsyncIterator[list[FixtureEvent]]:
-    """5,000 sync events over 2,000 apps waiting on sync-events, and a deny rule in force."""
-    await ensure_topics(apache_kafka.bootstrap, prefix, partitions=8)
-    producer = AIOKafkaProducer(bootstrap_servers=apache_kafka.bootstrap, acks="all")
-    await producer.start()
-    try:
-        await publish_rules(producer, prefix, load_policy_file(POLICY))
-    finally:
-        await producer.stop()
-    events = synthetic_events(apps=APPS, deploys=3)[:EVENTS]
-    await produce(
-        apache_kafka.bootstrap,
-        f"{prefix}sync-events",
-        [(e.key.encode(), e.raw) for e in events],
-        batched=True,
-    )
-    yield events
+async def backlog(apache_kafka, prefix: str) -> list[FixtureEvent]:
+    """The backlog on Apache Kafka."""
+    return await produce_backlog(apache_kafka.bootstrap, prefix)
 
 
 @pytest.fixture
-async def kafka_worker(
-    apache_kafka, prefix: str, tmp_path: Path
-) -> AsyncIterator[Callable[..., Worker]]:
-    """Start workers of one consumer group on Apache Kafka; all are killed at the end."""
+async def workers(prefix: str, tmp_path: Path) -> AsyncIterator[Callable[..., Worker]]:
+    """Start workers of one consumer group (``start(bootstrap, guarantee)``); all are killed at
+    the end."""
     started: list[Worker] = []
     group = f"w{uuid.uuid4().hex[:8]}"
 
-    def start(guarantee: str) -> Worker:
+    def start(bootstrap: str, guarantee: str) -> Worker:
         index = len(started)
         env = {
-            "SYNCTRAIL_KAFKA_BOOTSTRAP": apache_kafka.bootstrap,
+            "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
             "SYNCTRAIL_TOPIC_PREFIX": prefix,
             "SYNCTRAIL_WORKER_ID": group,
             "SYNCTRAIL_PROCESSING_GUARANTEE": guarantee,
@@ -96,99 +77,10 @@ async def kafka_worker(
         print(f"--- {worker.log_path.name} (last lines) ---\n" + worker.log()[-4000:])
 
 
-async def _processed(bootstrap: str, group: str, prefix: str) -> tuple[int, int]:
-    """(sync-events records whose offsets the group committed, records on sync-events)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(f"{prefix}sync-events", p) for p in range(8)]
-        ends = await consumer.end_offsets(tps)
-        committed = [await consumer.committed(tp) or 0 for tp in tps]
-        return sum(committed), sum(ends.values())
-    finally:
-        await consumer.stop()
-
-
-async def _deployments_written(bootstrap: str, prefix: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(f"{prefix}deployments", p) for p in range(8)]
-        return sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
-
-
-async def _wait_processed(
-    bootstrap: str, prefix: str, share: float, worker: Worker, timeout: float = 180
-) -> None:
-    """Wait until ``share`` of the backlog is done: committed with exactly_once (each
-    transaction commits its offsets); with at_least_once, whose offsets Faust commits every
-    2.8 s, until that share of deployments is written (none in transactions: no markers)."""
-    group = worker.env["SYNCTRAIL_WORKER_ID"]
-    committed_gauge = worker.env["SYNCTRAIL_PROCESSING_GUARANTEE"] == "exactly_once"
-
-    async def reached() -> bool:
-        assert worker.process is not None and worker.process.poll() is None, "worker exited"
-        if committed_gauge:
-            committed, end = await _processed(bootstrap, group, prefix)
-            return committed >= share * end
-        return await _deployments_written(bootstrap, prefix) >= share * EVENTS
-
-    await wait_for(reached, timeout=timeout, interval=0.1, what=f"{share:.0%} of the backlog")
-
-
-async def _wait_done(bootstrap: str, prefix: str, worker: Worker, events: int) -> None:
-    """Wait until every event is done: its offset committed with exactly_once; with
-    at_least_once, its deployment written (Faust's own commits may lag behind the end after a
-    rebalance: once for minutes, with both workers idle; not investigated here)."""
-    if worker.env["SYNCTRAIL_PROCESSING_GUARANTEE"] == "exactly_once":
-        await _wait_processed(bootstrap, prefix, 1.0, worker, timeout=240)
-        return
-
-    async def all_deployed() -> bool:
-        records = await read_topic(bootstrap, f"{prefix}deployments", timeout=60)
-        return len({r.value["delivery_id"] for r in records}) >= events
-
-    await wait_for(all_deployed, timeout=240, interval=1.0, what=f"{events} deployments")
-
-
-async def _output_ends(bootstrap: str, prefix: str) -> dict[tuple[str, int], int]:
-    """The end offset of every output partition now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(f"{prefix}{name}", p) for name in OUTPUTS for p in range(8)]
-        return {
-            (tp.topic, tp.partition): end for tp, end in (await consumer.end_offsets(tps)).items()
-        }
-    finally:
-        await consumer.stop()
-
-
-async def _duplicates(
-    bootstrap: str, prefix: str, kills: list[dict[tuple[str, int], int]]
-) -> dict[str, list[int]]:
-    """Per output topic, read committed: [records, repeats of an earlier record, then the
-    repeats written after each kill (the output partitions' end offsets then are in ``kills``)].
-    """
-    counts = {}
-    for name in OUTPUTS:
-        topic = f"{prefix}{name}"
-        records = await read_topic(bootstrap, topic, timeout=60)
-        seen: set[bytes] = set()
-        after_kill = [0] * len(kills)
-        for record in records:  # by partition and offset
-            identity = _identity(record.value)
-            if identity not in seen:
-                seen.add(identity)
-                continue
-            for index in reversed(range(len(kills))):
-                if record.offset >= kills[index][topic, record.partition]:
-                    after_kill[index] += 1
-                    break
-        counts[name] = [len(records), len(records) - len(seen), *after_kill]
-    return counts
+@pytest.fixture
+def kafka_worker(apache_kafka, workers: Callable[..., Worker]) -> Callable[..., Worker]:
+    """Start workers on Apache Kafka: ``kafka_worker(guarantee)``."""
+    return lambda guarantee: workers(apache_kafka.bootstrap, guarantee)
 
 
 async def _assert_states_right(worker: Worker, events: list[FixtureEvent]) -> None:
@@ -229,30 +121,52 @@ def _assert_no_duplicates(counts: dict[str, list[int]]) -> None:
     assert {name: count[1] for name, count in counts.items()} == dict.fromkeys(OUTPUTS, 0)
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-async def test_worker_killed_at_three_points_of_a_backlog(
-    apache_kafka, prefix, backlog, kafka_worker, guarantee
-):
-    bootstrap = apache_kafka.bootstrap
+async def _kill_at_three_points(
+    bootstrap: str, start: Callable[[], Worker], guarantee: str, prefix: str, events: list[Any]
+) -> None:
+    """kill -9 at 30 %, 50 % and 80 % of the backlog, a new worker each time: nothing missing,
+    states right, 0 duplicates."""
     started = time.monotonic()
-    worker = kafka_worker(guarantee)
+    worker = start()
     kills = []
     points = ["30%", "50%", "80%"]
     for share in (0.3, 0.5, 0.8):
-        await _wait_processed(bootstrap, prefix, share, worker)
+        await wait_processed(bootstrap, prefix, share, worker)
         worker.kill()
-        kills.append(await _output_ends(bootstrap, prefix))
-        worker = kafka_worker(guarantee)
-    await _wait_done(bootstrap, prefix, worker, EVENTS)
+        kills.append(await output_ends(bootstrap, prefix))
+        worker = start()
+    await wait_done(bootstrap, prefix, worker, EVENTS)
     elapsed = time.monotonic() - started
-    counts = await _duplicates(bootstrap, prefix, kills)
+    counts = await duplicates(bootstrap, prefix, kills)
     _report(guarantee, "kill-9", counts, [f"after-kill-at-{p}" for p in points])
     print(f"BACKLOG {guarantee} kill-9 {EVENTS} events in {elapsed:.1f}s, 4 worker starts")
 
     _assert_nothing_missing(counts)
-    await _assert_states_right(worker, backlog)
-    if guarantee == "exactly_once":
-        _assert_no_duplicates(counts)
+    await _assert_states_right(worker, events)
+    _assert_no_duplicates(counts)
+
+
+async def test_exactly_once_worker_killed_at_three_points_of_a_backlog(
+    apache_kafka, prefix, backlog, kafka_worker
+):
+    await _kill_at_three_points(
+        apache_kafka.bootstrap,
+        lambda: kafka_worker("exactly_once"),
+        "exactly_once",
+        prefix,
+        backlog,
+    )
+
+
+async def test_at_least_once_worker_killed_at_three_points_of_a_backlog(broker, prefix, workers):
+    events = await produce_backlog(broker.bootstrap, prefix)
+    await _kill_at_three_points(
+        broker.bootstrap,
+        lambda: workers(broker.bootstrap, "at_least_once"),
+        "at_least_once",
+        prefix,
+        events,
+    )
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
@@ -262,16 +176,16 @@ async def test_a_second_worker_joining_mid_backlog(
     bootstrap = apache_kafka.bootstrap
     started = time.monotonic()
     first = kafka_worker(guarantee)
-    await _wait_processed(bootstrap, prefix, 0.2, first)
-    joined = await _output_ends(bootstrap, prefix)
+    await wait_processed(bootstrap, prefix, 0.2, first)
+    joined = await output_ends(bootstrap, prefix)
     second = kafka_worker(guarantee)  # joins while the first works through the backlog
     await second.wait_ready()
     # the first may be done by now: more events, which both then share
     more = synthetic_events(apps=APPS, deploys=3)[EVENTS:]
     await produce(bootstrap, f"{prefix}sync-events", [(e.key.encode(), e.raw) for e in more])
-    await _wait_done(bootstrap, prefix, first, EVENTS + len(more))
+    await wait_done(bootstrap, prefix, first, EVENTS + len(more))
     elapsed = time.monotonic() - started
-    counts = await _duplicates(bootstrap, prefix, [joined])
+    counts = await duplicates(bootstrap, prefix, [joined])
     _report(guarantee, "rebalance", counts, ["after-join"])
     total = EVENTS + len(more)
     print(f"BACKLOG {guarantee} rebalance {total} events in {elapsed:.1f}s")
@@ -283,8 +197,7 @@ async def test_a_second_worker_joining_mid_backlog(
     print(f"BACKLOG {guarantee} rebalance: the second worker deployed {processed:.0f}")
     assert processed, "the second worker must have taken over some partitions"
     await _assert_states_right(first, backlog + more)  # the query API forwards to the owner
-    if guarantee == "exactly_once":
-        _assert_no_duplicates(counts)
+    _assert_no_duplicates(counts)
 
 
 async def test_exactly_once_on_the_embedded_broker_stops_at_start_naming_the_setting(

@@ -73,8 +73,8 @@ class Outputs:
         self.log = log
         self.pending: list[asyncio.Future[dict[tuple[str, int], int]]] = []
 
-    async def place(self, records: list[tuple[str, bytes, bytes]]) -> list[Any]:
-        return [(topic, 0, key, value) for topic, key, value in records]
+    async def place(self, records: list[tuple[str, bytes, bytes, bytes | None]]) -> list[Any]:
+        return [(topic, 0, key, value, source) for topic, key, value, source in records]
 
     async def hand_over(self, records: list[Any]) -> asyncio.Future[Any]:
         self.log.append("hand over " + ",".join(r[3].decode() for r in records))
@@ -114,7 +114,7 @@ async def parts() -> AsyncIterator[SimpleNamespace]:
 def batch_of(offset: int, key: str, version: int) -> Batch:
     event = Event(offset)
     batch = Batch(events=[event])
-    batch.outputs.append(("deployments", key.encode(), b"deploy-%d" % version))
+    batch.outputs.append(("deployments", key.encode(), b"deploy-%d" % version, None))
     batch.states[key] = (event, {"v": version})
     batch.outcomes.append(("deployed", None))
     return batch
