@@ -14,6 +14,13 @@ copy then arrives behind the app's later deliveries, and compared with the app's
 alone a bare body would read as a rollback. Between a record and its copy lie only the app's
 deliveries accepted during that one outage, so the memory holds while one app receives fewer
 than :data:`RECENT_DELIVERY_IDS` deliveries in one outage (Argo CD sends one per sync).
+
+``decide`` runs in steps, each a small function over plain data: the stored state is read once
+into a :class:`_Prior` view (empty values for an app never seen); :func:`_dedupe` finds a
+duplicate or stale event (:func:`_skipped` counts it); :func:`_apply` applies the operation to
+the prior state (:class:`_Applied`); :func:`_classify` tells a resync from a rollback and a
+deployment; :func:`_resynced` or :func:`_deployed` build the new state and the records.
+``recheck_policy`` shares the flagging (:func:`_flag`), violation and remediation builders.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 from streams import records
 from streams.diff import canonical_sha256, diff_images, fingerprint
 from streams.policy import find_violations
-from streams.state import apply_operation, outcome_of_bare, running_images
+from streams.state import AppliedOperation, apply_operation, outcome_of_bare, running_images
 
 JsonObject = dict[str, Any]
 
@@ -35,6 +42,8 @@ DEPLOYED = "deployed"
 DUPLICATE = "duplicate"
 RESYNC = "resync"
 STALE = "stale"
+_ROLLBACK = "rollback"
+_DEPLOYMENT = "deployment"
 
 #: How many recent delivery ids each app's state remembers (see the module docstring). Each
 #: is 32 hex digits: 32 of them add about 1.2 KB to an app's state.
@@ -224,18 +233,18 @@ def _violation_record(
     }
 
 
-def _new_flags(
-    state: JsonObject, violations: Iterable[Mapping[str, Any]]
-) -> list[Mapping[str, Any]]:
-    """Violations not yet reported for this app; marks them reported in ``state``.
+def _flag(
+    flagged: Mapping[str, list[str]], violations: Iterable[Mapping[str, Any]]
+) -> tuple[list[Mapping[str, Any]], dict[str, list[str]]]:
+    """Violations not yet reported for this app, and ``flagged`` with them marked reported.
 
-    ``state["flagged"]`` maps each running image to the ids of the rules it was reported for.
+    ``flagged`` maps each running image to the ids of the rules it was reported for.
     """
-    flagged: dict[str, list[str]] = state.setdefault("flagged", {})
     fresh = [v for v in violations if v["rule_id"] not in flagged.get(v["image"], ())]
+    marked = dict(flagged)
     for v in fresh:
-        flagged[v["image"]] = sorted({*flagged.get(v["image"], ()), v["rule_id"]})
-    return fresh
+        marked[v["image"]] = sorted({*marked.get(v["image"], ()), v["rule_id"]})
+    return fresh, marked
 
 
 def _still_running(flagged: Mapping[str, list[str]], images: Iterable[str]) -> dict[str, list[str]]:
@@ -271,203 +280,330 @@ def _remediation(
     }
 
 
-def decide(
-    event: Mapping[str, Any],
-    state: Mapping[str, Any] | None,
-    rules: Sequence[Mapping[str, Any]],
+# --- the steps of decide() ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Prior:
+    """The app's stored state as the steps read it: empty values for an app never seen."""
+
+    state: Mapping[str, Any] | None
+    project: str | None
+    destination: Mapping[str, Any] | None
+    seen: list[str]
+    last: Mapping[str, Any] | None
+    resources: Mapping[str, list[str]]
+    images: Sequence[str]
+    history: Sequence[Mapping[str, Any]]
+    last_success: Mapping[str, Any] | None
+    flagged: Mapping[str, list[str]]
+
+    @property
+    def initial(self) -> bool:
+        return self.state is None
+
+
+def _prior_of(state: Mapping[str, Any] | None) -> _Prior:
+    view: Mapping[str, Any] = state or {}
+    return _Prior(
+        state=state,
+        project=view.get("project"),
+        destination=view.get("destination"),
+        seen=list(view.get("recent_delivery_ids", ())),
+        last=view.get("last_operation"),
+        resources=view.get("resources", {}),
+        images=view.get("images", []),
+        history=view.get("history", []),
+        last_success=view.get("last_success"),
+        flagged=view.get("flagged", {}),
+    )
+
+
+def _dedupe(event: Mapping[str, Any], prior: _Prior, sr_sha: str) -> str | None:
+    """:data:`DUPLICATE` or :data:`STALE` for an event already decided, else ``None``."""
+    if event["delivery_id"] in prior.seen:
+        return DUPLICATE
+    if prior.last:
+        return _is_duplicate_or_stale(event, prior.last, sr_sha)
+    return None
+
+
+def _skipped(
+    verdict: str,
+    prior: _Prior,
     *,
+    app_key: str,
+    project: str | None,
+    delivery_id: str,
     now: datetime,
-    ctx: Context = Context(),
 ) -> Decision:
-    """Decide what one validated sync event means for its app; see the module docstring."""
-    app_key = app_key_of(event)
-    app = event["app"]
+    """A duplicate or stale event: counted, and its delivery id remembered if it is new."""
+    metrics = [metric_event(verdict, app_key, project, now, delivery_id=delivery_id)]
+    if delivery_id in prior.seen or prior.state is None:
+        return Decision(verdict, app_key, metrics=metrics)
+    # remembered, so that a second copy arriving after a later delivery is one too
+    return Decision(
+        verdict,
+        app_key,
+        state={**prior.state, "recent_delivery_ids": _remember(prior.seen, delivery_id)},
+        metrics=metrics,
+    )
+
+
+@dataclass(slots=True)
+class _Applied:
+    """A new operation applied to the app's prior state: what a resync and a deploy share."""
+
+    app_key: str
+    project: str | None
+    delivery_id: str
+    sr_sha: str
+    phase: str
+    operation: JsonObject
+    result: AppliedOperation
+    images_before: Sequence[str]
+    images_after: list[str]
+    revision: str
+    revisions: list[str]
+    fingerprint: str
+    destination: Mapping[str, Any] | None
+    latency: float | None
+
+
+def _apply(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    *,
+    app_key: str,
+    project: str | None,
+    sr_sha: str,
+    now: datetime,
+) -> _Applied:
     sync_result = event.get("sync_result")
-    sr_sha = canonical_sha256(sync_result)
-    project = app.get("project") or (state or {}).get("project")
-    delivery_id = event["delivery_id"]
-
-    seen = list((state or {}).get("recent_delivery_ids", ()))
-    last = (state or {}).get("last_operation")
-    verdict = DUPLICATE if delivery_id in seen else None
-    if last and verdict is None:
-        verdict = _is_duplicate_or_stale(event, last, sr_sha)
-    if verdict:
-        metrics = [metric_event(verdict, app_key, project, now, delivery_id=delivery_id)]
-        if delivery_id in seen or state is None:
-            return Decision(verdict, app_key, metrics=metrics)
-        # remembered, so that a second copy arriving after a later delivery is one too
-        return Decision(
-            verdict,
-            app_key,
-            state={**state, "recent_delivery_ids": _remember(seen, delivery_id)},
-            metrics=metrics,
-        )
-
-    applied = apply_operation((state or {}).get("resources", {}), sync_result)
-    images_before = list((state or {}).get("images", []))
-    images_after = running_images(applied.resources)
+    result = apply_operation(prior.resources, sync_result)
+    images_after = running_images(result.resources)
     phase = (
         (event.get("operation") or {}).get("phase") or "Succeeded"
         if event["shape"] == "envelope"
         else outcome_of_bare(sync_result)
     )
     revision, revisions = event.get("revision", ""), list(event.get("revisions", []))
-    print_ = fingerprint(revision, revisions, images_after)
     received = parse_time(event["received_at"])
-    latency = max(0.0, (now - received).total_seconds()) if received else None
-    operation = _operation_of(event, phase)
-    history: list[JsonObject] = [dict(h) for h in (state or {}).get("history", [])]
-    last_success = (state or {}).get("last_success")
-
-    new_state: JsonObject = {
-        "app": app["name"],
-        "app_namespace": app["namespace"],
-        "project": project,
-        "destination": event.get("destination") or (state or {}).get("destination"),
-        "health": event.get("health"),
-        "resources": applied.resources,
-        "images": images_after,
-        "revision": revision,
-        "revisions": revisions,
-        "fingerprint": print_,
-        "last_operation": {
-            "started_at": operation["started_at"],
-            "finished_at": operation["finished_at"],
-            "phase": phase,
-            "sync_result_sha": sr_sha,
-            "body_sha256": event["body_sha256"],
-            "delivery_id": delivery_id,
-            "received_at": event["received_at"],
-        },
-        "last_success": last_success,
-        "history": history,
-        "flagged": _still_running((state or {}).get("flagged", {}), images_after),
-        "recent_delivery_ids": _remember(seen, delivery_id),
-        "updated_at": iso_now(now),
-    }
-    success = phase == "Succeeded"
-    if success:
-        new_state["last_success"] = {
-            "revision": revision,
-            "revisions": revisions,
-            "images": images_after,
-            "fingerprint": print_,
-        }
-
-    previous_ok = state is not None and (last or {}).get("phase") == "Succeeded"
-    if (
-        success
-        and previous_ok
-        and last_success is not None
-        and _revision_key(last_success["revision"], last_success["revisions"])
-        == _revision_key(revision, revisions)
-        and list(last_success["images"]) == images_after
-    ):
-        return Decision(
-            RESYNC,
-            app_key,
-            state=new_state,
-            metrics=[
-                metric_event(
-                    RESYNC,
-                    app_key,
-                    project,
-                    now,
-                    delivery_id=delivery_id,
-                    latency_seconds=latency,
-                    running_images=len(images_after),
-                )
-            ],
-        )
-
-    diff = diff_images(images_before, images_after)
-    destination = new_state["destination"] or {}
-    violations = find_violations(
-        images_after,
-        rules,
-        app=app["name"],
-        app_namespace=app["namespace"],
+    return _Applied(
+        app_key=app_key,
         project=project,
-        namespace=destination.get("namespace"),
+        delivery_id=event["delivery_id"],
+        sr_sha=sr_sha,
+        phase=phase,
+        operation=_operation_of(event, phase),
+        result=result,
+        images_before=prior.images,
+        images_after=images_after,
+        revision=revision,
+        revisions=revisions,
+        fingerprint=fingerprint(revision, revisions, images_after),
+        destination=event.get("destination") or prior.destination,
+        latency=max(0.0, (now - received).total_seconds()) if received else None,
     )
-    fresh = _new_flags(new_state, violations)
-    denied_fresh = [v for v in fresh if v["rule"] == "denylist"]
+
+
+def _classify(prior: _Prior, step: _Applied, history: Sequence[Mapping[str, Any]]) -> str:
+    """:data:`RESYNC` (same revision and images again), ``rollback`` or ``deployment``."""
+    last_success = prior.last_success
+    this_revision = _revision_key(step.revision, step.revisions)
+    if (
+        step.phase == "Succeeded"
+        and not prior.initial
+        and (prior.last or {}).get("phase") == "Succeeded"
+        and last_success is not None
+        and _revision_key(last_success["revision"], last_success["revisions"]) == this_revision
+        and list(last_success["images"]) == step.images_after
+    ):
+        return RESYNC
     earlier_revisions = [
         _revision_key(h["revision"], h["revisions"])
         for h in history
         if h.get("phase") == "Succeeded"
     ]
-    this_revision = _revision_key(revision, revisions)
-    rollback = (
-        bool(earlier_revisions)
+    if (
+        earlier_revisions
         and this_revision in earlier_revisions[:-1]
         and this_revision != earlier_revisions[-1]
+    ):
+        return _ROLLBACK
+    return _DEPLOYMENT
+
+
+def _new_state(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    step: _Applied,
+    *,
+    history: list[JsonObject],
+    flagged: dict[str, list[str]],
+    now: datetime,
+) -> JsonObject:
+    """The app's state to store after ``step``."""
+    app, operation = event["app"], step.operation
+    return {
+        "app": app["name"],
+        "app_namespace": app["namespace"],
+        "project": step.project,
+        "destination": step.destination,
+        "health": event.get("health"),
+        "resources": step.result.resources,
+        "images": step.images_after,
+        "revision": step.revision,
+        "revisions": step.revisions,
+        "fingerprint": step.fingerprint,
+        "last_operation": {
+            "started_at": operation["started_at"],
+            "finished_at": operation["finished_at"],
+            "phase": step.phase,
+            "sync_result_sha": step.sr_sha,
+            "body_sha256": event["body_sha256"],
+            "delivery_id": step.delivery_id,
+            "received_at": event["received_at"],
+        },
+        "last_success": {
+            "revision": step.revision,
+            "revisions": step.revisions,
+            "images": step.images_after,
+            "fingerprint": step.fingerprint,
+        }
+        if step.phase == "Succeeded"
+        else prior.last_success,
+        "history": history,
+        "flagged": flagged,
+        "recent_delivery_ids": _remember(prior.seen, step.delivery_id),
+        "updated_at": iso_now(now),
+    }
+
+
+def _resynced(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    step: _Applied,
+    history: list[JsonObject],
+    *,
+    now: datetime,
+) -> Decision:
+    """A resync: nothing to announce; the state and a metric are updated."""
+    flagged = _still_running(prior.flagged, step.images_after)
+    metric = metric_event(
+        RESYNC,
+        step.app_key,
+        step.project,
+        now,
+        delivery_id=step.delivery_id,
+        latency_seconds=step.latency,
+        running_images=len(step.images_after),
     )
-    deployment: JsonObject = {
+    return Decision(
+        RESYNC,
+        step.app_key,
+        state=_new_state(event, prior, step, history=history, flagged=flagged, now=now),
+        metrics=[metric],
+    )
+
+
+def _deployment_record(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    step: _Applied,
+    violations: Sequence[Mapping[str, Any]],
+    *,
+    rollback: bool,
+) -> JsonObject:
+    """The ``synctrail.deployment/v1`` record of ``step``."""
+    app, result, last_success = event["app"], step.result, prior.last_success
+    sync_result = event.get("sync_result") or {}
+    diff = diff_images(step.images_before, step.images_after)
+    return {
         "schema": records.DEPLOYMENT_V1,
         "app": app["name"],
         "app_namespace": app["namespace"],
-        "project": project,
-        "destination": new_state["destination"],
-        "revision": revision,
-        "revisions": revisions,
+        "project": step.project,
+        "destination": step.destination,
+        "revision": step.revision,
+        "revisions": step.revisions,
         "previous_revision": last_success["revision"] if last_success else None,
         "previous_revisions": list(last_success["revisions"]) if last_success else [],
-        "operation": operation,
+        "operation": step.operation,
         "health": event.get("health"),
-        "initial": state is None,
+        "initial": prior.initial,
         "rollback": rollback,
-        "fingerprint": print_,
-        "images": images_after,
+        "fingerprint": step.fingerprint,
+        "images": step.images_after,
         "images_added": diff.added,
         "images_removed": diff.removed,
         "images_changed": diff.changed,
-        "hook_images": applied.hook_images,
-        "resources_changed": applied.resources_changed,
-        "resources_unchanged": applied.resources_unchanged,
-        "failed_resources": applied.failed_resources,
+        "hook_images": result.hook_images,
+        "resources_changed": result.resources_changed,
+        "resources_unchanged": result.resources_unchanged,
+        "failed_resources": result.failed_resources,
         "violations": [dict(v) for v in violations],
-        "invalid_images": applied.invalid_images,
-        "source": (sync_result or {}).get("source"),
-        "sources": list((sync_result or {}).get("sources") or []),
+        "invalid_images": result.invalid_images,
+        "source": sync_result.get("source"),
+        "sources": list(sync_result.get("sources") or []),
         "received_at": event["received_at"],
-        "delivery_id": delivery_id,
+        "delivery_id": step.delivery_id,
     }
-    history.append(
-        {
-            "revision": revision,
-            "revisions": revisions,
-            "phase": phase,
-            "fingerprint": print_,
-            "images": images_after,
-            "started_at": operation["started_at"],
-            "finished_at": operation["finished_at"],
-            "delivery_id": delivery_id,
-            "denied": any(v["rule"] == "denylist" for v in violations),
-        }
-    )
-    del history[: max(0, len(history) - ctx.history_limit)]
 
-    metrics = [
-        metric_event(
-            "deployment",
-            app_key,
-            project,
-            now,
-            delivery_id=delivery_id,
-            latency_seconds=latency,
-            running_images=len(images_after),
-            image_changes=len(diff.added) + len(diff.removed) + len(diff.changed),
-            phase=phase,
-            initial=state is None,
-        )
-    ]
-    violation_records = [
-        _violation_record(new_state, v, detected="deploy", delivery_id=delivery_id, now=now)
-        for v in fresh
-    ]
-    metrics += [
+
+def _history_after(
+    history: Sequence[JsonObject],
+    step: _Applied,
+    violations: Sequence[Mapping[str, Any]],
+    limit: int,
+) -> list[JsonObject]:
+    """``history`` with ``step`` appended, the newest ``limit`` entries."""
+    entry = {
+        "revision": step.revision,
+        "revisions": step.revisions,
+        "phase": step.phase,
+        "fingerprint": step.fingerprint,
+        "images": step.images_after,
+        "started_at": step.operation["started_at"],
+        "finished_at": step.operation["finished_at"],
+        "delivery_id": step.delivery_id,
+        "denied": any(v["rule"] == "denylist" for v in violations),
+    }
+    after = [*history, entry]
+    del after[: max(0, len(after) - limit)]
+    return after
+
+
+def _deployment_metrics(
+    prior: _Prior,
+    step: _Applied,
+    deployment: Mapping[str, Any],
+    fresh: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+) -> list[JsonObject]:
+    """The deployment's metric, then one per violation reported for the first time."""
+    app_key, project, delivery_id = step.app_key, step.project, step.delivery_id
+    image_changes = (
+        len(deployment["images_added"])
+        + len(deployment["images_removed"])
+        + len(deployment["images_changed"])
+    )
+    deployed = metric_event(
+        "deployment",
+        app_key,
+        project,
+        now,
+        delivery_id=delivery_id,
+        latency_seconds=step.latency,
+        running_images=len(step.images_after),
+        image_changes=image_changes,
+        phase=step.phase,
+        initial=prior.initial,
+    )
+    if not fresh:
+        return [deployed]
+    return [deployed] + [
         metric_event(
             "violation",
             app_key,
@@ -479,19 +615,86 @@ def decide(
         )
         for v in fresh
     ]
-    remediation = (
-        _remediation(new_state, denied_fresh, history[:-1], delivery_id=delivery_id, now=now)
-        if denied_fresh
-        else None
+
+
+def _deployed(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    step: _Applied,
+    history: list[JsonObject],
+    rules: Sequence[Mapping[str, Any]],
+    *,
+    rollback: bool,
+    now: datetime,
+    ctx: Context,
+) -> Decision:
+    """A deployment: its record, the violations found first now, a remediation if denied."""
+    violations = find_violations(
+        step.images_after,
+        rules,
+        app=event["app"]["name"],
+        app_namespace=event["app"]["namespace"],
+        project=step.project,
+        namespace=(step.destination or {}).get("namespace"),
     )
+    fresh, flagged = _flag(_still_running(prior.flagged, step.images_after), violations)
+    history_after = _history_after(history, step, violations, ctx.history_limit)
+    state = _new_state(event, prior, step, history=history_after, flagged=flagged, now=now)
+    deployment = _deployment_record(event, prior, step, violations, rollback=rollback)
+    denied = [v for v in fresh if v["rule"] == "denylist"]
+    delivery_id = step.delivery_id
     return Decision(
         DEPLOYED,
-        app_key,
-        state=new_state,
+        step.app_key,
+        state=state,
         deployment=deployment,
-        violations=violation_records,
-        remediation=remediation,
-        metrics=metrics,
+        violations=[
+            _violation_record(state, v, detected="deploy", delivery_id=delivery_id, now=now)
+            for v in fresh
+        ],
+        remediation=_remediation(
+            state, denied, history_after[:-1], delivery_id=delivery_id, now=now
+        )
+        if denied
+        else None,
+        metrics=_deployment_metrics(prior, step, deployment, fresh, now=now),
+    )
+
+
+def decide(
+    event: Mapping[str, Any],
+    state: Mapping[str, Any] | None,
+    rules: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    ctx: Context = Context(),
+) -> Decision:
+    """Decide what one validated sync event means for its app; see the module docstring.
+
+    The steps: dedupe (:func:`_dedupe`), apply to the state (:func:`_apply`), classify
+    (:func:`_classify`), then build the records (:func:`_resynced` or :func:`_deployed`).
+    """
+    app_key = app_key_of(event)
+    prior = _prior_of(state)
+    sr_sha = canonical_sha256(event.get("sync_result"))
+    project = event["app"].get("project") or prior.project
+    verdict = _dedupe(event, prior, sr_sha)
+    if verdict:
+        return _skipped(
+            verdict,
+            prior,
+            app_key=app_key,
+            project=project,
+            delivery_id=event["delivery_id"],
+            now=now,
+        )
+    step = _apply(event, prior, app_key=app_key, project=project, sr_sha=sr_sha, now=now)
+    history = [dict(h) for h in prior.history]
+    kind = _classify(prior, step, history)
+    if kind == RESYNC:
+        return _resynced(event, prior, step, history, now=now)
+    return _deployed(
+        event, prior, step, history, rules, rollback=kind == _ROLLBACK, now=now, ctx=ctx
     )
 
 
@@ -516,13 +719,10 @@ def recheck_policy(
         project=state.get("project"),
         namespace=destination.get("namespace"),
     )
-    new_state = {
-        **state,
-        "flagged": _still_running(state.get("flagged", {}), state.get("images", [])),
-    }
-    fresh = _new_flags(new_state, hits)
+    fresh, flagged = _flag(_still_running(state.get("flagged", {}), state.get("images", [])), hits)
     if not fresh:
         return None
+    new_state = {**state, "flagged": flagged}
     history = [dict(h) for h in state.get("history", [])]
     denied = [v for v in fresh if v["rule"] == "denylist"]
     if denied and history:
