@@ -141,6 +141,7 @@ class SlackServer:
         self.calls: list[Call] = []
         self.messages: list[Posted] = []
         self._script: dict[str, deque[Reply]] = defaultdict(deque)
+        self._limited: dict[str, Reply] = {}  # channel → the 429 every post to it gets
         self._release = asyncio.Event()
         self._last_ts = 0.0
         self._runner: web.AppRunner | None = None
@@ -188,6 +189,11 @@ class SlackServer:
     def script(self, method: str, *replies: Reply) -> None:
         """Queue answers for the next calls of ``method`` (``webhook`` for the webhook)."""
         self._script[method].extend(replies)
+
+    def rate_limit_channel(self, channel: str, retry_after: float) -> None:
+        """Answer every ``chat.postMessage`` to ``channel`` (as the client names it) with 429
+        and ``Retry-After: retry_after``, whatever else is scripted."""
+        self._limited[channel] = Reply.rate_limited(retry_after)
 
     def release_hangs(self) -> None:
         """Let hanging requests finish (with a 500)."""
@@ -252,6 +258,9 @@ class SlackServer:
         if reply.hangs:
             await self._release.wait()
             reply = Reply.server_error()
+        return self._reply(call, reply)
+
+    def _reply(self, call: Call, reply: Reply) -> web.Response:
         call.status = reply.status
         if isinstance(reply.body, dict):
             call.error = reply.body.get("error")
@@ -271,6 +280,8 @@ class SlackServer:
             if auth != f"Bearer {self.token}":
                 return self._answer(call, {"ok": False, "error": "invalid_auth"})
         channel = str(params.get("channel") or "") or None
+        if method == "chat.postMessage" and channel in self._limited:
+            return self._reply(call, self._limited[channel])
         scripted = await self._scripted(
             method, call, params, channel if method == "chat.postMessage" else None
         )

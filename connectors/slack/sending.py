@@ -361,14 +361,7 @@ async def deliver(
         if attempt.outcome == "posted":
             return Delivery(True, attempt.ts, attempt.channel_id or channel_id, attempts=attempts)
         if attempt.outcome == "permanent":
-            hint = HINTS.get(attempt.error, "")
-            return Delivery(
-                False,
-                error=attempt.error,
-                reason=f"Slack refused the message: {attempt.error}"
-                + (f" ({hint})" if hint else ""),
-                attempts=attempts,
-            )
+            return _refused(attempt, attempts)
         if attempt.outcome == "rate_limited":
             wait = attempt.retry_after if attempt.retry_after is not None else 1.0
             if rate_limited_for + wait > policy.rate_limit_max_wait:
@@ -398,17 +391,34 @@ async def deliver(
         if log_retry:
             await _maybe_await(log_retry(attempt, delay))
         # A timeout or a 5xx does not prove Slack dropped the message: look before posting again.
-        if sender.can_find:
-            try:
-                found = await sender.find(
-                    message.key, message.channel, channel_id, message.thread_ts, since
-                )
-            except LookupFailed:
-                found = None
-            if found:
-                return Delivery(
-                    True, found[0], found[1] or channel_id, attempts=attempts, found_existing=True
-                )
+        found = await _find_existing(sender, message, channel_id, since)
+        if found:
+            return Delivery(
+                True, found[0], found[1] or channel_id, attempts=attempts, found_existing=True
+            )
+
+
+def _refused(attempt: Attempt, attempts: int) -> Delivery:
+    """The ``Delivery`` of a message Slack refused for good (with the error's hint)."""
+    hint = HINTS.get(attempt.error, "")
+    return Delivery(
+        False,
+        error=attempt.error,
+        reason=f"Slack refused the message: {attempt.error}" + (f" ({hint})" if hint else ""),
+        attempts=attempts,
+    )
+
+
+async def _find_existing(
+    sender: Sender, message: Message, channel_id: str | None, since: float
+) -> tuple[str, str | None] | None:
+    """``message`` as Slack holds it (ts, channel id), if the sender can tell; else None."""
+    if not sender.can_find:
+        return None
+    try:
+        return await sender.find(message.key, message.channel, channel_id, message.thread_ts, since)
+    except LookupFailed:
+        return None
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:

@@ -69,6 +69,12 @@ class SlackSettings(CommonSettings):
     slack_max_in_flight: int = Field(
         500, ge=1, description="Notifications fetched but not yet posted, at most."
     )
+    slack_channel_queue_max: int = Field(
+        50,
+        ge=1,
+        description="Notifications waiting for one channel, at most; when a channel is full, "
+        "the partitions whose next record is for it pause until it has room.",
+    )
     slack_state_retention_days: float = Field(
         30.0,
         gt=0,

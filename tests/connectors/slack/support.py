@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.broker import free_port
 from connectors.slack.connector import Connector
 from connectors.slack.settings import SlackSettings
 from tests.slack_server import SlackServer
-from tests.support import produce
+from tests.support import produce, read_topic
 
 TOKEN = "xoxb-test-token"
 
@@ -108,3 +109,29 @@ async def running(settings: SlackSettings) -> AsyncIterator[Connector]:
         stop.set()
         code = await asyncio.wait_for(task, 30)
         assert code == 0, f"connector exited with {code}"
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets on ``topic`` per partition (partitions with one)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        out = {}
+        for p in range(8):
+            offset = await consumer.committed(TopicPartition(topic, p))
+            if offset is not None:
+                out[p] = offset
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partitions of ``topic`` that hold records, with their end offsets."""
+    records = await read_topic(bootstrap, topic)
+    ends: dict[int, int] = {}
+    for r in records:
+        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+    return ends

@@ -13,10 +13,11 @@ from itertools import pairwise
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.slack.service import serve
 from tests.connectors.slack.support import (
+    committed_offsets,
+    end_offsets,
     notification,
     produce_notes,
     running,
@@ -31,32 +32,6 @@ def _count(connector: Any, counter: str, **labels: str) -> float:
     """A counter of the connector's registry, read through prometheus_client's public API."""
     value = connector.metrics.registry.get_sample_value(f"synctrail_slack_{counter}_total", labels)
     return value or 0.0
-
-
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets on ``topic`` per partition (partitions with one)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        out = {}
-        for p in range(8):
-            offset = await consumer.committed(TopicPartition(topic, p))
-            if offset is not None:
-                out[p] = offset
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Partitions of ``topic`` that hold records, with their end offsets."""
-    records = await read_topic(bootstrap, topic)
-    ends: dict[int, int] = {}
-    for r in records:
-        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
-    return ends
 
 
 async def test_posts_each_notification_once_with_its_key_and_commits(broker, topics, slack_server):
