@@ -4,6 +4,13 @@ Starts the embedded broker, creates the topics, then runs every synctrail proces
 (bridge, worker, Slack connector in console mode unless Slack credentials are set, exporter)
 and prints how to post the example payloads. Children get the parent-death signal, so even a
 SIGKILLed ``dev`` leaves nothing behind.
+
+What the terminal shows is for a person, not a log shipper: the children log text lines at
+WARNING (``SYNCTRAIL_LOG_LEVEL`` / ``SYNCTRAIL_LOG_FORMAT`` set in the environment win, e.g.
+``SYNCTRAIL_LOG_LEVEL=INFO make run`` for everything), the Slack connector prints each message
+as it would post it, and ``dev`` itself prints one line per decision of the worker, read from
+the topics (``connectors.dev_feed``). The processes themselves are unchanged: run directly
+(``synctrail worker``, ...) they log JSON at INFO as in production.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from connectors import logs
+from connectors import dev_feed, logs
 from connectors.broker import EmbeddedBroker, die_with_parent, ensure_topics, free_port
 from streams.settings import CommonSettings
 
@@ -49,9 +56,16 @@ def free_port_is(port: int) -> bool:
     return True
 
 
+# What the children log unless the environment says otherwise: warnings, as text lines.
+DEV_LOG_LEVEL = "WARNING"
+DEV_LOG_FORMAT = "text"
+
+
 def _child_env(bootstrap: str, token: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("SYNCTRAIL_BRIDGE_TOKENS", token)
+    env.setdefault("SYNCTRAIL_LOG_LEVEL", DEV_LOG_LEVEL)
+    env.setdefault("SYNCTRAIL_LOG_FORMAT", DEV_LOG_FORMAT)
     env.update(
         {
             "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
@@ -87,8 +101,16 @@ async def _serve(settings: CommonSettings) -> int:
     broker = EmbeddedBroker(port=port)
     await broker.start()
     procs: list[Process] = []
+    feed: asyncio.Task[None] | None = None
     try:
         await ensure_topics(broker.bootstrap, settings.topic_prefix, settings.partitions)
+        feed_ready = asyncio.Event()
+        feed = asyncio.create_task(
+            dev_feed.feed(broker.bootstrap, settings.topic_prefix, ready=feed_ready)
+        )
+        ready_wait = asyncio.create_task(feed_ready.wait())
+        await asyncio.wait({feed, ready_wait}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        ready_wait.cancel()
         token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[
             0
         ] or secrets.token_urlsafe(24)
@@ -141,10 +163,18 @@ async def _serve(settings: CommonSettings) -> int:
             if exited:
                 print(f"synctrail dev: {exited[0]} exited; stopping everything", flush=True)
                 return 1
+            if feed is not None and feed.done():
+                error = None if feed.cancelled() else feed.exception()
+                print(f"synctrail dev: the event lines stopped ({error!r})", flush=True)
+                feed = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         return 0
     finally:
+        if feed is not None:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feed
         for proc in procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -159,5 +189,8 @@ async def _serve(settings: CommonSettings) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run everything until Ctrl-C."""
     settings = CommonSettings()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(
+        settings.log_level if "SYNCTRAIL_LOG_LEVEL" in os.environ else DEV_LOG_LEVEL,
+        settings.log_format if "SYNCTRAIL_LOG_FORMAT" in os.environ else DEV_LOG_FORMAT,
+    )
     return asyncio.run(_serve(settings))
