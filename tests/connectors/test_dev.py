@@ -224,9 +224,12 @@ async def test_dev_prints_a_readable_line_per_event_and_no_json_then_stops_every
         "SYNCTRAIL_WORKER_DATA_DIR": str(tmp_path / "worker"),
         "SYNCTRAIL_BRIDGE_SPOOL_DIR": str(tmp_path / "spool"),
         "SYNCTRAIL_BRIDGE_TOKENS": "dev-test-token",
+        # console mode: the Slack messages go to dev's terminal
+        "SYNCTRAIL_SLACK_TOKEN": "",
+        "SYNCTRAIL_SLACK_WEBHOOK_URL": "",
     }
     service = Service(["dev"], env, tmp_path / "dev.log")
-    for name in ("SYNCTRAIL_LOG_LEVEL", "SYNCTRAIL_LOG_FORMAT", "SLACK_BOT_TOKEN"):
+    for name in ("SYNCTRAIL_LOG_LEVEL", "SYNCTRAIL_LOG_FORMAT"):
         service.env.pop(name, None)
     service.start()
     assert service.process is not None
