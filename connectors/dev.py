@@ -6,7 +6,8 @@ and prints how to post the example payloads. Children get the parent-death signa
 SIGKILLed ``dev`` leaves nothing behind.
 
 What the terminal shows is for a person, not a log shipper: the children log text lines at
-WARNING (``SYNCTRAIL_LOG_LEVEL`` / ``SYNCTRAIL_LOG_FORMAT`` set in the environment win, e.g.
+WARNING (``SYNCTRAIL_LOG_LEVEL`` / ``SYNCTRAIL_LOG_FORMAT`` set in the environment or the
+``SYNCTRAIL_ENV_FILE`` win, e.g.
 ``SYNCTRAIL_LOG_LEVEL=INFO make run`` for everything), the Slack connector prints each message
 as it would post it, and ``dev`` itself prints one line per decision of the worker, read from
 the topics (``connectors.dev_feed``). The processes themselves are unchanged: run directly
@@ -61,11 +62,19 @@ DEV_LOG_LEVEL = "WARNING"
 DEV_LOG_FORMAT = "text"
 
 
-def _child_env(bootstrap: str, token: str) -> dict[str, str]:
+def dev_logging(settings: CommonSettings) -> tuple[str, str]:
+    """Log level and format under ``dev``: the settings' if set anywhere, else the dev ones."""
+    given = settings.model_fields_set
+    return (
+        settings.log_level if "log_level" in given else DEV_LOG_LEVEL,
+        settings.log_format if "log_format" in given else DEV_LOG_FORMAT,
+    )
+
+
+def _child_env(bootstrap: str, token: str, settings: CommonSettings) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("SYNCTRAIL_BRIDGE_TOKENS", token)
-    env.setdefault("SYNCTRAIL_LOG_LEVEL", DEV_LOG_LEVEL)
-    env.setdefault("SYNCTRAIL_LOG_FORMAT", DEV_LOG_FORMAT)
+    env["SYNCTRAIL_LOG_LEVEL"], env["SYNCTRAIL_LOG_FORMAT"] = dev_logging(settings)
     env.update(
         {
             "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
@@ -114,7 +123,7 @@ async def _serve(settings: CommonSettings) -> int:
         token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[
             0
         ] or secrets.token_urlsafe(24)
-        env = _child_env(broker.bootstrap, token)
+        env = _child_env(broker.bootstrap, token, settings)
         names: list[str] = []
         for command, module in _CHILDREN:
             if importlib.util.find_spec(module) is None:
@@ -189,8 +198,5 @@ async def _serve(settings: CommonSettings) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run everything until Ctrl-C."""
     settings = CommonSettings()
-    logs.configure(
-        settings.log_level if "SYNCTRAIL_LOG_LEVEL" in os.environ else DEV_LOG_LEVEL,
-        settings.log_format if "SYNCTRAIL_LOG_FORMAT" in os.environ else DEV_LOG_FORMAT,
-    )
+    logs.configure(*dev_logging(settings))
     return asyncio.run(_serve(settings))

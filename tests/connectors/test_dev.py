@@ -21,6 +21,7 @@ import orjson
 
 from connectors import dev, dev_feed, logs
 from connectors.broker import EmbeddedBroker, free_port
+from streams.settings import CommonSettings
 from streams.topics import DEPLOYMENTS, METRICS
 from tests.support import REPO, Service, produce, wait_for
 
@@ -137,17 +138,27 @@ def test_text_log_lines_carry_the_extra_fields(capsys: Any) -> None:
         root.setLevel(level)
 
 
-def test_children_log_text_at_warning_unless_the_environment_says_otherwise(
-    monkeypatch: Any,
+def test_children_log_text_at_warning_unless_the_settings_say_otherwise(
+    monkeypatch: Any, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("SYNCTRAIL_LOG_LEVEL", raising=False)
-    monkeypatch.delenv("SYNCTRAIL_LOG_FORMAT", raising=False)
-    env = dev._child_env("127.0.0.1:9092", "token")
-    assert (env["SYNCTRAIL_LOG_LEVEL"], env["SYNCTRAIL_LOG_FORMAT"]) == ("WARNING", "text")
+    for name in ("SYNCTRAIL_LOG_LEVEL", "SYNCTRAIL_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+
+    env_file = tmp_path / "synctrail.env"
+    env_file.write_text("")
+
+    def child() -> tuple[str, str]:
+        # SYNCTRAIL_ENV_FILE is read once, at import: give the settings the file directly
+        settings = CommonSettings(_env_file=env_file)
+        env = dev._child_env("127.0.0.1:9092", "token", settings)
+        return env["SYNCTRAIL_LOG_LEVEL"], env["SYNCTRAIL_LOG_FORMAT"]
+
+    assert child() == ("WARNING", "text")
+    env_file.write_text("SYNCTRAIL_LOG_LEVEL=ERROR\n")
+    assert child() == ("ERROR", "text"), "the env file's level is kept"
     monkeypatch.setenv("SYNCTRAIL_LOG_LEVEL", "INFO")
     monkeypatch.setenv("SYNCTRAIL_LOG_FORMAT", "json")
-    env = dev._child_env("127.0.0.1:9092", "token")
-    assert (env["SYNCTRAIL_LOG_LEVEL"], env["SYNCTRAIL_LOG_FORMAT"]) == ("INFO", "json")
+    assert child() == ("INFO", "json"), "the environment wins"
 
 
 async def test_the_feed_prints_records_written_after_it_started(
