@@ -6,11 +6,10 @@ and prints how to post the example payloads. Children get the parent-death signa
 SIGKILLed ``dev`` leaves nothing behind.
 
 What the terminal shows is for a person, not a log shipper: the children log text lines at
-WARNING (``SYNCTRAIL_LOG_LEVEL`` / ``SYNCTRAIL_LOG_FORMAT`` set in the environment or the
-``SYNCTRAIL_ENV_FILE`` win, e.g.
-``SYNCTRAIL_LOG_LEVEL=INFO make run`` for everything), the Slack connector prints each message
-as it would post it, and ``dev`` itself prints one line per decision of the worker, read from
-the topics (``connectors.dev_feed``). The processes themselves are unchanged: run directly
+WARNING (a ``SYNCTRAIL_LOG_LEVEL`` / ``SYNCTRAIL_LOG_FORMAT`` given in the environment or the
+``SYNCTRAIL_ENV_FILE`` wins, e.g. ``SYNCTRAIL_LOG_LEVEL=INFO make run`` for everything), the
+Slack connector prints each message as it would post it, and ``dev`` itself prints one line per
+decision of the worker, read from the topics (``connectors.dev_feed``). The processes themselves are unchanged: run directly
 (``synctrail worker``, ...) they log JSON at INFO as in production.
 """
 
@@ -57,7 +56,7 @@ def free_port_is(port: int) -> bool:
     return True
 
 
-# What the children log unless the environment says otherwise: warnings, as text lines.
+# What the children log unless the settings say otherwise: warnings, as text lines.
 DEV_LOG_LEVEL = "WARNING"
 DEV_LOG_FORMAT = "text"
 
