@@ -4,6 +4,13 @@ Starts the embedded broker, creates the topics, then runs every synctrail proces
 (bridge, worker, Slack connector in console mode unless Slack credentials are set, exporter)
 and prints how to post the example payloads. Children get the parent-death signal, so even a
 SIGKILLed ``dev`` leaves nothing behind.
+
+What the terminal shows is for a person, not a log shipper: the children log text lines at
+WARNING (a ``SYNCTRAIL_LOG_LEVEL`` / ``SYNCTRAIL_LOG_FORMAT`` given in the environment or the
+``SYNCTRAIL_ENV_FILE`` wins, e.g. ``SYNCTRAIL_LOG_LEVEL=INFO make run`` for everything), the
+Slack connector prints each message as it would post it, and ``dev`` itself prints one line per
+decision of the worker, read from the topics (``connectors.dev_feed``). The processes themselves are unchanged: run directly
+(``synctrail worker``, ...) they log JSON at INFO as in production.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from connectors import logs
+from connectors import dev_feed, logs
 from connectors.broker import EmbeddedBroker, die_with_parent, ensure_topics, free_port
 from streams.settings import CommonSettings
 
@@ -49,9 +56,24 @@ def free_port_is(port: int) -> bool:
     return True
 
 
-def _child_env(bootstrap: str, token: str) -> dict[str, str]:
+# What the children log unless the settings say otherwise: warnings, as text lines.
+DEV_LOG_LEVEL = "WARNING"
+DEV_LOG_FORMAT = "text"
+
+
+def dev_logging(settings: CommonSettings) -> tuple[str, str]:
+    """Log level and format under ``dev``: the settings' if set anywhere, else the dev ones."""
+    given = settings.model_fields_set
+    return (
+        settings.log_level if "log_level" in given else DEV_LOG_LEVEL,
+        settings.log_format if "log_format" in given else DEV_LOG_FORMAT,
+    )
+
+
+def _child_env(bootstrap: str, token: str, settings: CommonSettings) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("SYNCTRAIL_BRIDGE_TOKENS", token)
+    env["SYNCTRAIL_LOG_LEVEL"], env["SYNCTRAIL_LOG_FORMAT"] = dev_logging(settings)
     env.update(
         {
             "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
@@ -87,12 +109,20 @@ async def _serve(settings: CommonSettings) -> int:
     broker = EmbeddedBroker(port=port)
     await broker.start()
     procs: list[Process] = []
+    feed: asyncio.Task[None] | None = None
     try:
         await ensure_topics(broker.bootstrap, settings.topic_prefix, settings.partitions)
+        feed_ready = asyncio.Event()
+        feed = asyncio.create_task(
+            dev_feed.feed(broker.bootstrap, settings.topic_prefix, ready=feed_ready)
+        )
+        ready_wait = asyncio.create_task(feed_ready.wait())
+        await asyncio.wait({feed, ready_wait}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        ready_wait.cancel()
         token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[
             0
         ] or secrets.token_urlsafe(24)
-        env = _child_env(broker.bootstrap, token)
+        env = _child_env(broker.bootstrap, token, settings)
         names: list[str] = []
         for command, module in _CHILDREN:
             if importlib.util.find_spec(module) is None:
@@ -141,10 +171,18 @@ async def _serve(settings: CommonSettings) -> int:
             if exited:
                 print(f"synctrail dev: {exited[0]} exited; stopping everything", flush=True)
                 return 1
+            if feed is not None and feed.done():
+                error = None if feed.cancelled() else feed.exception()
+                print(f"synctrail dev: the event lines stopped ({error!r})", flush=True)
+                feed = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         return 0
     finally:
+        if feed is not None:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feed
         for proc in procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -159,5 +197,5 @@ async def _serve(settings: CommonSettings) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run everything until Ctrl-C."""
     settings = CommonSettings()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(*dev_logging(settings))
     return asyncio.run(_serve(settings))

@@ -1,4 +1,8 @@
-"""Structured logging: one JSON object per line on stderr, no secrets, no bodies at INFO."""
+"""Structured logging: one JSON object per line on stderr, no secrets, no bodies at INFO.
+
+``SYNCTRAIL_LOG_FORMAT=text`` gives lines for a person instead (``synctrail dev`` uses it):
+time, level, logger, message, then the ``extra`` fields as ``key=value``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,14 @@ import orjson
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _STANDARD and not key.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     """Format a record as a compact JSON object with its ``extra`` fields."""
 
@@ -24,12 +36,26 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                payload[key] = value
+        payload.update(_extras(record))
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(payload, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``06:12:03 WARNING streams.agents message key=value ...`` (the time is local)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extras(record)
+        if not extras:
+            return line
+        fields = " ".join(f"{key}={value}" for key, value in extras.items())
+        head, sep, rest = line.partition("\n")  # a traceback stays after the fields
+        return f"{head} {fields}{sep}{rest}"
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
@@ -38,7 +64,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
