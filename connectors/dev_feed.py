@@ -24,11 +24,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-import orjson
 from aiokafka import AIOKafkaConsumer
 
 from connectors.offsets import topic_partitions
 from streams.kafka_client import Connection, connection
+from streams.records import loads_or_none
 from streams.render import revision_label
 from streams.topics import DEPLOYMENTS, METRICS
 
@@ -155,15 +155,6 @@ def event_lines(topic_name: str, value: Any, when: float, *, color: bool = False
     return out
 
 
-def _decode(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-
-
 async def feed(
     bootstrap: Connection,
     prefix: str,
@@ -197,7 +188,7 @@ async def feed(
                 for record in records:
                     lines = event_lines(
                         names[record.topic],
-                        _decode(record.value),
+                        loads_or_none(record.value),
                         record.timestamp / 1000,
                         color=color,
                     )

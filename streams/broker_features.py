@@ -146,7 +146,8 @@ async def resolve_idempotence(
     """
     features: BrokerFeatures | None = None
     try:
-        features = await probe(target, timeout_s=timeout_s)
+        if setting == "auto":  # `on` and `off` need no answer from the broker
+            features = await probe(target, timeout_s=timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
         if setting == "auto":
             log.warning(

@@ -12,13 +12,12 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from mode.types.signals import BaseSignalT
 
 from connectors import logs
 from connectors.broker import ensure_topics_for
 from streams.app import build
-from streams.broker_features import BrokerFeatures, fetch_wait_ms, probe
+from streams.broker_features import fetch_wait_ms, resolve_idempotence
 from streams.event_loop import EventLoopName, running_loop_name, uvloop_if_wanted
 from streams.kafka_client import producer_args
 from streams.policy import load_policy_file
@@ -50,17 +49,22 @@ async def prepare(settings: WorkerSettings) -> WorkerSettings:
 
 
 async def resolve_for_broker(settings: WorkerSettings) -> WorkerSettings:
-    """``settings`` with the fetch wait chosen for the broker when it is not set."""
-    if settings.worker_fetch_max_wait_ms is not None:
+    """``settings`` with what depends on the broker decided, asking it once: the fetch wait
+    when it is not set, and ``auto`` idempotence as ``on`` or ``off`` (so the agent's
+    producer does not ask again)."""
+    fetch_wait_given = settings.worker_fetch_max_wait_ms is not None
+    if fetch_wait_given and settings.kafka_idempotence != "auto":
         return settings
-    try:
-        features: BrokerFeatures | None = await probe(settings)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        log.warning("could not ask the broker what it is", extra={"error": str(exc)})
-        features = None
-    wait = fetch_wait_ms(None, features)
-    log.info("fetch wait chosen for the broker", extra={"fetch_max_wait_ms": wait})
-    return settings.model_copy(update={"worker_fetch_max_wait_ms": wait})
+    idempotence, features = await resolve_idempotence(settings.kafka_idempotence, settings)
+    wait = fetch_wait_ms(settings.worker_fetch_max_wait_ms, features)
+    if not fetch_wait_given:
+        log.info("fetch wait chosen for the broker", extra={"fetch_max_wait_ms": wait})
+    return settings.model_copy(
+        update={
+            "worker_fetch_max_wait_ms": wait,
+            "kafka_idempotence": "on" if idempotence else "off",
+        }
+    )
 
 
 def event_loop_for(settings: WorkerSettings) -> EventLoopName:

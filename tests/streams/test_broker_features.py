@@ -112,8 +112,16 @@ async def test_the_worker_waits_short_on_the_embedded_broker_and_kafkas_default_
 
     embedded = await resolve_for_broker(WorkerSettings(kafka_bootstrap=broker.bootstrap))
     assert embedded.worker_fetch_max_wait_ms == EMBEDDED_FETCH_WAIT_MS
+    assert embedded.kafka_idempotence == "off"  # decided once, at start, by the same probe
     kafka = await resolve_for_broker(WorkerSettings(kafka_bootstrap=apache_kafka.bootstrap))
     assert kafka.worker_fetch_max_wait_ms == KAFKA_FETCH_WAIT_MS
+    assert kafka.kafka_idempotence == "on"
     chosen = WorkerSettings(kafka_bootstrap=apache_kafka.bootstrap, worker_fetch_max_wait_ms=7)
     assert (await resolve_for_broker(chosen)).worker_fetch_max_wait_ms == 7
     assert fetch_wait_ms(None, None) == EMBEDDED_FETCH_WAIT_MS  # the broker could not be asked
+
+
+async def test_an_explicit_idempotence_setting_asks_no_broker() -> None:
+    # nothing listens there: a probe would fail (and `auto` would be off)
+    enabled, features = await resolve_idempotence("on", f"127.0.0.1:{free_port()}", timeout_s=1)
+    assert (enabled, features) == (True, None)
