@@ -11,9 +11,9 @@ the last offset is a transaction marker, the read finds nothing and the reported
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 
 async def log_end_offsets(
@@ -58,3 +58,36 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
         await consumer._client.force_metadata_update()  # no public refresh in aiokafka
         partitions = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(partitions or ())]
+
+
+async def windows_backwards(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    first: int,
+    end: int,
+    *,
+    deadline: float,
+    window: int,
+    growth: int = 8,
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The records of ``tp`` below ``end``, read backwards in growing windows: each step
+    yields the records of the next older window (``window`` offsets, then ``growth`` times
+    more each step) in offset order, down to ``first``. The caller stops when it has seen
+    enough; ``TimeoutError`` past ``deadline`` (a ``time.monotonic()`` value).
+
+    A window may yield fewer records than offsets, or none: transaction markers and aborted
+    records take offsets that a ``read_committed`` consumer never returns.
+    """
+    high = end
+    while high > first:
+        low = max(first, high - window)
+        consumer.seek(tp, low)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        # the position moves past markers and aborted records too
+        while await consumer.position(tp) < high:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] back to {low}")
+            fetched = await consumer.getmany(tp, timeout_ms=500)
+            records += [r for r in fetched.get(tp, []) if r.offset < high]
+        yield records
+        high, window = low, window * growth

@@ -61,7 +61,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import ConsumerT, TransportT
 
-from connectors.offsets import log_end_offsets
+from connectors.offsets import log_end_offsets, windows_backwards
 from streams.kafka_client import Connection, connection
 
 
@@ -112,23 +112,13 @@ async def committed_end_offsets(
         deadline = time.monotonic() + timeout_s
         ends: dict[TP, int] = {}
         for tp in tps:
-            end, high, window = first[tp], stable[tp], 64
-            while high > first[tp]:
-                low = max(first[tp], high - window)
-                consumer.seek(tp, low)
-                last = None
-                # the position moves past markers and aborted records too
-                while await consumer.position(tp) < high:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"could not read {tp} to offset {high}")
-                    fetched = await consumer.getmany(tp, timeout_ms=500)
-                    for record in fetched.get(tp, []):
-                        if record.offset < high:
-                            last = record.offset
-                if last is not None:
-                    end = last + 1
+            end = first[tp]  # no committed record at all
+            async for records in windows_backwards(
+                consumer, tp, first[tp], stable[tp], deadline=deadline, window=64
+            ):
+                if records:
+                    end = records[-1].offset + 1
                     break
-                high, window = low, window * 8
             ends[TP(tp.topic, tp.partition)] = end
     finally:
         await consumer.stop()

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connectors.offsets import log_end_offsets
+from connectors.offsets import log_end_offsets, windows_backwards
 from streams.kafka_client import Connection, connection
 
 log = logging.getLogger(__name__)
@@ -167,25 +167,18 @@ class ReplayGuard:
         found: dict[int, set[tuple[str, int, int]]],
         deadline: float,
     ) -> int:
-        high, window, read = end, FIRST_WINDOW, 0
-        while high > first:
-            low = max(first, high - window)
-            consumer.seek(tp, low)
+        read = 0
+        async for records in windows_backwards(
+            consumer, tp, first, end, deadline=deadline, window=FIRST_WINDOW
+        ):
+            read += len(records)
             older = False
-            while await consumer.position(tp) < high:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] back")
-                fetched = await consumer.getmany(tp, timeout_ms=500)
-                for record in fetched.get(tp, []):
-                    if record.offset >= high:
-                        continue
-                    read += 1
-                    source = record_source(record.headers)
-                    if source is None or source[0] != tp.partition or source[1] < offset:
-                        older = True  # written before (or without a source): stop here
-                    else:
-                        found[tp.partition].add((tp.topic, source[1], source[2]))
+            for record in records:
+                source = record_source(record.headers)
+                if source is None or source[0] != tp.partition or source[1] < offset:
+                    older = True  # written before (or without a source): stop here
+                else:
+                    found[tp.partition].add((tp.topic, source[1], source[2]))
             if older:
                 break
-            high, window = low, window * 8
         return read
