@@ -58,15 +58,20 @@ def run_in_thread(coroutine: Coroutine[Any, Any, Any], name: str = "broker-start
         raise errors[0]
 
 
-def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    """SIGTERM ``process`` and wait ``timeout_s`` for it, then SIGKILL it."""
-    if process is not None and process.poll() is None:
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float | None) -> None:
+    """SIGTERM ``process`` and wait ``timeout_s`` for it, then SIGKILL it (at once when
+    ``timeout_s`` is ``None``)."""
+    if process is None or process.poll() is not None:
+        return
+    if timeout_s is not None:
         process.terminate()
         try:
             process.wait(timeout_s)
+            return
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+            pass
+    process.kill()
+    process.wait(10)
 
 
 def log_tail(path: Path, lines: int) -> str:
@@ -403,6 +408,24 @@ class EmbeddedBroker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (the in-memory data is gone)."""
+        proc, self._process = self._process, None
+        terminate(proc, None)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker stalls (its sockets stay open, nothing answers)."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGCONT)
 
     def __enter__(self) -> EmbeddedBroker:
         self.start_sync()

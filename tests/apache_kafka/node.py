@@ -394,9 +394,7 @@ class KafkaNode:
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would."""
         proc, self._process = self._process, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc, None)
         self._close_log()
 
     def pause(self) -> None:

@@ -9,8 +9,6 @@ Each scenario prints ``CHAOS`` lines and returns its :class:`~tests.chaos.harnes
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -121,12 +119,11 @@ async def stall_decisions(
                 )
             )
             await asyncio.sleep(load.fault_at)  # the moment of the fault, not a wait for one
-            assert broker.pid is not None
-            os.kill(broker.pid, signal.SIGSTOP)
+            broker.pause()
             try:
                 await asyncio.sleep(frozen_s)  # the length of the stall is the scenario
             finally:
-                os.kill(broker.pid, signal.SIGCONT)
+                broker.resume()
             answers = await loading
             await _settled(bridge)
             await watch.stop()

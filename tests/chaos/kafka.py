@@ -9,8 +9,6 @@ deliveries in order, side by side). Each scenario prints ``CHAOS`` lines and ret
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -303,12 +301,11 @@ async def stall(
                 paced_load(bridge.url, rate=load.rate, seconds=load.seconds, apps=load.apps)
             )
             await asyncio.sleep(load.fault_at)  # the moment of the fault, not a wait for one
-            assert node.pid is not None
-            os.kill(node.pid, signal.SIGSTOP)
+            node.pause()
             try:
                 await asyncio.sleep(frozen_s)  # the length of the stall is the scenario
             finally:
-                os.kill(node.pid, signal.SIGCONT)
+                node.resume()
             answers = await loading
             await _settled(bridge)
             await watch.stop()
@@ -318,10 +315,7 @@ async def stall(
             records = await read_all(node.bootstrap, SYNC_EVENTS.address(PREFIX))
             delivery_figures(figures, answers, records)
     finally:
-        if isinstance(node, EmbeddedBroker):
-            node.stop(timeout_s=0.5)
-        else:
-            node.kill()
+        node.kill()
     figures.put("seconds", time.monotonic() - started)
     figures.bound("lost", "==", 0)
     figures.bound("client_errors", "==", 0)

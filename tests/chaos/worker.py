@@ -91,10 +91,7 @@ async def kill_on_backlog(
     finally:
         for worker in workers:
             worker.kill()
-        if isinstance(node, EmbeddedBroker):
-            node.stop(timeout_s=0.5)
-        else:
-            node.kill()
+        node.kill()
     figures.put("seconds", time.monotonic() - started)
     figures.bound("deployments_missing", "==", 0)
     figures.bound("duplicates", "==", 0)
