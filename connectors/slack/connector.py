@@ -30,12 +30,7 @@ from connectors.broker import ensure_topics_for
 from connectors.slack.fetching import FetchLoop, Rebalance
 from connectors.slack.handler import KAFKA_RETRY_S, MessageHandler
 from connectors.slack.metrics import SlackMetrics
-from connectors.slack.notification import (  # noqa: F401  (the connector's public names)
-    InvalidNotification,
-    Item,
-    parse_notification,
-    thread_day,
-)
+from connectors.slack.notification import Item
 from connectors.slack.offsets import OffsetTracker
 from connectors.slack.pacing import ChannelPacer
 from connectors.slack.scheduler import INVALID_LANE, ChannelScheduler

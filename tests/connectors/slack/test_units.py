@@ -7,8 +7,8 @@ import io
 import orjson
 import pytest
 
-from connectors.slack.connector import InvalidNotification, parse_notification, thread_day
 from connectors.slack.console import format_message, plain
+from connectors.slack.notification import InvalidNotification, parse_notification, thread_day
 from connectors.slack.offsets import OffsetTracker
 from connectors.slack.pacing import ChannelPacer, backoff_delay, parse_retry_after
 from connectors.slack.sending import ConsoleSender, Message, classify_status
