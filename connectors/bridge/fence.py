@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -68,7 +69,8 @@ class Fence:
         self._since: float | None = None  # time.monotonic() of the first failed read
         self._next: dict[int, int] = {}  # partition -> offset after the last acknowledged one
         self._doubt: dict[int, int | None] = {}  # partition -> first offset in doubt
-        self._landed: set[tuple[bytes, bytes]] = set()
+        # digests, not the records: a read-back may hold TAIL records of a few KB each
+        self._landed: set[bytes] = set()
 
     @property
     def in_doubt(self) -> bool:
@@ -89,7 +91,7 @@ class Fence:
 
     def landed(self, key: bytes | None, value: bytes) -> bool:
         """True if this spooled record is on the topic already (found by :meth:`read_back`)."""
-        return (key or b"", value) in self._landed
+        return _digest(key, value) in self._landed
 
     def forget(self) -> None:
         """The spool is empty: what was found is of no further use."""
@@ -123,7 +125,7 @@ class Fence:
                     for records in batch.values():
                         for record in records:
                             if record.value is not None:
-                                self._landed.add((record.key or b"", record.value))
+                                self._landed.add(_digest(record.key, record.value))
                                 found += 1
         except (KafkaError, OSError, TimeoutError) as exc:
             now = time.monotonic()
@@ -154,3 +156,11 @@ class Fence:
             },
         )
         return True
+
+
+def _digest(key: bytes | None, value: bytes) -> bytes:
+    """128 bits that stand for a record's key and value (equal records, equal digests)."""
+    digest = hashlib.blake2b(key or b"", digest_size=16)
+    digest.update(len(key or b"").to_bytes(4, "big"))  # no key/value boundary ambiguity
+    digest.update(value)
+    return digest.digest()
