@@ -33,6 +33,7 @@ from streams.replay import SOURCE_HEADER
 Placed = tuple[str, int, bytes, bytes, bytes | None]
 
 _PARTITION_CACHE_MAX = 100_000
+_NO_HEADERS: list[tuple[str, bytes]] = []  # shared: aiokafka only reads it
 
 
 def kafka_partition(key: bytes, partitions: int) -> int:
@@ -104,9 +105,11 @@ class OutputProducer:
         """``(topic, key, value[, source])`` records as ``(topic, partition, key, value,
         source)``: each on its key's partition (``source``: see :meth:`hand_over`)."""
         placed = []
-        for topic, key, value, *source in records:
+        for record in records:  # indexing, not star-unpacking: no list per record
+            topic, key = record[0], record[1]
             partition = self._partition(key, await self._partitions(topic))
-            placed.append((topic, partition, key, value, source[0] if source else None))
+            source = record[3] if len(record) > 3 else None
+            placed.append((topic, partition, key, record[2], source))
         return placed
 
     async def partition_count(self, topic: str) -> int:
@@ -137,9 +140,10 @@ class OutputProducer:
         The future fails with whatever the producer raises when the broker refuses a batch.
         """
         grouped: dict[tuple[str, int], list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
-        for topic, partition, key, value, *source in records:
-            headers = [(SOURCE_HEADER, source[0])] if source and source[0] is not None else []
-            grouped.setdefault((topic, partition), []).append((key, value, headers))
+        for record in records:  # indexing, not star-unpacking: no list per record
+            source = record[4] if len(record) > 4 else None
+            headers = [(SOURCE_HEADER, source)] if source is not None else _NO_HEADERS
+            grouped.setdefault((record[0], record[1]), []).append((record[2], record[3], headers))
         delivered: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         for tp, items in grouped.items():
             if tp[0] not in self._tracked:  # every topic before its first batch
