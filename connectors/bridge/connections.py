@@ -17,6 +17,9 @@ A connection is in one of three states:
     the first byte of a request arrived and the handler has not started: the request line and
     headers must be complete within ``SYNCTRAIL_BRIDGE_HEAD_TIMEOUT_S``, or the client gets
     ``408`` and the connection is closed;
+Deadlines are held by one sweep over the open connections every ``min(1 s, head timeout / 4)``
+(a connection closes up to that much after its deadline), not by a timer per request.
+
 ``busy``
     a handler runs; the body's deadline is the handler's (``read_body`` in
     :mod:`connectors.bridge.server`, ``SYNCTRAIL_BRIDGE_BODY_TIMEOUT_S``);
@@ -97,6 +100,10 @@ class ConnectionGuard:
         # insertion order: the first entries are the oldest connections
         self._open: dict[asyncio.BaseTransport, GuardedProtocol] = {}
         self._logged: dict[tuple[str, str], float] = {}
+        # One periodic sweep checks every deadline, rather than a timer per request (creating
+        # and cancelling one on every request cost the bridge's hot path a few microseconds).
+        self.sweep_every_s = min(1.0, head_timeout_s / 4)
+        self._sweeping = False
 
     def __call__(self) -> GuardedProtocol:
         return GuardedProtocol(self, self.factory())
@@ -126,8 +133,23 @@ class ConnectionGuard:
 
     # -- called by GuardedProtocol ----------------------------------------------------------
 
+    def _sweep(self) -> None:
+        """Close every connection past its deadline, then schedule the next sweep."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        head, drain = self.head_timeout_s, self.head_timeout_s + AIOHTTP_LINGERING_S
+        for guarded in list(self._open.values()):
+            if guarded.state == HEAD and now - guarded.since >= head:
+                guarded.head_expired()
+            elif guarded.state == DRAINING and now - guarded.since >= drain:
+                guarded.drain_expired()
+        loop.call_later(self.sweep_every_s, self._sweep)
+
     def _opened(self, guarded: GuardedProtocol) -> bool:
         """Register a new connection; False when it must be refused (every slot is busy)."""
+        if not self._sweeping:  # from the first connection on, in the serving loop
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(self.sweep_every_s, self._sweep)
         if len(self._open) >= self.max_connections:
             victim = next((g for g in self._open.values() if g.state != BUSY), None)
             if victim is None:
@@ -183,22 +205,15 @@ class GuardedProtocol(asyncio.Protocol):
         self.transport: asyncio.BaseTransport = None  # type: ignore[assignment]
         self.peer = "?"
         self.accepted = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self.since = 0.0  # loop time the current state began (its deadline runs from it)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def enter(self, state: str) -> None:
-        """Move to ``state``; entering ``head`` starts its deadline, leaving it ends it."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        """Move to ``state``; the guard's sweep holds ``head`` and ``draining`` to their
+        deadlines from now."""
         self.state = state
-        if state == HEAD:
-            self._deadline = asyncio.get_running_loop().call_later(
-                self.guard.head_timeout_s, self._head_expired
-            )
-        elif state == DRAINING:
-            self._deadline = asyncio.get_running_loop().call_later(
-                self.guard.head_timeout_s + AIOHTTP_LINGERING_S, self._drain_expired
-            )
+        if self._loop is not None:
+            self.since = self._loop.time()
 
     def linger(self) -> None:
         """Shut our side after the answer, drop what still arrives, abort after a moment."""
@@ -206,20 +221,21 @@ class GuardedProtocol(asyncio.Protocol):
         transport: Any = self.transport
         if transport.can_write_eof():
             transport.write_eof()
-        self._deadline = asyncio.get_running_loop().call_later(CLOSE_LINGER_S, transport.abort)
+        asyncio.get_running_loop().call_later(CLOSE_LINGER_S, transport.abort)
 
-    def _head_expired(self) -> None:
-        self._deadline = None
-        if self.state == HEAD and not self.transport.is_closing():
+    def head_expired(self) -> None:
+        """The request head is late: answer 408 and close (see the module docstring)."""
+        if not self.transport.is_closing():
             self.guard._close(self, "head_timeout")
 
-    def _drain_expired(self) -> None:
-        self._deadline = None
-        if self.state == DRAINING and not self.transport.is_closing():
+    def drain_expired(self) -> None:
+        """aiohttp is still draining an unread body: close without an answer."""
+        if not self.transport.is_closing():
             self.transport.abort()  # type: ignore[attr-defined]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self.accepted = self.guard._opened(self)

@@ -165,6 +165,8 @@ async def method_not_allowed(request: web.Request) -> web.StreamResponse:
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """The request body, refusing anything over ``limit`` (413) without buffering it all, or
     not received within ``timeout_s`` (408)."""
+    if request.content.is_eof():  # all of it arrived with the head: nothing to wait for
+        return await _read_capped(request, limit)
     try:
         async with asyncio.timeout(timeout_s):
             return await _read_capped(request, limit)

@@ -264,6 +264,8 @@ async def test_a_body_declared_as_anything_but_json_gets_415_naming_the_header(
             "`app.namespace`",
         ),
         (b'{"app":{"name":"a"},"syncResult":{},"app":{"name":"b"}}', "`app`"),
+        # a key spelt with an escape is the same key to a JSON reader
+        (b'{"app":{"name":"a","na\\u006de":"b"},"syncResult":{}}', "`app.name`"),
         # nested objects in app: the whole body is checked
         (b'{"app":{"x":{},"name":"a","name":"b"},"syncResult":{}}', "`name`"),
     ],
