@@ -54,7 +54,7 @@ import orjson
 
 from bench import brokers
 from bench.loadgen import cpu_seconds, no_collector_pauses
-from streams.topics import SYNC_EVENTS
+from streams.kafka.topics import SYNC_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = REPO / "examples" / "payloads" / "03-guestbook-rev-b.json"
@@ -359,7 +359,7 @@ def on_broker(
     paced_rounds: int,
 ) -> list[str]:
     """Every measurement on one running broker; the figures as ``<name> <value> <unit>``."""
-    from connectors.broker import ensure_topics
+    from streams.kafka.setup import ensure_topics
 
     lua = work / "post.lua"
     lua.write_text(LUA)

@@ -83,9 +83,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench import brokers
 from bench.loadgen import cpu_seconds, no_collector_pauses
-from connectors.broker import ensure_topics, free_port
-from connectors.offsets import log_end_offsets
-from streams.topics import DEPLOYMENTS, SYNC_EVENTS, TopicSpec
+from connectors.broker import free_port
+from streams.kafka.offsets import log_end_offsets
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import DEPLOYMENTS, SYNC_EVENTS, TopicSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "examples" / "payloads" / "03-guestbook-rev-b.json"
@@ -207,7 +208,7 @@ class TopicReader:
         await self.consumer.stop()
 
     async def ends(self) -> dict[TopicPartition, int]:
-        """The true end offset of every partition (see ``connectors.offsets``)."""
+        """The true end offset of every partition (see ``streams.kafka.offsets``)."""
         return await log_end_offsets(self.consumer, self.tps)
 
     async def read(self, start: dict[TopicPartition, int], end: dict[TopicPartition, int]) -> Read:

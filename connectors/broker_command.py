@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import signal
 
-from connectors import logs
-from connectors.broker import EmbeddedBroker, ensure_topics
+from connectors.broker import EmbeddedBroker
+from streams import logs
+from streams.kafka.setup import ensure_topics
 from streams.settings import CommonSettings
 
 

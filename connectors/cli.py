@@ -196,8 +196,8 @@ def _settings_error(command: str, exc: ValidationError) -> str:
 
 def _check_kafka(command: str) -> None:
     """Connect once the way the command's clients will; exit on a configuration error."""
-    from connectors import logs
-    from streams.kafka_client import check_at_start
+    from streams import logs
+    from streams.kafka.client import check_at_start
     from streams.settings import CommonSettings
 
     settings = CommonSettings()

@@ -26,11 +26,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 
-from connectors.offsets import log_end_offsets
-from streams.kafka_client import admin_args, consumer_args, producer_args
-from streams.records import DEAD_LETTER_V1, dumps, loads_or_none
+from streams.domain.records import DEAD_LETTER_V1, dumps, loads_or_none
+from streams.kafka.client import admin_args, consumer_args, producer_args
+from streams.kafka.offsets import log_end_offsets
+from streams.kafka.topics import ALL_TOPICS, DEAD_LETTERS
 from streams.settings import CommonSettings
-from streams.topics import ALL_TOPICS, DEAD_LETTERS
 
 _PREVIEW_CHARS = 160
 
@@ -189,7 +189,7 @@ def summary(counts: Counter[str], dry_run: bool) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``synctrail replay-dead-letters``."""
-    from connectors import logs
+    from streams import logs
 
     settings = DeadLetterReplaySettings()
     logs.configure(settings.log_level, settings.log_format)

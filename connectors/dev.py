@@ -29,8 +29,10 @@ from pathlib import Path
 
 import aiohttp
 
-from connectors import dev_feed, logs
-from connectors.broker import EmbeddedBroker, die_with_parent, ensure_topics, free_port
+from connectors import dev_feed
+from connectors.broker import EmbeddedBroker, die_with_parent, free_port
+from streams import logs
+from streams.kafka.setup import ensure_topics
 from streams.settings import CommonSettings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "payloads"

@@ -26,11 +26,11 @@ from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer
 
-from connectors.offsets import topic_partitions
-from streams.kafka_client import Connection, connection
-from streams.records import loads_or_none
-from streams.render import revision_label
-from streams.topics import DEPLOYMENTS, METRICS
+from streams.domain.records import loads_or_none
+from streams.domain.render import revision_label
+from streams.kafka.client import Connection, connection
+from streams.kafka.offsets import topic_partitions
+from streams.kafka.topics import DEPLOYMENTS, METRICS
 
 # What a metric kind means to the person watching; ``deployment`` and ``violation`` are left
 # out because the deployment record says the same with more detail.

@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors import logs
-from connectors.offsets import log_end_offsets
-from streams.kafka_client import consumer_args, producer_args
-from streams.policy import PolicyError, rule_id_for, validate_rule
+from streams import logs
+from streams.domain.policy import PolicyError, rule_id_for, validate_rule
+from streams.kafka.client import consumer_args, producer_args
+from streams.kafka.offsets import log_end_offsets
+from streams.kafka.topics import POLICY
 from streams.policy_publish import publish_rules, remove_rule
 from streams.settings import CommonSettings
-from streams.topics import POLICY
 
 
 def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,10 +17,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from connectors.offsets import log_end_offsets, topic_partitions
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
+from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.topics import ALL_TOPICS
 from streams.settings import CommonSettings
-from streams.topics import ALL_TOPICS
 
 LAST_PER_PARTITION = 10
 

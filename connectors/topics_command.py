@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import sys
 
-from connectors import logs
-from connectors.broker import check_topics, create_topics, planned_topics
+from streams import logs
+from streams.kafka.setup import check_topics, create_topics, planned_topics
 from streams.settings import WorkerSettings
 
 EXIT_MISMATCH = 1

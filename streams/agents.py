@@ -38,10 +38,9 @@ from typing import Any
 import orjson
 from faust.streams import _current_event as faust_current_event
 
-from streams import records
 from streams.app import Topology
-from streams.broker_features import resolve_idempotence
-from streams.decide import (
+from streams.domain import records
+from streams.domain.decide import (
     Decision,
     InvalidSyncEvent,
     app_key_of,
@@ -51,12 +50,11 @@ from streams.decide import (
     recheck_policy,
     validate_event,
 )
-from streams.kafka_client import client_args
-from streams.notify import deployment_notifications, violation_notification
-from streams.policy_publish import POLICY_CHECK_V1
-from streams.produce import OutputProducer
-from streams.replay import ReplayGuard, source_value
-from streams.topics import (
+from streams.domain.notify import deployment_notifications, violation_notification
+from streams.kafka.client import client_args
+from streams.kafka.features import resolve_idempotence
+from streams.kafka.produce import OutputProducer
+from streams.kafka.topics import (
     DEAD_LETTERS,
     DEPLOYMENTS,
     METRICS,
@@ -64,6 +62,8 @@ from streams.topics import (
     REMEDIATIONS,
     VIOLATIONS,
 )
+from streams.policy_publish import POLICY_CHECK_V1
+from streams.replay import ReplayGuard, source_value
 
 log = logging.getLogger(__name__)
 

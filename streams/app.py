@@ -24,17 +24,17 @@ import orjson
 from faust.types import TP
 
 from streams import (
+    codec,  # noqa: F401 - registers the orjson codec
     faust_fixes,
-    kafka_client,
-    records,  # noqa: F401 - registers the orjson codec
 )
-from streams.broker_features import EMBEDDED_FETCH_WAIT_MS
-from streams.decide import Context
+from streams.domain.decide import Context
+from streams.domain.notify import NotifyConfig
+from streams.domain.routing import parse_routes
+from streams.kafka import client as kafka_client
+from streams.kafka.features import EMBEDDED_FETCH_WAIT_MS
+from streams.kafka.topics import POLICY, SYNC_EVENTS
 from streams.metrics import WorkerMetrics
-from streams.notify import NotifyConfig
-from streams.routing import parse_routes
 from streams.settings import WorkerSettings
-from streams.topics import POLICY, SYNC_EVENTS
 
 if TYPE_CHECKING:
     from streams.replay import ReplayGuard

@@ -17,7 +17,7 @@
    to the end offset that ListOffsets(latest) reports. The embedded Tansu broker answers with
    the base offset of the partition's last record batch + 1, so when that batch holds several
    records, recovery stops short and the state written by them is silently lost.
-   ``connectors.offsets.log_end_offsets`` reads the last batch and takes its last record's
+   ``streams.kafka.offsets.log_end_offsets`` reads the last batch and takes its last record's
    offset + 1 instead; on Apache Kafka both agree, so the correction costs one short fetch per
    changelog partition at each recovery and changes nothing else. With it, producers may batch
    normally, which is most of the worker's throughput.
@@ -61,8 +61,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import ConsumerT, TransportT
 
-from connectors.offsets import log_end_offsets, windows_backwards
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
+from streams.kafka.offsets import log_end_offsets, windows_backwards
 
 
 async def true_end_offsets(bootstrap: Connection, partitions: Iterable[TP]) -> dict[TP, int]:
@@ -256,7 +256,7 @@ class App(faust.App):
     ) -> None:
         super().__init__(*args, TableManager=TableManager, **kwargs)
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        # streams.kafka_client.client_args: for the short-lived clients made here
+        # streams.kafka.client.client_args: for the short-lived clients made here
         self.client_args = dict(client_args) if client_args else None
         #: fix 4: the agent commits outputs, state and offsets in its own transactions
         self.transactional_outputs = transactional_outputs

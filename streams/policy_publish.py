@@ -13,9 +13,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams import records
-from streams.decide import iso_now
-from streams.topics import POLICY, SYNC_EVENTS
+from streams.domain import records
+from streams.domain.decide import iso_now
+from streams.kafka.topics import POLICY, SYNC_EVENTS
 
 POLICY_CHECK_V1 = "synctrail.policy-check/v1"
 

@@ -41,8 +41,8 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connectors.offsets import log_end_offsets, windows_backwards
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
+from streams.kafka.offsets import log_end_offsets, windows_backwards
 
 log = logging.getLogger(__name__)
 

@@ -52,8 +52,8 @@ from streams.agents import (
     decide_batch,
 )
 from streams.app import Topology
-from streams.kafka_client import client_args
-from streams.produce import OutputProducer
+from streams.kafka.client import client_args
+from streams.kafka.produce import OutputProducer
 from streams.settings import WorkerSettings
 
 log = logging.getLogger(__name__)

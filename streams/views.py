@@ -19,7 +19,7 @@ from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
 from streams.app import Topology
-from streams.images import InvalidImageReference, normalize_image
+from streams.domain.images import InvalidImageReference, normalize_image
 
 
 def app_summary(state: dict[str, Any]) -> dict[str, Any]:

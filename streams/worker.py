@@ -14,13 +14,13 @@ import faust
 from aiokafka import AIOKafkaProducer
 from mode.types.signals import BaseSignalT
 
-from connectors import logs
-from connectors.broker import ensure_topics_for
+from streams import logs
 from streams.app import build
-from streams.broker_features import fetch_wait_ms, resolve_idempotence
+from streams.domain.policy import load_policy_file
 from streams.event_loop import EventLoopName, running_loop_name, uvloop_if_wanted
-from streams.kafka_client import producer_args
-from streams.policy import load_policy_file
+from streams.kafka.client import producer_args
+from streams.kafka.features import fetch_wait_ms, resolve_idempotence
+from streams.kafka.setup import ensure_topics_for
 from streams.policy_publish import publish_rules
 from streams.settings import WorkerSettings
 from streams.transactions import TransactionsUnavailable, check_broker, check_configuration

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.broker import EmbeddedBroker, ensure_topics
+from connectors.broker import EmbeddedBroker
+from streams.kafka.setup import ensure_topics
 from tests.apache_kafka.node import KafkaNode
 
 BROKERS = ("embedded", "kafka")

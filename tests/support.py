@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from connectors.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import log_end_offsets, topic_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = Path(

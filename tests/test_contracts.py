@@ -7,8 +7,9 @@ import json
 import yaml
 from jsonschema import Draft202012Validator
 
-from streams import records
-from streams.topics import ALL_TOPICS
+from streams import wire
+from streams.domain import records
+from streams.kafka.topics import ALL_TOPICS
 from tests.contracts import SCHEMAS, schema_for
 
 
@@ -42,14 +43,14 @@ def test_every_topic_has_a_schema_and_an_asyncapi_channel():
 
 def test_record_classes_match_their_schemas_fields():
     pairs = {
-        records.SyncEvent: records.SYNC_EVENT_V1,
-        records.Notification: records.NOTIFICATION_V1,
-        records.MetricEvent: records.METRIC_V1,
-        records.Violation: records.VIOLATION_V1,
-        records.Remediation: records.REMEDIATION_V1,
-        records.PolicyRule: records.POLICY_RULE_V1,
-        records.DeadLetter: records.DEAD_LETTER_V1,
-        records.Deployment: records.DEPLOYMENT_V1,
+        wire.SyncEvent: records.SYNC_EVENT_V1,
+        wire.Notification: records.NOTIFICATION_V1,
+        wire.MetricEvent: records.METRIC_V1,
+        wire.Violation: records.VIOLATION_V1,
+        wire.Remediation: records.REMEDIATION_V1,
+        wire.PolicyRule: records.POLICY_RULE_V1,
+        wire.DeadLetter: records.DEAD_LETTER_V1,
+        wire.Deployment: records.DEPLOYMENT_V1,
     }
     for cls, version in pairs.items():
         schema = schema_for(version)

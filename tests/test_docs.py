@@ -12,8 +12,8 @@ from pathlib import Path
 from connectors.bridge.server import create_app
 from connectors.bridge.settings import BridgeSettings
 from connectors.settings_doc import env_example, markdown, rows
-from streams import decide, policy, state
-from streams.topics import ALL_TOPICS
+from streams.domain import decide, policy, state
+from streams.kafka.topics import ALL_TOPICS
 from tests.support import REPO
 
 

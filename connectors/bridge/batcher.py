@@ -30,7 +30,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from streams.produce import kafka_partition
+from streams.kafka.produce import kafka_partition
 
 _PARTITION_CACHE_MAX = 100_000
 

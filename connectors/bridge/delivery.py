@@ -45,10 +45,10 @@ from connectors.bridge.fence import Fence
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
-from connectors.broker import ensure_topics_for
-from streams.broker_features import BrokerFeatures, probe, use_idempotence
-from streams.kafka_client import client_args
-from streams.topics import SYNC_EVENTS
+from streams.kafka.client import client_args
+from streams.kafka.features import BrokerFeatures, probe, use_idempotence
+from streams.kafka.setup import ensure_topics_for
+from streams.kafka.topics import SYNC_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Turning a validated webhook body into a ``synctrail.sync-event/v1`` record (pure functions).
 
-The record is a plain dict with exactly the fields of :class:`streams.records.SyncEvent`; it is
+The record is a plain dict with exactly the fields of :class:`streams.domain.records.SyncEvent`; it is
 serialised with orjson on the hot path rather than through Faust.
 """
 
@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-# Same value as streams.records.SYNC_EVENT_V1 (a test checks it); importing that module would
+# Same value as streams.domain.records.SYNC_EVENT_V1 (a test checks it); importing that module would
 # load Faust into the bridge for one string, and a large heap makes every GC pass slower.
 SYNC_EVENT_V1 = "synctrail.sync-event/v1"
 

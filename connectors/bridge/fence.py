@@ -44,8 +44,8 @@ from aiokafka.errors import (
     UnsupportedVersionError,
 )
 
-from connectors.offsets import log_end_offsets
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
+from streams.kafka.offsets import log_end_offsets
 
 log = logging.getLogger(__name__)
 

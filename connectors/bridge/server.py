@@ -32,7 +32,6 @@ import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors import logs
 from connectors.bridge.auth import CHALLENGE, Authenticator
 from connectors.bridge.connections import ConnectionGuard, default_max_connections
 from connectors.bridge.delivery import Dispatcher, Outcome
@@ -54,6 +53,7 @@ from connectors.bridge.validation import (
     check_route_identity,
     parse_json_object,
 )
+from streams import logs
 from streams.event_loop import loop_name, uvloop_if_wanted
 
 log = logging.getLogger(__name__)

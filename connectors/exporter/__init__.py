@@ -14,9 +14,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the exporter until SIGTERM/SIGINT."""
     from prometheus_client import disable_created_metrics
 
-    from connectors import logs
     from connectors.exporter.service import serve
     from connectors.exporter.settings import ExporterSettings
+    from streams import logs
 
     # `_created` samples would differ after every restart although the history is the same.
     disable_created_metrics()

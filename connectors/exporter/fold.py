@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.records import DEAD_LETTER_V1, METRIC_V1
+from streams.domain.records import DEAD_LETTER_V1, METRIC_V1
 
 log = logging.getLogger(__name__)
 

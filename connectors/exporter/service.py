@@ -22,13 +22,13 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from connectors.broker import ensure_topics_for
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
-from connectors.offsets import log_end_offsets, topic_partitions
-from streams.kafka_client import consumer_args
-from streams.records import loads_or_none
-from streams.topics import DEAD_LETTERS, METRICS
+from streams.domain.records import loads_or_none
+from streams.kafka.client import consumer_args
+from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.setup import ensure_topics_for
+from streams.kafka.topics import DEAD_LETTERS, METRICS
 
 log = logging.getLogger(__name__)
 

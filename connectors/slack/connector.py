@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connectors.broker import ensure_topics_for
 from connectors.slack.fetching import FetchLoop, Rebalance
 from connectors.slack.handler import KAFKA_RETRY_S, MessageHandler
 from connectors.slack.metrics import SlackMetrics
@@ -46,8 +45,9 @@ from connectors.slack.sending import (
 )
 from connectors.slack.settings import SlackSettings
 from connectors.slack.state import StateStore
-from streams.kafka_client import client_args
-from streams.topics import DEAD_LETTERS, NOTIFICATIONS, SLACK_STATE
+from streams.kafka.client import client_args
+from streams.kafka.setup import ensure_topics_for
+from streams.kafka.topics import DEAD_LETTERS, NOTIFICATIONS, SLACK_STATE
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from connectors.slack.sending import (
     deliver,
 )
 from connectors.slack.state import Source, StateStore, channel_key, entry, thread_key
-from streams.records import DEAD_LETTER_V1
+from streams.domain.records import DEAD_LETTER_V1
 
 log = logging.getLogger(__name__)
 

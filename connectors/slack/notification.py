@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from streams.records import NOTIFICATION_V1
+from streams.domain.records import NOTIFICATION_V1
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 

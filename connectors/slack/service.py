@@ -9,10 +9,10 @@ import signal
 
 from aiohttp import web
 
-from connectors import logs
 from connectors.slack.connector import Connector
 from connectors.slack.metrics import make_app
 from connectors.slack.settings import SlackSettings
+from streams import logs
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.offsets import log_end_offsets, topic_partitions
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
+from streams.kafka.offsets import log_end_offsets, topic_partitions
 
 STATE_V1 = "synctrail.slack-state/v1"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from connectors.broker import EmbeddedBroker, ensure_topics
+from connectors.broker import EmbeddedBroker
+from streams.kafka.setup import ensure_topics
 from tests.chaos.harness import AUTH, Figures, note
 from tests.compose.metrics_text import scrape
 from tests.connectors.bridge.helpers import TOKEN, envelope

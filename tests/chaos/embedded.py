@@ -13,8 +13,9 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from connectors.broker import EmbeddedBroker, ensure_topics
-from streams.topics import DEPLOYMENTS, SYNC_EVENTS
+from connectors.broker import EmbeddedBroker
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import DEPLOYMENTS, SYNC_EVENTS
 from tests.chaos.harness import (
     Answer,
     Bridge,

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.broker import free_port
-from connectors.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import log_end_offsets, topic_partitions
 from tests.connectors.bridge.helpers import TOKEN, envelope
 from tests.support import Service, wait_for
 

@@ -15,8 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.broker import EmbeddedBroker, ensure_topics
-from streams.topics import ALL_TOPICS, DEPLOYMENTS, SYNC_EVENTS
+from connectors.broker import EmbeddedBroker
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import ALL_TOPICS, DEPLOYMENTS, SYNC_EVENTS
 from tests.apache_kafka.node import KafkaCluster, KafkaNode
 from tests.chaos.harness import (
     Bridge,

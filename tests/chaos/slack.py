@@ -14,7 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from connectors.broker import EmbeddedBroker, ensure_topics
+from connectors.broker import EmbeddedBroker
+from streams.kafka.setup import ensure_topics
 from tests.chaos.harness import Figures, note
 from tests.connectors.slack.support import notification, produce_notes, slack_env
 from tests.slack_server import SlackServer

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from streams.topics import ALL_TOPICS
+from streams.kafka.topics import ALL_TOPICS
 from tests.compose.promharness import COMPOSE, PROMETHEUS_CONFIG
 from tests.support import REPO
 

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 
-from connectors.broker import EmbeddedBroker, ensure_topics, wait_until_ready
-from streams.topics import ALL_TOPICS
+from connectors.broker import EmbeddedBroker, wait_until_ready
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import ALL_TOPICS
 from tests.support import produce, read_topic
 
 

@@ -12,7 +12,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.dead_letters import decide, summary
-from streams.records import DEAD_LETTER_V1
+from streams.domain.records import DEAD_LETTER_V1
 from tests.support import REPO, produce, read_topic
 
 PREFIX = "synctrail."

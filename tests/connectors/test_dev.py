@@ -19,10 +19,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from connectors import dev, dev_feed, logs
+from connectors import dev, dev_feed
 from connectors.broker import EmbeddedBroker, free_port
+from streams import logs
+from streams.kafka.topics import DEPLOYMENTS, METRICS
 from streams.settings import CommonSettings
-from streams.topics import DEPLOYMENTS, METRICS
 from tests.support import REPO, Service, produce, wait_for
 
 GUESTBOOK = REPO / "examples" / "payloads" / "01-guestbook-rev-a.json"

@@ -11,7 +11,7 @@ import pytest
 
 from connectors.broker import EmbeddedBroker, free_port
 from connectors.exporter.fold import OTHER_APP, BoundedSet, Folder
-from streams.records import DEAD_LETTER_V1, METRIC_V1
+from streams.domain.records import DEAD_LETTER_V1, METRIC_V1
 from tests.compose.metrics_text import Samples, http_status, scrape
 from tests.support import Service, produce, wait_for
 

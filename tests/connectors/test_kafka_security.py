@@ -3,7 +3,7 @@
 The ``apache_kafka`` node offers every listener (see ``tests.apache_kafka.node``). The whole
 pipeline — ``topics create``, bridge → worker → Slack connector → exporter, ``tail`` — runs once
 over SASL_SSL with SCRAM-SHA-512 and once over mTLS; the other mechanisms get a
-producer/consumer round trip through ``streams.kafka_client``. Results are read back over the
+producer/consumer round trip through ``streams.kafka.client``. Results are read back over the
 node's plaintext listener with the tests' own helpers. A wrong password, an unknown user, a
 wrong CA or a missing client certificate must stop a process at start with one line that
 names the setting to fix, and never print the password.
@@ -23,17 +23,23 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.types import TP
 
-from connectors.broker import TopicPlan, check_topics, create_topics, ensure_topics_for, plan_topics
 from streams.faust_fixes import true_end_offsets
-from streams.kafka_client import (
+from streams.kafka.client import (
     EXIT_KAFKA_CONFIG,
     client_args,
     consumer_args,
     preflight,
     producer_args,
 )
+from streams.kafka.setup import (
+    TopicPlan,
+    check_topics,
+    create_topics,
+    ensure_topics_for,
+    plan_topics,
+)
+from streams.kafka.topics import SYNC_EVENTS
 from streams.settings import CommonSettings
-from streams.topics import SYNC_EVENTS
 from tests.apache_kafka.node import PLAIN_USERS, SCRAM_USERS, KafkaNode
 from tests.e2e.harness import Worker
 from tests.e2e.pipeline import (

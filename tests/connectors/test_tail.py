@@ -9,9 +9,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from connectors.broker import EmbeddedBroker, ensure_topics
+from connectors.broker import EmbeddedBroker
 from connectors.tail import TopicNotFound, full_topic_name, tail
-from streams.topics import DEPLOYMENTS
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import DEPLOYMENTS
 from tests.support import produce, wait_for
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.broker import ensure_topics
-from connectors.offsets import log_end_offsets
-from streams.policy import load_policy_file
+from streams.domain.policy import load_policy_file
+from streams.kafka.offsets import log_end_offsets
+from streams.kafka.setup import ensure_topics
 from streams.policy_publish import publish_rules
 from tests.e2e.harness import FixtureEvent, Worker, synthetic_events
 from tests.support import produce, read_topic, wait_for

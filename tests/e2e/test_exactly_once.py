@@ -27,7 +27,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.produce import kafka_partition
+from streams.kafka.produce import kafka_partition
 from streams.transactions import transactional_id
 from tests.e2e.backlog import (
     APPS,

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connectors.broker import ensure_topics
+from streams.kafka.setup import ensure_topics
 from tests.contracts import validate_record
 from tests.e2e.harness import (
     FixtureEvent,

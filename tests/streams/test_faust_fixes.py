@@ -12,12 +12,12 @@ from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from connectors.broker import ensure_topics
 from streams import faust_fixes
 from streams.app import build
 from streams.faust_fixes import true_end_offsets
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import SYNC_EVENTS, TopicSpec
 from streams.settings import WorkerSettings
-from streams.topics import SYNC_EVENTS, TopicSpec
 
 
 async def _send_one_batch(bootstrap: str, topic: str, partition: int, count: int) -> None:

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connectors.broker import EmbeddedBroker, ensure_topics
+from connectors.broker import EmbeddedBroker
 from streams.agents import Batch, _equal_partition_counts
-from streams.produce import OutputProducer
+from streams.kafka.produce import OutputProducer
+from streams.kafka.setup import ensure_topics
 from streams.replay import SOURCE_HEADER, ReplayGuard, parse_source, record_source, source_value
 
 

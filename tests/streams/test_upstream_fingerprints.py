@@ -102,7 +102,7 @@ UPSTREAM: dict[str, tuple[Callable[[], Any], str, str]] = {
     "AIOKafkaClient.force_metadata_update": (
         lambda: aiokafka.client.AIOKafkaClient.force_metadata_update,
         "cb7befef21c8f3f9",
-        "connectors/offsets.py calls it through the consumer's _client",
+        "streams/kafka/offsets.py calls it through the consumer's _client",
     ),
 }
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from connectors.broker import ensure_topics
-from streams.topics import SYNC_EVENTS
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import SYNC_EVENTS
 from tests.apache_kafka.node import KafkaNode
 from tests.connectors.bridge.helpers import AUTH, bridge_settings, envelope, running_bridge
 from tests.support import read_topic, wait_for

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from connectors.bridge.events import bare_event, envelope_event, event_key, utc_now_rfc3339
-from streams.records import SyncEvent
+from streams.wire import SyncEvent
 from tests.connectors.bridge.helpers import valid_fixtures
 from tests.contracts import validate_record
 
@@ -87,7 +87,7 @@ def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:
 
 def test_schema_id_matches_the_record_module() -> None:
     from connectors.bridge.events import SYNC_EVENT_V1
-    from streams.records import SYNC_EVENT_V1 as RECORDS_SYNC_EVENT_V1
+    from streams.domain.records import SYNC_EVENT_V1 as RECORDS_SYNC_EVENT_V1
 
     assert SYNC_EVENT_V1 == RECORDS_SYNC_EVENT_V1
 

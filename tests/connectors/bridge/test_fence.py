@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from connectors.bridge.fence import Fence
-from connectors.broker import EmbeddedBroker, ensure_topics, free_port
-from streams.topics import SYNC_EVENTS
+from connectors.broker import EmbeddedBroker, free_port
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import SYNC_EVENTS
 from tests.support import produce, read_topic, wait_for
 
 

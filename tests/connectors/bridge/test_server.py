@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from connectors.bridge.server import accept_bare, accept_envelope
-from connectors.broker import EmbeddedBroker, ensure_topics
-from streams.topics import SYNC_EVENTS
+from connectors.broker import EmbeddedBroker
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import SYNC_EVENTS
 from tests.connectors.bridge.helpers import (
     AUTH,
     TOKEN,

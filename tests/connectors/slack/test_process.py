@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from streams.render import render_deployment
+from streams.domain.render import render_deployment
 from tests.connectors.slack.support import notification, produce_notes, slack_env
 from tests.slack_server import Reply, SlackServer
-from tests.streams.test_render import fixture_deployments
+from tests.streams.domain.test_render import fixture_deployments
 from tests.support import Service, wait_for
 
 

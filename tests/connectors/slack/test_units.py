@@ -13,9 +13,9 @@ from connectors.slack.offsets import OffsetTracker
 from connectors.slack.pacing import ChannelPacer, backoff_delay, parse_retry_after
 from connectors.slack.sending import ConsoleSender, Message, classify_status
 from connectors.slack.state import SlackState, Source, entry, thread_key
-from streams.render import render_deployment
+from streams.domain.render import render_deployment
 from tests.connectors.slack.support import notification
-from tests.streams.test_render import fixture_deployments
+from tests.streams.domain.test_render import fixture_deployments
 
 
 class FakeClock:

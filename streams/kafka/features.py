@@ -32,7 +32,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
 
 log = logging.getLogger(__name__)
 

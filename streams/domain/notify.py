@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from streams import records
-from streams.decide import iso_now
-from streams.render import render_deployment, render_violation
-from streams.routing import Route, route_channel
+from streams.domain import records
+from streams.domain.decide import iso_now
+from streams.domain.render import render_deployment, render_violation
+from streams.domain.routing import Route, route_channel
 
 JsonObject = dict[str, Any]
 

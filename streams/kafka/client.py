@@ -4,7 +4,7 @@ No synctrail process builds a Kafka client's connection anywhere else: aiokafka'
 consumers and admin clients take :func:`producer_args`, :func:`consumer_args` or
 :func:`admin_args` (:func:`client_args` plus the caller's own options), and the Faust app takes
 :func:`faust_credentials` (its consumer, producer and topic creation all read
-``broker_credentials``). ``tests/streams/test_kafka_client.py`` fails when a client is built
+``broker_credentials``). ``tests/streams/kafka/test_client.py`` fails when a client is built
 without them.
 
 :func:`preflight` is what every process runs at start: one connection to a bootstrap server,

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.decide import (
+from streams.domain.decide import (
     DEPLOYED,
     DUPLICATE,
     RECENT_DELIVERY_IDS,

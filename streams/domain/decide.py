@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from streams import records
-from streams.diff import canonical_sha256, diff_images, fingerprint
-from streams.policy import find_violations
-from streams.state import AppliedOperation, apply_operation, outcome_of_bare, running_images
+from streams.domain import records
+from streams.domain.diff import canonical_sha256, diff_images, fingerprint
+from streams.domain.policy import find_violations
+from streams.domain.state import AppliedOperation, apply_operation, outcome_of_bare, running_images
 
 JsonObject = dict[str, Any]
 

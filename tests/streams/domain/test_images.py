@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.images import (
+from streams.domain.images import (
     ImageRef,
     InvalidImageReference,
     normalize_image,

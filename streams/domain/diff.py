@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from streams.images import ImageRef, InvalidImageReference, parse_image
+from streams.domain.images import ImageRef, InvalidImageReference, parse_image
 
 
 @dataclass(frozen=True, slots=True)

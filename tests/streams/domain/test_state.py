@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.state import (
+from streams.domain.state import (
     AppliedOperation,
     apply_operation,
     classify_change,

@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from connectors.broker import EmbeddedBroker, free_port
-from streams.broker_features import (
+from streams.kafka.features import (
     EMBEDDED_FETCH_WAIT_MS,
     KAFKA_FETCH_WAIT_MS,
     BrokerFeatures,
@@ -18,7 +18,7 @@ from streams.broker_features import (
     resolve_idempotence,
     use_idempotence,
 )
-from streams.produce import OutputProducer
+from streams.kafka.produce import OutputProducer
 from tests.apache_kafka.node import KafkaNode
 from tests.support import read_topic
 

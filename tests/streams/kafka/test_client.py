@@ -17,7 +17,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
 from connectors.cli import build_parser, main
-from streams.kafka_client import (
+from streams.kafka.client import (
     admin_args,
     client_args,
     connection,
@@ -264,7 +264,7 @@ def test_every_kafka_client_is_built_from_the_connection_builders():
         direct = [kw.arg for kw in call.keywords if kw.arg == "bootstrap_servers"]
         if not built or direct:
             unbuilt.append(where)
-    assert unbuilt == [], "build these with streams.kafka_client (client_args/producer_args/...)"
+    assert unbuilt == [], "build these with streams.kafka.client (client_args/producer_args/...)"
 
 
 def test_the_worker_runs_on_asyncios_loop_over_tls(tls_files):
@@ -287,7 +287,7 @@ def test_the_worker_runs_on_asyncios_loop_over_tls(tls_files):
 
 def test_certificate_errors_name_the_setting_that_fixes_them(tls_files):
     """The branches the test node cannot produce (its certificate names every address used)."""
-    from streams.kafka_client import classify
+    from streams.kafka.client import classify
 
     settings = CommonSettings(kafka_security_protocol="SSL", kafka_ssl_cafile=tls_files["ca"])
 
@@ -308,7 +308,7 @@ def test_certificate_errors_name_the_setting_that_fixes_them(tls_files):
 
 
 def test_preflight_reads_bootstrap_addresses_like_aiokafka():
-    from streams.kafka_client import _host_port
+    from streams.kafka.client import _host_port
 
     assert _host_port("kafka") == ("kafka", 9092)
     assert _host_port("kafka:9093") == ("kafka", 9093)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.images import InvalidImageReference, normalize_image
+from streams.domain.images import InvalidImageReference, normalize_image
 
 Resources = dict[str, list[str]]
 

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.diff import diff_images
-from streams.state import AppliedOperation, apply_operation, outcome_of_bare, running_images
+from streams.domain.diff import diff_images
+from streams.domain.state import AppliedOperation, apply_operation, outcome_of_bare, running_images
 from tests.support import SHARED_FIXTURES, load_expected
 
 # expected.json spells the categories in camelCase.

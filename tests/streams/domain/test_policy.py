@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.policy import (
+from streams.domain.policy import (
     PolicyError,
     find_violations,
     images_matching_rule,

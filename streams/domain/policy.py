@@ -1,6 +1,6 @@
 """Image policy: deny and allow rules, loading them, matching images against them (pure).
 
-A rule is a plain dict shaped like ``streams.records.PolicyRule``::
+A rule is a plain dict shaped like ``streams.domain.records.PolicyRule``::
 
     {"id", "kind": "deny" | "allow", "reason",
      "image": <deny pattern> | None, "patterns": [<allow pattern>, ...] | None,
@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from streams.images import (
+from streams.domain.images import (
     DEFAULT_REGISTRY,
     LEGACY_DEFAULT_REGISTRY,
     ImageRef,

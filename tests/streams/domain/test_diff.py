@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.diff import ImageDiff, apply_diff, canonical_sha256, diff_images, fingerprint
+from streams.domain.diff import ImageDiff, apply_diff, canonical_sha256, diff_images, fingerprint
 
 SHA_A = "sha256:" + "a" * 64
 SHA_B = "sha256:" + "b" * 64

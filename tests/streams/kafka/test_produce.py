@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from connectors.broker import ensure_topics
-from streams.produce import OutputProducer, kafka_partition
-from streams.topics import DEPLOYMENTS, METRICS, TopicSpec
+from streams.kafka.produce import OutputProducer, kafka_partition
+from streams.kafka.setup import ensure_topics
+from streams.kafka.topics import DEPLOYMENTS, METRICS, TopicSpec
 from tests.support import read_topic
 
 

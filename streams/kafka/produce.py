@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from streams.kafka_client import Connection, connection
+from streams.kafka.client import Connection, connection
 from streams.replay import SOURCE_HEADER
 
 #: ``(topic, partition, key, value, source header or None)``
@@ -55,7 +55,7 @@ class OutputProducer:
     ) -> None:
         # transactional_id: see streams.transactions (sends then need an open transaction)
         self.producer = AIOKafkaProducer(
-            **connection(bootstrap),  # plaintext servers, or streams.kafka_client.client_args
+            **connection(bootstrap),  # plaintext servers, or streams.kafka.client.client_args
             client_id=client_id,
             acks="all",
             enable_idempotence=enable_idempotence,

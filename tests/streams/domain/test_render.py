@@ -3,7 +3,7 @@
 Deployment records are built from the shared fixtures and their oracle (``expected.json``) by
 ``fixture_deployments`` below, so rendering is tested on every real deploy shape without
 depending on the worker. Golden files live in ``tests/streams/golden``; regenerate them after
-an intended change with ``SYNCTRAIL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/streams/test_render.py``
+an intended change with ``SYNCTRAIL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/streams/domain/test_render.py``
 and review the diff.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import render
-from streams.render import render_deployment, render_violation
+from streams.domain import render
+from streams.domain.render import render_deployment, render_violation
 from tests.support import SHARED_FIXTURES, load_expected
 
 GOLDEN = Path(__file__).parent / "golden"
