@@ -1,0 +1,357 @@
+"""CDEvents from deployment records (pure): the event type, environment, artifact and schema.
+
+The deployments are the real ones: the example payloads (``examples/payloads/``) go through
+the bridge's record builders and the worker's ``decide`` in delivery order, and every CDEvent
+they give is validated against the CDEvents JSON Schemas vendored in ``schemas/cdevents/``
+(``$ref``s resolved from those files, never over the network).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator, ValidationError
+from packageurl import PackageURL
+from referencing import Registry, Resource
+from referencing.exceptions import Unresolvable
+
+from connectors.bridge.events import bare_event, envelope_event
+from streams.domain import cdevents
+from streams.domain.cdevents import (
+    SERVICE_DEPLOYED,
+    SERVICE_ROLLEDBACK,
+    SERVICE_UPGRADED,
+    artifact_image,
+    deployed_before,
+    environment_id,
+    environments_after,
+    image_purl,
+    service_event,
+)
+from streams.domain.decide import decide
+from streams.domain.images import InvalidImageReference
+from tests.support import REPO, load_expected
+
+PAYLOADS = REPO / "examples" / "payloads"
+CDEVENTS_SCHEMAS = REPO / "schemas" / "cdevents" / cdevents.SPEC_VERSION
+SOURCE = "/synctrail/test"
+NOW = datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC)
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+# -- the vendored schemas -------------------------------------------------------------------------
+
+
+@cache
+def _registry() -> Registry:
+    resources = []
+    for path in sorted(CDEVENTS_SCHEMAS.rglob("*.json")):
+        schema = json.loads(path.read_text())
+        resources.append((schema["$id"], Resource.from_contents(schema)))
+    # No ``retrieve``: a $ref the files do not hold is Unresolvable, never fetched.
+    return Registry().with_resources(resources)
+
+
+def validate(event: dict[str, Any]) -> None:
+    """Validate ``event`` against its type's vendored schema; check the formats it declares."""
+    schema = json.loads(
+        (CDEVENTS_SCHEMAS / cdevents.SCHEMA_FILES[event["context"]["type"]]).read_text()
+    )
+    Draft202012Validator(schema, registry=_registry()).validate(event)
+    # jsonschema asserts no format without optional packages: check the three by hand.
+    assert RFC3339.fullmatch(event["context"]["timestamp"]), event["context"]["timestamp"]
+    datetime.fromisoformat(event["context"]["timestamp"])
+    assert " " not in event["context"]["source"]
+    purl = event["subject"]["content"]["artifactId"]
+    assert PackageURL.from_string(purl).to_string() == purl
+
+
+def test_the_vendored_schemas_are_the_specs_with_their_licence():
+    licence = (REPO / "schemas" / "cdevents" / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence
+    for type_, name in cdevents.SCHEMA_FILES.items():
+        schema = json.loads((CDEVENTS_SCHEMAS / name).read_text())
+        Draft202012Validator.check_schema(schema)
+        assert schema["$id"].startswith(f"https://cdevents.dev/{cdevents.SPEC_VERSION}/schema/")
+        assert schema["properties"]["context"]["properties"]["type"]["enum"] == [type_]
+
+
+def test_links_are_resolved_from_the_vendored_files():
+    event = _fixture_events()[0][1]
+    linked = copy.deepcopy(event)
+    linked["context"]["links"] = [{"linkType": "PATH", "from": {"contextId": "abc"}}]
+    validate(linked)  # the $ref chain links/embeddedlinksarray -> embeddedlinkpath resolves
+    linked["context"]["links"] = [{"linkType": "PATH"}]  # embeddedlinkpath needs "from"
+    with pytest.raises(ValidationError, match="not valid under any of the given schemas"):
+        validate(linked)
+    # and a reference the files do not hold is refused, not looked up on the network
+    with pytest.raises(Unresolvable):
+        _registry().resolver().lookup("https://cdevents.dev/0.5.1/schema/links/nothing")
+
+
+# -- the example payloads, decided in delivery order ---------------------------------------------
+
+
+def _sync_event(entry: dict[str, Any], n: int) -> dict[str, Any]:
+    raw = (PAYLOADS / entry["file"]).read_bytes()
+    body = orjson.loads(raw)
+    ids = {"delivery_id": f"{n:032x}", "received_at": f"2026-11-28T09:{n:02d}:00.000Z"}
+    if entry["shape"] == "envelope":
+        return envelope_event(body, raw, default_namespace="argocd", **ids)
+    namespace, name = entry["app"].split("/")
+    return bare_event(body, raw, namespace=namespace, name=name, **ids)
+
+
+def _deployments() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(payload entry, deployment record) for every announced operation of the examples."""
+    entries = orjson.loads((PAYLOADS / "expected.json").read_bytes())["payloads"]
+    states: dict[str, Any] = {}
+    out = []
+    for n, entry in enumerate(entries, 1):
+        decision = decide(_sync_event(entry, n), states.get(entry["app"]), [], now=NOW)
+        if decision.state is not None:
+            states[entry["app"]] = decision.state
+        if decision.deployment is not None:
+            out.append((entry, decision.deployment))
+    return out
+
+
+@cache
+def _fixture_events() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(deployment, CDEvent) in order, the environments kept per app as the worker would."""
+    environments: dict[str, list[str]] = {}
+    out = []
+    for entry, deployment in _deployments():
+        known = environments.get(entry["app"], [])
+        event = service_event(
+            deployment, deployed_before=deployed_before(known, deployment), source=SOURCE
+        )
+        environments[entry["app"]] = environments_after(known, deployment)
+        if event is not None:
+            out.append((deployment, event))
+    return out
+
+
+def test_every_cdevent_of_the_example_payloads_validates_against_the_spec_schema():
+    events = _fixture_events()
+    assert len(events) == 8  # guestbook 4, ingress-nginx 2, storefront 2 (see below)
+    for _, event in events:
+        validate(event)
+
+
+def test_first_deploy_into_an_environment_is_deployed_and_later_ones_upgraded():
+    got = [(event["subject"]["id"], event["context"]["type"]) for _, event in _fixture_events()]
+    assert got == [
+        ("argocd/guestbook", SERVICE_DEPLOYED),
+        ("argocd/guestbook", SERVICE_UPGRADED),
+        ("argocd/ingress-nginx", SERVICE_DEPLOYED),
+        ("argocd/guestbook", SERVICE_UPGRADED),
+        ("argocd/storefront", SERVICE_DEPLOYED),
+        ("argocd/ingress-nginx", SERVICE_UPGRADED),
+        ("argocd/guestbook", SERVICE_UPGRADED),
+        ("argocd/storefront", SERVICE_UPGRADED),
+    ]
+
+
+def test_failed_operations_bare_only_apps_and_apps_without_images_give_no_cdevent():
+    announced = {(e["file"], d["delivery_id"]) for e, d in _deployments()}
+    with_event = {d["delivery_id"] for d, _ in _fixture_events()}
+    silent = sorted(f for f, delivery in announced if delivery not in with_event)
+    assert silent == [
+        "02-payments-api-rev-a.json",  # bare: no destination known
+        "06-payments-api-rev-b.json",
+        "12-cluster-rbac.json",  # bare, and no image at all
+        "13-guestbook-rev-e-failed.json",  # Failed
+        "14-tenant-configs-300-resources.json",  # bare
+    ]
+    failed = next(d for e, d in _deployments() if e["file"].startswith("13-"))
+    assert service_event(failed, deployed_before=True, source=SOURCE) is None
+    no_images = {**failed, "operation": {**failed["operation"], "phase": "Succeeded"}}
+    no_images.update(images=[], images_added=[], images_changed=[])
+    assert service_event(no_images, deployed_before=True, source=SOURCE) is None
+
+
+def test_the_environment_is_the_argo_cd_destination():
+    by_app = {
+        e["subject"]["id"]: e["subject"]["content"]["environment"] for _, e in _fixture_events()
+    }
+    assert by_app == {
+        "argocd/guestbook": {"id": "https://kubernetes.default.svc/guestbook"},
+        "argocd/ingress-nginx": {"id": "https://kubernetes.default.svc/ingress-nginx"},
+        "argocd/storefront": {"id": "https://k8s-prod-eu.acme.example:6443/storefront"},
+    }
+    assert environment_id({"server": "", "name": "prod-eu", "namespace": "shop"}) == "prod-eu/shop"
+    assert (
+        environment_id({"server": "https://x:6443", "name": "", "namespace": ""})
+        == "https://x:6443"
+    )
+    assert environment_id({"server": "", "name": "", "namespace": "shop"}) is None
+    assert environment_id(None) is None
+
+
+def test_a_new_destination_is_a_first_deploy_again_and_a_failure_does_not_count():
+    deployment, _ = _fixture_events()[1]  # guestbook, upgraded
+    known = environments_after([], _fixture_events()[0][0])
+    assert deployed_before(known, deployment)
+    moved = {
+        **deployment,
+        "destination": {"server": "", "name": "prod-eu", "namespace": "guestbook"},
+    }
+    assert not deployed_before(known, moved)
+    event = service_event(moved, deployed_before=deployed_before(known, moved), source=SOURCE)
+    assert event is not None and event["context"]["type"] == SERVICE_DEPLOYED
+    failed = {**moved, "operation": {**moved["operation"], "phase": "Failed"}}
+    assert environments_after(known, failed) == known
+    assert environments_after(known, moved) == sorted([*known, "prod-eu/guestbook"])
+
+
+def test_a_rollback_to_an_earlier_revision_is_rolledback():
+    """guestbook rev-a, rev-b, then rev-a again (a later operation): decide flags it rollback."""
+    entries = orjson.loads((PAYLOADS / "expected.json").read_bytes())["payloads"]
+    rev_a, rev_b = entries[0], entries[2]
+    again = _sync_event(rev_a, 30)
+    again["operation"]["started_at"] = "2026-11-28T11:00:00Z"
+    again["operation"]["finished_at"] = "2026-11-28T11:00:09Z"
+    state, environments, types = None, [], []
+    for event in (_sync_event(rev_a, 1), _sync_event(rev_b, 2), again):
+        decision = decide(event, state, [], now=NOW)
+        state, deployment = decision.state, decision.deployment
+        assert deployment is not None
+        cdevent = service_event(
+            deployment, deployed_before=deployed_before(environments, deployment), source=SOURCE
+        )
+        environments = environments_after(environments, deployment)
+        assert cdevent is not None
+        validate(cdevent)
+        types.append(cdevent["context"]["type"])
+    assert deployment["rollback"] is True
+    assert types == [SERVICE_DEPLOYED, SERVICE_UPGRADED, SERVICE_ROLLEDBACK]
+    assert cdevent["context"]["timestamp"] == "2026-11-28T11:00:09Z"
+    # the artifact is the image the rollback brought back
+    assert cdevent["subject"]["content"]["artifactId"] == (
+        "pkg:oci/guestbook-ui?repository_url=ghcr.io/acme/guestbook-ui&tag=v1.4.0"
+    )
+
+
+def test_a_rollback_into_a_new_environment_is_deployed():
+    deployment, _ = _fixture_events()[1]
+    rollback = {**deployment, "rollback": True}
+    assert cdevents.event_type(rollback, deployed_before=True) == SERVICE_ROLLEDBACK
+    assert cdevents.event_type(rollback, deployed_before=False) == SERVICE_DEPLOYED
+    assert (
+        cdevents.event_type({**rollback, "rollback": False}, deployed_before=True)
+        == SERVICE_UPGRADED
+    )
+
+
+def test_the_artifact_is_the_first_changed_else_added_else_running_image():
+    artifacts = [e["subject"]["content"]["artifactId"] for _, e in _fixture_events()]
+    assert artifacts == [
+        # 01 guestbook first deploy: first added (sorted)
+        "pkg:oci/redis?repository_url=docker.io/library/redis&tag=7.2.4",
+        # 03: the changed image
+        "pkg:oci/guestbook-ui?repository_url=ghcr.io/acme/guestbook-ui&tag=v1.5.0",
+        # 05 ingress-nginx: tag and digest
+        "pkg:oci/controller@sha256:02494949d03c189ef99be6f0e253912f443517f3128f110ba95dda0e82ea47e2"
+        "?repository_url=registry.k8s.io/ingress-nginx/controller&tag=v1.10.0",
+        # 07: envoy added
+        "pkg:oci/envoy?repository_url=docker.io/envoyproxy/envoy&tag=v1.30.1",
+        "pkg:oci/valkey?repository_url=docker.io/valkey/valkey&tag=7.2.5",
+        "pkg:oci/controller@sha256:8e96f19073a720fb6743e4c1ff850a9d92d11a51f1383ee77a8d887ac4f88e85"
+        "?repository_url=registry.k8s.io/ingress-nginx/controller&tag=v1.10.1",
+        # 10: redis removed, nothing changed or added: the first running image
+        "pkg:oci/envoy?repository_url=docker.io/envoyproxy/envoy&tag=v1.30.1",
+        "pkg:oci/storefront-web?repository_url=ghcr.io/acme/storefront-web&tag=2.7.1-hotfix.1",
+    ]
+    assert artifact_image({"images_changed": [], "images_added": [], "images": []}) is None
+
+
+def test_custom_data_names_every_running_image_as_in_the_fixtures_oracle():
+    expected = {e["file"]: e for e in load_expected() if e.get("valid")}
+    files = {d["delivery_id"]: e["file"] for e, d in _deployments()}
+    for deployment, event in _fixture_events():
+        running = expected[files[deployment["delivery_id"]]]["runningImages"]
+        assert event["customData"]["artifactIds"] == [image_purl(i) for i in running]
+        assert event["customData"]["deliveryId"] == deployment["delivery_id"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "purl"),
+    [
+        ("nginx", "pkg:oci/nginx?repository_url=docker.io/library/nginx&tag=latest"),
+        ("nginx:1.27.2", "pkg:oci/nginx?repository_url=docker.io/library/nginx&tag=1.27.2"),
+        (
+            "bitnami/redis:7",
+            "pkg:oci/redis?repository_url=docker.io/bitnami/redis&tag=7",
+        ),
+        (
+            "index.docker.io/library/nginx:1",
+            "pkg:oci/nginx?repository_url=docker.io/library/nginx&tag=1",
+        ),
+        (
+            "registry.local:5000/payments/worker:2.3.1",
+            "pkg:oci/worker?repository_url=registry.local:5000/payments/worker&tag=2.3.1",
+        ),
+        (
+            "registry.local:5000/payments/api@sha256:" + "a" * 64,
+            "pkg:oci/api@sha256:" + "a" * 64 + "?repository_url=registry.local:5000/payments/api",
+        ),
+        (
+            "ghcr.io/acme/app:v1@sha256:" + "b" * 64,
+            "pkg:oci/app@sha256:" + "b" * 64 + "?repository_url=ghcr.io/acme/app&tag=v1",
+        ),
+        (
+            "localhost/team/app:dev",
+            "pkg:oci/app?repository_url=localhost/team/app&tag=dev",
+        ),
+        (
+            "[::1]:5000/app:1",
+            "pkg:oci/app?repository_url=%5B::1%5D:5000/app&tag=1",
+        ),
+    ],
+)
+def test_image_purls_follow_the_oci_type(reference: str, purl: str):
+    assert image_purl(reference) == purl
+    parsed = PackageURL.from_string(purl)
+    assert parsed.type == "oci" and parsed.namespace is None
+    assert parsed.name == parsed.qualifiers["repository_url"].rsplit("/", 1)[-1]
+
+
+def test_every_running_image_of_the_fixtures_has_a_purl_that_parses_back():
+    images = {i for e in load_expected() if e.get("valid") for i in e["runningImages"]}
+    assert any(":5000/" in i for i in images) and any("@sha256:" in i for i in images)
+    for image in images:
+        parsed = PackageURL.from_string(image_purl(image))
+        _, _, digest = image.partition("@")
+        assert parsed.version == (digest or None)
+        assert image.startswith(parsed.qualifiers["repository_url"])
+
+
+def test_an_invalid_reference_has_no_purl():
+    with pytest.raises(InvalidImageReference):
+        image_purl("Not An Image")
+
+
+def test_the_context_id_is_stable_per_delivery_and_the_timestamp_is_the_finish():
+    first = _fixture_events()
+    _fixture_events.cache_clear()
+    again = _fixture_events()  # the same payloads decided again: a replay
+    assert [e["context"]["id"] for _, e in first] == [e["context"]["id"] for _, e in again]
+    ids = [e["context"]["id"] for _, e in first]
+    assert len(set(ids)) == len(ids)
+    for deployment, event in first:
+        assert event["context"]["timestamp"] == deployment["operation"]["finished_at"]
+        assert event["context"]["source"] == SOURCE
+        assert event["context"]["specversion"] == "0.5.1"
+    deployment = first[0][0]
+    bare = {**deployment, "operation": {**deployment["operation"], "finished_at": None}}
+    event = service_event(bare, deployed_before=False, source=SOURCE)
+    assert event is not None and event["context"]["timestamp"] == deployment["received_at"]
+    assert event["context"]["id"] == first[0][1]["context"]["id"]
