@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
 from jsonschema import Draft202012Validator, ValidationError
 from packageurl import PackageURL
 from referencing import Registry, Resource
@@ -35,8 +36,10 @@ from streams.domain.cdevents import (
     image_purl,
     service_event,
 )
+from streams.domain.cloudevents import cdevent_headers
 from streams.domain.decide import decide
-from streams.domain.images import InvalidImageReference
+from streams.domain.images import InvalidImageReference, parse_image
+from tests.streams.domain.test_images import references
 from tests.support import REPO, load_expected
 
 PAYLOADS = REPO / "examples" / "payloads"
@@ -355,3 +358,28 @@ def test_the_context_id_is_stable_per_delivery_and_the_timestamp_is_the_finish()
     event = service_event(bare, deployed_before=False, source=SOURCE)
     assert event is not None and event["context"]["timestamp"] == deployment["received_at"]
     assert event["context"]["id"] == first[0][1]["context"]["id"]
+
+
+def test_a_cdevent_record_carries_its_context_in_the_cloudevents_headers():
+    for _, event in _fixture_events():
+        got = dict(cdevent_headers(event))
+        assert got["ce_id"].decode() == event["context"]["id"]
+        assert got["ce_type"].decode() == event["context"]["type"]
+        assert got["ce_time"].decode() == event["context"]["timestamp"]
+        assert got["ce_subject"].decode() == event["subject"]["id"]
+        assert got["content-type"] == b"application/cdevents+json"
+        assert orjson.loads(orjson.dumps(event)) == event  # the value, as the producer writes it
+
+
+@settings(max_examples=200)
+@given(references())
+def test_every_valid_reference_has_a_purl_that_parses_back_to_its_parts(reference: str):
+    ref = parse_image(reference)
+    parsed = PackageURL.from_string(image_purl(reference))
+    assert (parsed.type, parsed.namespace) == ("oci", None)
+    assert parsed.name == ref.path.rsplit("/", 1)[-1]
+    assert parsed.version == ref.digest
+    assert parsed.qualifiers == {
+        "repository_url": ref.repository,
+        **({"tag": ref.tag} if ref.tag else {}),
+    }
