@@ -33,9 +33,10 @@ Written here rather than with the ``cloudevents`` SDK's Kafka binding (``to_bina
 builds an event object, validates and re-encodes each attribute and returns a dict the producer
 would turn into aiokafka's list of tuples, for the same seven byte strings, and it derives no
 id or time from a record, which is the part that needs thought. ``python -m bench.headers``
-measured it (2.2.0) at 2.4-2.6x our cost per record with its 1.x API (``cloudevents.v1.kafka``)
-and 3.5-3.7x with the 2.x one (``cloudevents.core.bindings.kafka``), ours being 1.9-2.8x an
-``orjson.dumps`` of the record (a shared, loaded machine: compare ratios, not microseconds).
+measured it (2.2.0, four runs) at 2.4-3.7x our cost per record with its 1.x API
+(``cloudevents.v1.kafka``) and 3.5-5.1x with the 2.x one (``cloudevents.core.bindings.kafka``),
+ours being 1.9-2.8x an ``orjson.dumps`` of the record (a shared machine at load 11-13: compare
+ratios, not microseconds).
 The ``ce_id`` is most of our cost, hence :func:`uuid5` instead of ``uuid.uuid5``.
 """
 
