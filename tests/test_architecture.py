@@ -1,4 +1,4 @@
-"""The package graph (issue 16).
+"""The package graph and the size of functions (issue 16).
 
 The import contracts live in ``pyproject.toml`` (``[tool.importlinter]``) and are checked by
 import-linter, as ``lint-imports`` does from the repository root: the domain is pure, the Kafka
@@ -10,12 +10,16 @@ under ``TYPE_CHECKING`` too); the subprocess tests below check what an import re
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 from tests.support import REPO
+
+#: No function (method, nested function) in streams/ or connectors/ may be longer than this.
+MAX_FUNCTION_LINES = 80
 
 
 def test_the_import_contracts_hold():
@@ -92,3 +96,51 @@ def test_importing_the_domain_loads_no_kafka_client_web_server_or_faust():
     loaded = _loaded_after_importing(domain)
     assert "streams" in loaded
     assert not loaded & {"faust", "mode", "aiokafka", "aiohttp"}
+
+
+def function_lengths(source: str, where: str = "") -> list[tuple[int, str]]:
+    """``(lines, name)`` of every function in ``source``, methods and nested ones included
+    (``Class.method``, ``outer.inner``), counted from the ``def`` line to the body's last line
+    (decorators not counted)."""
+    found: list[tuple[int, str]] = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}{child.name}"
+                assert child.end_lineno is not None
+                found.append(
+                    (child.end_lineno - child.lineno + 1, f"{where}:{child.lineno} {name}")
+                )
+                walk(child, f"{name}.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, f"{prefix}{child.name}.")
+            else:
+                walk(child, prefix)
+
+    walk(ast.parse(source), "")
+    return found
+
+
+def test_function_lengths_count_methods_and_nested_functions():
+    source = (
+        "class A:\n    def m(self):\n        def inner():\n            pass\n        return 1\n"
+    )
+    assert sorted(function_lengths(source, "x.py")) == [
+        (2, "x.py:3 A.m.inner"),
+        (4, "x.py:2 A.m"),
+    ]
+
+
+def test_no_function_in_streams_or_connectors_is_longer_than_80_lines():
+    lengths = [
+        found
+        for package in ("streams", "connectors")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for found in function_lengths(path.read_text(), str(path.relative_to(REPO)))
+    ]
+    assert len(lengths) > 500  # the walk found the code
+    too_long = sorted((f for f in lengths if f[0] > MAX_FUNCTION_LINES), reverse=True)
+    assert not too_long, "split these functions into named steps: " + ", ".join(
+        f"{name} ({lines} lines)" for lines, name in too_long
+    )
