@@ -66,6 +66,7 @@ test: $(STAMP) prometheus-tools kubectl wrk kafka-jars
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

@@ -57,6 +57,11 @@ class _CommandParser(argparse.ArgumentParser):
         return f"{text}\n{help_text(self.settings_of)}"
 
 
+_Commands = argparse._SubParsersAction  # what add_subparsers returns
+#: descriptions keep their line breaks
+_KEEP_LINES = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _CommandParser(
@@ -65,8 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    keep_lines = argparse.RawDescriptionHelpFormatter  # descriptions keep their line breaks
+    _add_process_commands(sub)
+    _add_client_commands(sub)
+    _add_policy_command(sub)
+    _add_operations_commands(sub)
+    return parser
 
+
+def _add_process_commands(sub: _Commands) -> None:
+    """The long-running processes: dev, broker, bridge, worker, slack, exporter."""
     sub.add_parser(
         "dev",
         help="embedded broker + bridge + worker + Slack console + exporter in one process tree",
@@ -84,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/v1/sync/{app_namespace}/{app}) and publish each to <prefix>sync-events once Kafka\n"
         "acknowledged it, or spool it to disk while Kafka is unreachable. Serves /healthz,\n"
         "/readyz and /metrics. SIGTERM: stop accepting, finish in-flight requests, flush.",
-        formatter_class=keep_lines,
+        formatter_class=_KEEP_LINES,
         settings_of="bridge",
     )
     sub.add_parser(
@@ -93,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consume <prefix>sync-events and <prefix>policy; keep each app's state;\n"
         "publish deployments, notifications, metrics, violations, remediations and\n"
         "dead-letters. Query API and /metrics on SYNCTRAIL_WORKER_WEB_PORT.",
-        formatter_class=keep_lines,
+        formatter_class=_KEEP_LINES,
         settings_of="worker",
     )
     sub.add_parser(
@@ -102,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Post <prefix>notifications to Slack (bot token or incoming webhook), once\n"
         "per idempotency key, within Slack's rate limits; print them instead when neither\n"
         "is set.",
-        formatter_class=keep_lines,
+        formatter_class=_KEEP_LINES,
         settings_of="slack",
     )
     sub.add_parser(
@@ -110,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold metric events into Prometheus series on /metrics",
         description="Fold <prefix>metrics into Prometheus series, rebuilt from the topic on\n"
         "every start, and serve them on /metrics.",
-        formatter_class=keep_lines,
+        formatter_class=_KEEP_LINES,
         settings_of="exporter",
     )
 
+
+def _add_client_commands(sub: _Commands) -> None:
+    """Replay payload files to a bridge; tail a topic."""
     replay = sub.add_parser(
         "replay",
         help="POST payload files (a folder in name order) to a bridge",
@@ -134,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     tail.add_argument("--follow", action="store_true", help="keep waiting for new records")
 
+
+def _add_policy_command(sub: _Commands) -> None:
+    """``synctrail policy deny|allow|rm|list``."""
     policy = sub.add_parser("policy", help="add, remove or list policy rules at runtime")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     deny = psub.add_parser("deny", help="denylist an image (exact, repo:tag-glob or digest)")
@@ -150,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("rule_id")
     psub.add_parser("list", help="list the rules in force")
 
+
+def _add_operations_commands(sub: _Commands) -> None:
+    """Replay dead letters; create or check the topics."""
     dead = sub.add_parser(
         "replay-dead-letters",
         help="send dead-lettered records back to their source topic",
@@ -167,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SYNCTRAIL_PARTITIONS partitions and SYNCTRAIL_REPLICATION_FACTOR replicas (compacted\n"
         "where the contract says so), and the worker's table changelog\n"
         "(<SYNCTRAIL_WORKER_ID>-apps-changelog). Existing topics are left untouched.",
-        formatter_class=keep_lines,
+        formatter_class=_KEEP_LINES,
         settings_of="all",
     )
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
@@ -177,11 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create the missing topics; with --check, create nothing and exit 1 when\n"
         "a topic is missing or has another partition count, replication factor or\n"
         "cleanup.policy.",
-        formatter_class=keep_lines,
+        formatter_class=_KEEP_LINES,
         settings_of="all",
     )
     create.add_argument("--check", action="store_true", help="only verify; exit 1 on a mismatch")
-    return parser
 
 
 def _settings_error(command: str, exc: ValidationError) -> str:

@@ -114,86 +114,108 @@ async def _serve(settings: CommonSettings) -> int:
     feed: asyncio.Task[None] | None = None
     try:
         await ensure_topics(broker.bootstrap, settings.topic_prefix, settings.partitions)
-        feed_ready = asyncio.Event()
-        feed = asyncio.create_task(
-            dev_feed.feed(broker.bootstrap, settings.topic_prefix, ready=feed_ready)
-        )
-        ready_wait = asyncio.create_task(feed_ready.wait())
-        await asyncio.wait({feed, ready_wait}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        ready_wait.cancel()
+        feed = await _start_feed(broker.bootstrap, settings)
         token = os.environ.get("SYNCTRAIL_BRIDGE_TOKENS", "").split(",")[
             0
         ] or secrets.token_urlsafe(24)
         env = _child_env(broker.bootstrap, token, settings)
-        names: list[str] = []
-        for command, module in _CHILDREN:
-            if importlib.util.find_spec(module) is None:
-                continue
-            names.append(command)
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "connectors.cli",
-                    command,
-                    env=env,
-                    preexec_fn=die_with_parent,
-                    # Ctrl-C reaches only `dev`, which stops the children with SIGTERM in order
-                    start_new_session=True,
-                )
-            )
+        names = await _start_children(env, procs)
         host = env.get("SYNCTRAIL_BRIDGE_HOST", "127.0.0.1")
         bridge_url = f"http://{host}:{env.get('SYNCTRAIL_BRIDGE_PORT', '8080')}"
         if not await _wait_http_ok(f"{bridge_url}/readyz", 30, procs):
             print("synctrail dev: the bridge did not become ready; see the logs above", flush=True)
             return 1
-        print(
-            "\n"
-            f"  synctrail is running (embedded broker on {broker.bootstrap}).\n"
-            f"  Bridge:  {bridge_url}   (POST /v1/sync, /v1/sync/{{ns}}/{{app}})\n"
-            f"  Token:   {token}\n"
-            f"  Worker:  http://127.0.0.1:{env.get('SYNCTRAIL_WORKER_WEB_PORT', '6066')}/apps/guestbook\n"
-            f"  Metrics: http://127.0.0.1:{env.get('SYNCTRAIL_EXPORTER_PORT', '9108')}/metrics\n\n"
-            "  Post the example payloads from another terminal:\n"
-            f"    .venv/bin/synctrail replay --url {bridge_url} --token {token} {EXAMPLES}\n"
-            "  Watch the deployments topic:\n"
-            f"    SYNCTRAIL_KAFKA_BOOTSTRAP={broker.bootstrap} .venv/bin/synctrail tail deployments "
-            "--from-beginning --follow\n\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        while not stop.is_set():
-            exited = [
-                name for name, p in zip(names, procs, strict=True) if p.returncode is not None
-            ]
-            if exited:
-                print(f"synctrail dev: {exited[0]} exited; stopping everything", flush=True)
-                return 1
-            if feed is not None and feed.done():
-                error = None if feed.cancelled() else feed.exception()
-                print(f"synctrail dev: the event lines stopped ({error!r})", flush=True)
-                feed = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-        return 0
+        _print_welcome(broker.bootstrap, bridge_url, token, env)
+        return await _watch(names, procs, feed)
     finally:
-        if feed is not None:
-            feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await feed
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
+        await _stop(feed, procs)
         broker.stop()
+
+
+async def _start_feed(bootstrap: str, settings: CommonSettings) -> asyncio.Task[None]:
+    """Start the event lines (``connectors.dev_feed``); wait up to 30 s for it to be reading."""
+    feed_ready = asyncio.Event()
+    feed = asyncio.create_task(dev_feed.feed(bootstrap, settings.topic_prefix, ready=feed_ready))
+    ready_wait = asyncio.create_task(feed_ready.wait())
+    await asyncio.wait({feed, ready_wait}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    ready_wait.cancel()
+    return feed
+
+
+async def _start_children(env: dict[str, str], procs: list[Process]) -> list[str]:
+    """Start every child process that is installed, appending each to ``procs``; their names."""
+    names: list[str] = []
+    for command, module in _CHILDREN:
+        if importlib.util.find_spec(module) is None:
+            continue
+        names.append(command)
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "connectors.cli",
+                command,
+                env=env,
+                preexec_fn=die_with_parent,
+                # Ctrl-C reaches only `dev`, which stops the children with SIGTERM in order
+                start_new_session=True,
+            )
+        )
+    return names
+
+
+def _print_welcome(bootstrap: str, bridge_url: str, token: str, env: dict[str, str]) -> None:
+    print(
+        "\n"
+        f"  synctrail is running (embedded broker on {bootstrap}).\n"
+        f"  Bridge:  {bridge_url}   (POST /v1/sync, /v1/sync/{{ns}}/{{app}})\n"
+        f"  Token:   {token}\n"
+        f"  Worker:  http://127.0.0.1:{env.get('SYNCTRAIL_WORKER_WEB_PORT', '6066')}/apps/guestbook\n"
+        f"  Metrics: http://127.0.0.1:{env.get('SYNCTRAIL_EXPORTER_PORT', '9108')}/metrics\n\n"
+        "  Post the example payloads from another terminal:\n"
+        f"    .venv/bin/synctrail replay --url {bridge_url} --token {token} {EXAMPLES}\n"
+        "  Watch the deployments topic:\n"
+        f"    SYNCTRAIL_KAFKA_BOOTSTRAP={bootstrap} .venv/bin/synctrail tail deployments "
+        "--from-beginning --follow\n\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+async def _watch(names: list[str], procs: list[Process], feed: asyncio.Task[None] | None) -> int:
+    """Until Ctrl-C (0) or a child exits (1); says so if the event lines stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        exited = [name for name, p in zip(names, procs, strict=True) if p.returncode is not None]
+        if exited:
+            print(f"synctrail dev: {exited[0]} exited; stopping everything", flush=True)
+            return 1
+        if feed is not None and feed.done():
+            error = None if feed.cancelled() else feed.exception()
+            print(f"synctrail dev: the event lines stopped ({error!r})", flush=True)
+            feed = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    return 0
+
+
+async def _stop(feed: asyncio.Task[None] | None, procs: list[Process]) -> None:
+    """Stop the event lines, then the children (SIGTERM; killed after 20 s)."""
+    if feed is not None:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await feed
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -348,17 +348,10 @@ def _exit_unwritten() -> None:
 
 
 async def process_sync_events(topology: Topology, stream: Any) -> None:
-    """The agent body: every sync event to a decision, every decision to records.
-
-    With ``SYNCTRAIL_PROCESSING_GUARANTEE=exactly_once`` the batches are written in
-    transactions instead (``streams.transactions``).
+    """The agent body with at_least_once: every sync event to a decision, every decision to
+    records (with exactly_once, ``streams.topology`` runs ``streams.transactions``' instead).
     """
     settings = topology.settings
-    if topology.transactions is not None:
-        from streams.transactions import process_transactionally  # imports this module
-
-        await process_transactionally(topology.transactions, stream)
-        return
     idempotence, _ = await resolve_idempotence(settings.kafka_idempotence, settings)
     outputs = OutputProducer(
         client_args(settings),
@@ -479,27 +472,27 @@ async def _read_back(flusher: Flusher, guard: ReplayGuard, events: list[Any]) ->
     await guard.read_back(first)
 
 
-def register(topology: Topology) -> None:
-    """Attach the agent and the housekeeping timer to the app."""
+def guard_replays(topology: Topology) -> None:
+    """With at_least_once: read the output partitions back after each assignment, so that a
+    replayed event's outputs already written are not written again (``streams.replay``)."""
+    guard = topology.replay_guard = ReplayGuard(
+        client_args(topology.settings), [topology.topic(t.name) for t in OUTPUT_TOPICS]
+    )
+
+    async def _assigned(assigned: set[Any]) -> None:
+        guard.on_assignment()
+
+    topology.app.before_assignment.append(_assigned)
+
+
+def register(topology: Topology, body: Callable[[Any], Awaitable[None]]) -> None:
+    """Attach the agent, running ``body`` over the sync-events stream, and the housekeeping
+    timer to the app."""
     app = topology.app
-    if topology.settings.processing_guarantee == "exactly_once":
-        from streams.transactions import TransactionalFlusher  # imports this module
-
-        topology.transactions = TransactionalFlusher(topology)
-        app.before_assignment.append(topology.transactions.on_assignment)
-    else:
-        guard = topology.replay_guard = ReplayGuard(
-            client_args(topology.settings), [topology.topic(t.name) for t in OUTPUT_TOPICS]
-        )
-
-        async def _assigned(assigned: set[Any]) -> None:
-            guard.on_assignment()
-
-        app.before_assignment.append(_assigned)
 
     @app.agent(topology.sync_events, name="process_sync_events")
     async def _agent(stream: Any) -> None:
-        await process_sync_events(topology, stream)
+        await body(stream)
 
     @app.timer(interval=5.0)
     async def _gauges() -> None:

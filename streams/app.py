@@ -1,4 +1,4 @@
-"""The Faust app: topics, tables and agents, declared in one place.
+"""The Faust app: its topics and tables (``streams.topology`` composes them with the agent).
 
     <prefix>sync-events ──▶ process_sync_events ──▶ deployments, notifications, metrics,
          (key ns/app)          │    ▲                 violations, remediations, dead-letters
@@ -34,11 +34,10 @@ from streams.kafka import client as kafka_client
 from streams.kafka.features import EMBEDDED_FETCH_WAIT_MS
 from streams.kafka.topics import POLICY, SYNC_EVENTS
 from streams.metrics import WorkerMetrics
-from streams.settings import WorkerSettings
+from streams.settings import CommonSettings, WorkerSettings
 
 if TYPE_CHECKING:
     from streams.replay import ReplayGuard
-    from streams.transactions import TransactionalFlusher
 
 
 class _RawKeyJsonValues:
@@ -170,8 +169,6 @@ class Topology:
     metrics: WorkerMetrics
     notify: NotifyConfig
     decide_context: Context
-    #: with exactly_once: writes the batches in transactions (``streams.transactions``)
-    transactions: TransactionalFlusher | None = None
     #: with at_least_once: the outputs a replay must not write again (``streams.replay``)
     replay_guard: ReplayGuard | None = None
 
@@ -199,19 +196,43 @@ class Topology:
         return lag
 
 
-def build(settings: WorkerSettings | None = None) -> Topology:
-    """Create the Faust app with its topics, tables, agents and web views."""
-    settings = settings or WorkerSettings()
-    # peers forward query requests to this URL, so a wildcard bind advertises the host name
-    advertised = settings.worker_advertised_host or (
+def declare(settings: WorkerSettings) -> Topology:
+    """Create the Faust app with its topics and tables; ``streams.topology`` adds the agent,
+    its timer and the web views."""
+    app = _faust_app(settings)
+    apps = _apps_table(app, settings)
+    app.tables.add(apps)
+    return Topology(
+        settings=settings,
+        app=app,
+        sync_events=_sync_events_topic(app, settings),
+        apps=apps,
+        policy=app.tables.add(_policy_table(app, settings)),
+        metrics=WorkerMetrics(),
+        notify=NotifyConfig(
+            default_channel=settings.slack_channel,
+            violations_channel=settings.slack_violations_channel,
+            routes=parse_routes(settings.slack_routes),
+            argocd_url=settings.argocd_url,
+        ),
+        decide_context=Context(history_limit=settings.worker_history),
+    )
+
+
+def _advertised_host(settings: WorkerSettings) -> str:
+    """The host peers forward query requests to: a wildcard bind advertises the host name."""
+    return settings.worker_advertised_host or (
         socket.gethostname()
         if settings.worker_web_host in ("0.0.0.0", "::")
         else settings.worker_web_host
     )
-    app = faust_fixes.App(
+
+
+def _faust_app(settings: WorkerSettings) -> faust_fixes.App:
+    return faust_fixes.App(
         settings.worker_id,
-        broker=kafka_client.faust_broker(settings),
-        broker_credentials=kafka_client.faust_credentials(settings),
+        broker=faust_broker(settings),
+        broker_credentials=faust_credentials(settings),
         client_args=kafka_client.client_args(settings),
         store=settings.worker_store,
         datadir=str(settings.worker_data_dir),
@@ -231,14 +252,40 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         web_bind=settings.worker_web_host,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
-        canonical_url=f"http://{advertised}:{settings.worker_web_port}",
+        canonical_url=f"http://{_advertised_host(settings)}:{settings.worker_web_port}",
         web_tables_enabled=False,
         table_standby_replicas=0,
         logging_config=None,
         loghandlers=[],
         fetch_max_wait_ms=settings.worker_fetch_max_wait_ms or EMBEDDED_FETCH_WAIT_MS,
     )
-    sync_events = app.topic(
+
+
+def faust_broker(settings: CommonSettings) -> list[str]:
+    """Faust's ``broker=`` URLs."""
+    return [f"kafka://{host}" for host in kafka_client.bootstrap_servers(settings)]
+
+
+def faust_credentials(settings: CommonSettings) -> Any:
+    """Faust's ``broker_credentials=``: its aiokafka driver gives them to the worker's
+    consumer, every producer and the client that creates topics (None for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    context = kafka_client.ssl_context(settings)
+    if protocol.startswith("SASL_"):
+        # with an ssl_context Faust makes it SASL_SSL, without one SASL_PLAINTEXT
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_secret(),
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None
+
+
+def _sync_events_topic(app: faust.App, settings: WorkerSettings) -> faust.TopicT:
+    return app.topic(
         settings.topic(SYNC_EVENTS.name),
         key_type=bytes,
         value_type=bytes,
@@ -246,11 +293,10 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    # the policy topic: keys are raw UTF-8 rule ids, values JSON objects (written by other tools)
-    state_schema: faust.Schema = faust.Schema(
-        key_type=str, value_type=None, key_serializer="raw", value_serializer="orjson"
-    )
-    apps = DurableTable(
+
+
+def _apps_table(app: faust.App, settings: WorkerSettings) -> DurableTable:
+    return DurableTable(
         app,
         name="apps",
         key_type=str,
@@ -259,42 +305,26 @@ def build(settings: WorkerSettings | None = None) -> Topology:
         beacon=app.tables.beacon,
         help="Per-app state: resources, running images, last operation, recent deploys.",
     )
-    app.tables.add(apps)
-    policy = app.tables.add(
-        TopicBackedGlobalTable(
-            app,
-            name="policy",
-            key_type=str,
-            partitions=settings.partitions,
-            changelog_topic=app.topic(
-                settings.topic(POLICY.name),
-                schema=state_schema,
-                partitions=settings.partitions,
-                compacting=True,
-            ),
-            is_global=True,
-            beacon=app.tables.beacon,
-            standby_buffer_size=1,  # apply rule changes as they arrive
-            help="Policy rules by id, from the compacted policy topic.",
-        )
-    )
-    topology = Topology(
-        settings=settings,
-        app=app,
-        sync_events=sync_events,
-        apps=apps,
-        policy=policy,
-        metrics=WorkerMetrics(),
-        notify=NotifyConfig(
-            default_channel=settings.slack_channel,
-            violations_channel=settings.slack_violations_channel,
-            routes=parse_routes(settings.slack_routes),
-            argocd_url=settings.argocd_url,
-        ),
-        decide_context=Context(history_limit=settings.worker_history),
-    )
-    from streams import agents, views  # the agents and views attach themselves to the app
 
-    agents.register(topology)
-    views.register(topology)
-    return topology
+
+def _policy_table(app: faust.App, settings: WorkerSettings) -> TopicBackedGlobalTable:
+    # the policy topic: keys are raw UTF-8 rule ids, values JSON objects (written by other tools)
+    schema: faust.Schema = faust.Schema(
+        key_type=str, value_type=None, key_serializer="raw", value_serializer="orjson"
+    )
+    return TopicBackedGlobalTable(
+        app,
+        name="policy",
+        key_type=str,
+        partitions=settings.partitions,
+        changelog_topic=app.topic(
+            settings.topic(POLICY.name),
+            schema=schema,
+            partitions=settings.partitions,
+            compacting=True,
+        ),
+        is_global=True,
+        beacon=app.tables.beacon,
+        standby_buffer_size=1,  # apply rule changes as they arrive
+        help="Policy rules by id, from the compacted policy topic.",
+    )

@@ -43,10 +43,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.kafka.client import Connection, connection
 from streams.kafka.offsets import log_end_offsets, windows_backwards
+from streams.kafka.topics import SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 
-SOURCE_HEADER = "synctrail-source"
 #: First window read back from an output partition's end (on a quiet restart its last record is
 #: already older than the replay, so a small one); each next one is 8 times as long.
 FIRST_WINDOW = 16

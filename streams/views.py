@@ -56,6 +56,13 @@ def local_apps_running(topology: Topology, image: str) -> list[str]:
 
 def register(topology: Topology) -> None:
     """Attach the views to the app."""
+    _register_app_views(topology)
+    _register_image_views(topology)
+    _register_operational_views(topology)
+
+
+def _register_app_views(topology: Topology) -> None:
+    """``GET /apps/{namespace}/{name}`` and ``GET /apps/{name}``, answered by the app's owner."""
     app = topology.app
     default_ns = topology.settings.default_app_namespace
 
@@ -81,19 +88,51 @@ def register(topology: Topology) -> None:
         async def get(self, request: Request, name: str) -> Response:
             return await lookup(self, request, f"{default_ns}/{name}")
 
-    def image_param(view: View, request: Request) -> str | Response:
-        ref = request.query.get("ref", "")
-        if not ref:
-            return view.error(400, "query parameter ref is required, e.g. /images?ref=nginx:1.27")
-        try:
-            return normalize_image(ref)
-        except InvalidImageReference as exc:
-            return view.error(400, str(exc))
+
+def _image_param(view: View, request: Request) -> str | Response:
+    """The normalised ``ref`` query parameter, or the 400 answer."""
+    ref = request.query.get("ref", "")
+    if not ref:
+        return view.error(400, "query parameter ref is required, e.g. /images?ref=nginx:1.27")
+    try:
+        return normalize_image(ref)
+    except InvalidImageReference as exc:
+        return view.error(400, str(exc))
+
+
+async def apps_running_everywhere(topology: Topology, image: str) -> tuple[list[str], list[str]]:
+    """The apps running ``image`` on this worker and its peers (``/images/local`` of each), and
+    the peers that did not answer."""
+    app = topology.app
+    apps = set(local_apps_running(topology, image))
+    me = str(app.conf.canonical_url).rstrip("/")
+    peers = [
+        str(url).rstrip("/")
+        for url in app.router.table_metadata("apps")
+        if str(url).rstrip("/") != me
+    ]
+
+    async def ask(peer: str) -> list[str]:
+        async with app.http_client.get(f"{peer}/images/local", params={"ref": image}) as response:
+            response.raise_for_status()
+            return list(orjson.loads(await response.read())["apps"])
+
+    results = await asyncio.gather(*(ask(p) for p in peers), return_exceptions=True)
+    failed = [p for p, r in zip(peers, results, strict=True) if isinstance(r, BaseException)]
+    for result in results:
+        if isinstance(result, list):
+            apps.update(result)
+    return sorted(apps), failed
+
+
+def _register_image_views(topology: Topology) -> None:
+    """``GET /images?ref=`` (every worker) and ``GET /images/local?ref=`` (this one)."""
+    app = topology.app
 
     @app.page("/images/local")
     class LocalImageView(View):
         async def get(self, request: Request) -> Response:
-            image = image_param(self, request)
+            image = _image_param(self, request)
             if not isinstance(image, str):
                 return image
             return self.json({"image": image, "apps": local_apps_running(topology, image)})
@@ -101,35 +140,19 @@ def register(topology: Topology) -> None:
     @app.page("/images")
     class ImageView(View):
         async def get(self, request: Request) -> Response:
-            image = image_param(self, request)
+            image = _image_param(self, request)
             if not isinstance(image, str):
                 return image
-            apps = set(local_apps_running(topology, image))
-            me = str(app.conf.canonical_url).rstrip("/")
-            peers = [
-                str(url).rstrip("/")
-                for url in app.router.table_metadata("apps")
-                if str(url).rstrip("/") != me
-            ]
-
-            async def ask(peer: str) -> list[str]:
-                async with app.http_client.get(
-                    f"{peer}/images/local", params={"ref": image}
-                ) as response:
-                    response.raise_for_status()
-                    return list(orjson.loads(await response.read())["apps"])
-
-            results = await asyncio.gather(*(ask(p) for p in peers), return_exceptions=True)
-            failed = [
-                p for p, r in zip(peers, results, strict=True) if isinstance(r, BaseException)
-            ]
-            for result in results:
-                if isinstance(result, list):
-                    apps.update(result)
-            body: dict[str, Any] = {"image": image, "apps": sorted(apps)}
+            apps, failed = await apps_running_everywhere(topology, image)
+            body: dict[str, Any] = {"image": image, "apps": apps}
             if failed:
                 body["incomplete"] = failed
             return self.json(body, status=200 if not failed else 206)
+
+
+def _register_operational_views(topology: Topology) -> None:
+    """``GET /metrics``, ``GET /healthz`` and ``GET /readyz``."""
+    app = topology.app
 
     @app.page("/metrics")
     class MetricsView(View):

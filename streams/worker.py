@@ -15,7 +15,6 @@ from aiokafka import AIOKafkaProducer
 from mode.types.signals import BaseSignalT
 
 from streams import logs
-from streams.app import build
 from streams.domain.policy import load_policy_file
 from streams.event_loop import EventLoopName, running_loop_name, uvloop_if_wanted
 from streams.kafka.client import producer_args
@@ -23,6 +22,7 @@ from streams.kafka.features import fetch_wait_ms, resolve_idempotence
 from streams.kafka.setup import ensure_topics_for
 from streams.policy_publish import publish_rules
 from streams.settings import WorkerSettings
+from streams.topology import build
 from streams.transactions import TransactionsUnavailable, check_broker, check_configuration
 
 log = logging.getLogger(__name__)

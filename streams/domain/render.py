@@ -539,42 +539,42 @@ def _fallback_text(deployment: Mapping[str, Any]) -> str:
     return fit(text, MAX_FALLBACK)
 
 
-# --------------------------------------------------------------------------- public API
-
-
-def render_deployment(
-    deployment: JsonObject, *, argocd_url: str = ""
-) -> tuple[str, list[JsonObject]]:
-    """Fallback text and Block Kit blocks for one ``synctrail.deployment/v1`` record."""
+def _deployment_title(deployment: JsonObject) -> str:
+    """Icon, app, revision, then the destination namespace and the labels when there are any."""
     app = str(deployment.get("app") or "?")
-    app_namespace = str(deployment.get("app_namespace") or "")
-    operation = deployment.get("operation") or {}
-    dest_ns = (deployment.get("destination") or {}).get("namespace")
     title = f"{_icon(deployment)} {app} → {revision_label(deployment)}"
+    dest_ns = (deployment.get("destination") or {}).get("namespace")
     if dest_ns:
         title += f" · {dest_ns}"
     labels = _labels(deployment) + (["FAILED"] if _failed(deployment) else [])
     if labels:
         title += " · " + ", ".join(labels)
+    return title
 
-    blocks: list[JsonObject] = [header(title)]
+
+def _violations_blocks(deployment: JsonObject) -> list[JsonObject]:
+    """The policy violations first, when there are any."""
     violations = deployment.get("violations") or []
-    if violations:
-        blocks.append(
-            section(
-                bullet_list(
-                    f":rotating_light: *Policy violations ({len(violations)})*",
-                    _violation_lines(violations),
-                    max_lines=MAX_IMAGE_LINES,
-                )
+    if not violations:
+        return []
+    return [
+        section(
+            bullet_list(
+                f":rotating_light: *Policy violations ({len(violations)})*",
+                _violation_lines(violations),
+                max_lines=MAX_IMAGE_LINES,
             )
-        )
-        blocks.append(divider())
-    if _failed(deployment):
-        blocks.extend(_failure_blocks(deployment))
+        ),
+        divider(),
+    ]
 
+
+def _deployment_fields(deployment: JsonObject, app_url: str | None) -> JsonObject:
+    """App, revision (and the previous one), destination, project, initiator and status."""
+    app = str(deployment.get("app") or "?")
+    app_namespace = str(deployment.get("app_namespace") or "")
+    operation = deployment.get("operation") or {}
     qualified = f"{app_namespace}/{app}" if app_namespace else app
-    app_url = argocd_app_url(argocd_url, app_namespace, app)
     revision = "\n".join(revision_lines(deployment))
     previous = deployment.get("previous_revision") or " + ".join(
         short_revision(r) for r in deployment.get("previous_revisions") or []
@@ -596,23 +596,25 @@ def render_deployment(
             f" · {fit(str(deployment.get('health') or 'health unknown'), 40)}",
         ),
     ]
-    blocks.append(fields_section(fields))
-    blocks.append(divider())
-    blocks.extend(_image_blocks(deployment))
-    blocks.append(_running_block(deployment))
-    blocks.extend(_resource_blocks(deployment))
+    return fields_section(fields)
 
+
+def _invalid_images_block(deployment: JsonObject) -> list[JsonObject]:
+    """A warning naming the image references that do not parse, when there are any."""
     invalid = deployment.get("invalid_images") or []
-    if invalid:
-        shown = ", ".join(
-            f"{code(str(i.get('image') or '?'), 150)} in {code(str(i.get('resource') or '?'), 150)}"
-            for i in invalid[:5]
-        )
-        more = f" {ELLIPSIS} and {len(invalid) - 5} more" if len(invalid) > 5 else ""
-        blocks.append(
-            context([f":warning: image references that do not parse (not counted): {shown}{more}"])
-        )
+    if not invalid:
+        return []
+    shown = ", ".join(
+        f"{code(str(i.get('image') or '?'), 150)} in {code(str(i.get('resource') or '?'), 150)}"
+        for i in invalid[:5]
+    )
+    more = f" {ELLIPSIS} and {len(invalid) - 5} more" if len(invalid) > 5 else ""
+    return [context([f":warning: image references that do not parse (not counted): {shown}{more}"])]
 
+
+def _deployment_footer(deployment: JsonObject, app_url: str | None) -> list[JsonObject]:
+    """Hook images, the Argo CD link, when the operation finished and the delivery id."""
+    operation = deployment.get("operation") or {}
     hooks = deployment.get("hook_images") or []
     footer = []
     if hooks:
@@ -625,8 +627,30 @@ def render_deployment(
         footer.append(f"finished {fit(str(operation['finished_at']), 40)}")
     if deployment.get("delivery_id"):
         footer.append(f"delivery {code(str(deployment['delivery_id']), 80)}")
-    if footer:
-        blocks.append(context(footer))
+    return [context(footer)] if footer else []
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def render_deployment(
+    deployment: JsonObject, *, argocd_url: str = ""
+) -> tuple[str, list[JsonObject]]:
+    """Fallback text and Block Kit blocks for one ``synctrail.deployment/v1`` record."""
+    app = str(deployment.get("app") or "?")
+    app_namespace = str(deployment.get("app_namespace") or "")
+    app_url = argocd_app_url(argocd_url, app_namespace, app)
+    blocks: list[JsonObject] = [header(_deployment_title(deployment))]
+    blocks.extend(_violations_blocks(deployment))
+    if _failed(deployment):
+        blocks.extend(_failure_blocks(deployment))
+    blocks.append(_deployment_fields(deployment, app_url))
+    blocks.append(divider())
+    blocks.extend(_image_blocks(deployment))
+    blocks.append(_running_block(deployment))
+    blocks.extend(_resource_blocks(deployment))
+    blocks.extend(_invalid_images_block(deployment))
+    blocks.extend(_deployment_footer(deployment, app_url))
     return _fallback_text(deployment), limit_blocks(blocks)
 
 

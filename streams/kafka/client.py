@@ -3,8 +3,8 @@
 No synctrail process builds a Kafka client's connection anywhere else: aiokafka's producers,
 consumers and admin clients take :func:`producer_args`, :func:`consumer_args` or
 :func:`admin_args` (:func:`client_args` plus the caller's own options), and the Faust app takes
-:func:`faust_credentials` (its consumer, producer and topic creation all read
-``broker_credentials``). ``tests/streams/kafka/test_client.py`` fails when a client is built
+``streams.app.faust_credentials``, made from the same settings (its consumer, producer and topic
+creation all read ``broker_credentials``). ``tests/streams/kafka/test_client.py`` fails when a client is built
 without them.
 
 :func:`preflight` is what every process runs at start: one connection to a bootstrap server,
@@ -128,31 +128,6 @@ def consumer_args(settings: CommonSettings, **options: Any) -> dict[str, Any]:
 def admin_args(settings: CommonSettings, **options: Any) -> dict[str, Any]:
     """``AIOKafkaAdminClient(**admin_args(settings, request_timeout_ms=...))``."""
     return {**client_args(settings), **options}
-
-
-def faust_broker(settings: CommonSettings) -> list[str]:
-    """Faust's ``broker=`` URLs."""
-    return [f"kafka://{host}" for host in bootstrap_servers(settings)]
-
-
-def faust_credentials(settings: CommonSettings) -> Any:
-    """Faust's ``broker_credentials=``: its aiokafka driver gives them to the worker's
-    consumer, every producer and the client that creates topics (None for PLAINTEXT)."""
-    import faust
-
-    protocol = settings.kafka_security_protocol
-    context = ssl_context(settings)
-    if protocol in _SASL:
-        # with an ssl_context Faust makes it SASL_SSL, without one SASL_PLAINTEXT
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_secret(),
-            ssl_context=context,
-            mechanism=settings.kafka_sasl_mechanism,
-        )
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return None
 
 
 def describe(settings: CommonSettings) -> dict[str, Any]:

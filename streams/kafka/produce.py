@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from streams.kafka.client import Connection, connection
-from streams.replay import SOURCE_HEADER
+from streams.kafka.topics import SOURCE_HEADER
 
 #: ``(topic, partition, key, value, source header or None)``
 Placed = tuple[str, int, bytes, bytes, bytes | None]

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The header of every output record naming the event it came from (see ``streams.replay``).
+SOURCE_HEADER = "synctrail-source"
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:

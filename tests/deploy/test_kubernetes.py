@@ -115,8 +115,8 @@ def served_paths(process: str, tmp_path: Path) -> set[str]:
         )
         return {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
     if process == "worker":
-        from streams.app import build
         from streams.settings import WorkerSettings
+        from streams.topology import build
 
         topology = build(WorkerSettings(worker_id="k8s-probes", worker_data_dir=tmp_path))
         return set(topology.app.web.views)

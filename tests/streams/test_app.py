@@ -10,8 +10,8 @@ import orjson
 from faust.types import TP
 
 from streams.agents import _current_event
-from streams.app import build
 from streams.settings import WorkerSettings
+from streams.topology import build
 
 
 def _topology(tmp_path: Path):

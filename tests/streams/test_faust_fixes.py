@@ -13,11 +13,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from streams import faust_fixes
-from streams.app import build
 from streams.faust_fixes import true_end_offsets
 from streams.kafka.setup import ensure_topics
 from streams.kafka.topics import SYNC_EVENTS, TopicSpec
 from streams.settings import WorkerSettings
+from streams.topology import build
 
 
 async def _send_one_batch(bootstrap: str, topic: str, partition: int, count: int) -> None:

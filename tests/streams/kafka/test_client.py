@@ -17,13 +17,12 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
 from connectors.cli import build_parser, main
+from streams.app import faust_broker, faust_credentials
 from streams.kafka.client import (
     admin_args,
     client_args,
     connection,
     consumer_args,
-    faust_broker,
-    faust_credentials,
     producer_args,
 )
 from streams.settings import CommonSettings, WorkerSettings
@@ -139,7 +138,7 @@ def test_faust_turns_our_credentials_into_the_same_client_arguments(tls_files):
 
 
 def test_the_worker_app_is_built_with_the_credentials_and_our_client_args(tls_files):
-    from streams.app import build
+    from streams.topology import build
 
     settings = WorkerSettings(**sasl_ssl(tls_files).model_dump())
     app = build(settings).app
