@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 from faust.types import TP
 
-from streams.agents import _current_event
 from streams.app import build
+from streams.faust_fixes import as_current_event
 from streams.settings import WorkerSettings
 
 
@@ -67,7 +67,7 @@ def test_state_writes_are_queued_for_the_agents_producer_on_the_events_partition
     source = topology.sync_events.get_topic_name()
     apps._verified_source_topics_for_partitions.add(source)  # Faust asks the consumer otherwise
     event = _Event(source, partition=6)
-    with _current_event(event):
+    with as_current_event(event):
         apps.put_app_state("argocd/web", {"revision": "abc"})
         apps.put_app_state("argocd/api", {"revision": "def"})
 
