@@ -29,14 +29,12 @@ import contextlib
 import logging
 import os
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.streams import _current_event as faust_current_event
 
 from streams.app import Topology
 from streams.domain import records
@@ -51,6 +49,7 @@ from streams.domain.decide import (
     validate_event,
 )
 from streams.domain.notify import deployment_notifications, violation_notification
+from streams.faust_fixes import as_current_event
 from streams.kafka.client import client_args
 from streams.kafka.features import resolve_idempotence
 from streams.kafka.produce import OutputProducer
@@ -236,21 +235,6 @@ def _handle_policy_check(
         topology.metrics.retroactive.inc()
 
 
-@contextlib.contextmanager
-def _current_event(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event in this task only.
-
-    Tables take the changelog partition from the current event. ``Stream._set_current_event``
-    would also overwrite the stream's shared attribute, which ``take_events``' background
-    buffering reads, so only the task-local context variable is set here.
-    """
-    token = faust_current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust_current_event.reset(token)
-
-
 class Flusher:
     """Writes decided batches in order: outputs, then states, then lets their offsets commit.
 
@@ -314,7 +298,7 @@ class Flusher:
         await acknowledged
         apps = topology.apps
         for key, (event, state) in batch.states.items():
-            with _current_event(event):  # the table writes to the event's partition
+            with as_current_event(event):  # the table writes to the event's partition
                 apps.put_app_state(key, state)
             if self.pending.get(key) is state:  # a later batch may have decided it again
                 del self.pending[key]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -70,7 +69,8 @@ class DurableTable(faust.Table):
     Changelog writes do not go through Faust's producer: Faust buffers them and may commit the
     source offset before they reach the broker (a worker killed in that window loses the
     update; seen on the embedded broker), and its per-record path made them the slowest part of
-    a batch. ``send_changelog`` queues each write instead; the agent takes them with
+    a batch. ``on_key_set`` (mode's hook for every write, which Faust's table implements by
+    sending the changelog) queues each write instead; the agent takes them with
     :meth:`take_changelog`, sends them with its own producer once the batch's outputs are
     acknowledged, and reports the offsets with :meth:`changelog_acknowledged` before it lets
     the batch's source offsets be committed.
@@ -104,20 +104,20 @@ class DurableTable(faust.Table):
             if state is not None:
                 yield key, state
 
-    def send_changelog(
-        self,
-        partition: int | None,
-        key: Any,
-        value: Any,
-        key_serializer: Any = None,
-        value_serializer: Any = None,
-    ) -> Any:
-        """Queue a table write for the agent's producer (Faust calls this on every write)."""
+    def on_key_set(self, key: Any, value: Any) -> None:
+        """Queue a table write for the agent's producer (called before each write is stored).
+
+        The partition is the current event's (``faust_fixes.as_current_event``).
+        """
+        partition = self.partition_for_key(key)
         if partition is None or not isinstance(value, bytes):
             raise RuntimeError("the apps table takes writes of serialized state inside the agent")
         self._changelog.append((partition, key.encode() if isinstance(key, str) else key, value))
-        # Faust reads the partition back from what it takes for the send's future
-        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+        self.app.sensors.on_table_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        """Refused: app state is replaced, never deleted."""
+        raise RuntimeError("the apps table takes writes of serialized state inside the agent")
 
     def take_changelog(self) -> list[tuple[str, int, bytes, bytes]]:
         """The ``(topic, partition, key, value)`` changelog records queued since the last call."""
@@ -145,16 +145,10 @@ def _state_of(raw: Any) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-class TopicBackedGlobalTable(_RawKeyJsonValues, faust.GlobalTable):
-    """A global table read from a topic of our own (``<prefix>policy``).
-
-    Faust's partition assignor looks the changelog up by the default name
-    ``<app id>-<table>-changelog`` even when ``changelog_topic`` names another topic, and the
-    group join then hangs; answering with the real topic name fixes that.
-    """
-
-    def _changelog_topic_name(self) -> str:
-        return str(self.changelog_topic.get_topic_name())
+class TopicBackedGlobalTable(
+    _RawKeyJsonValues, faust_fixes.ChangelogNamedByItsTopic, faust.GlobalTable
+):
+    """A global table read from a topic of our own (``<prefix>policy``)."""
 
 
 @dataclass
@@ -189,8 +183,7 @@ class Topology:
         for partition in sorted(self.assigned_partitions()):
             tp = TP(name, partition)
             highwater = consumer.highwater(tp)
-            # Faust has no public accessor for the read position
-            position = getattr(consumer, "_read_offset", {}).get(tp)
+            position = faust_fixes.read_position(consumer, tp)
             if highwater is not None:
                 lag[partition] = max(0, highwater - ((position + 1) if position is not None else 0))
         return lag

@@ -44,17 +44,29 @@ Each overrides a method Faust has no public hook for (``Recovery.on_recovery_com
 ``_create_worker_consumer``, ``App._on_partitions_assigned``);
 ``tests/streams/test_faust_fixes.py`` and the worker's restart tests pin the behaviour against
 the real broker, so that a Faust upgrade that moves them fails loudly.
+
+The app also needs three private names of Faust's for which there is no public way, each behind
+one name here: :func:`as_current_event` (a table write outside the stream's own iteration),
+:func:`read_position` (the lag gauge) and :class:`ChangelogNamedByItsTopic` (a table whose
+changelog is a topic of our own). This module is the one place synctrail reaches into Faust's
+private attributes (aiokafka's, for processes without Faust: ``streams.kafka.aiokafka_fixes``);
+``tests/streams/test_upstream_fingerprints.py`` fingerprints the upstream source of each, a
+source scan (``tests/streams/test_private_reaches.py``) keeps new reaches out of other modules,
+and ``docs/upgrading.md`` says what to re-check on an upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, cast
 
 import aiokafka
 import faust
+import faust.streams
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -271,3 +283,42 @@ class App(faust.App):
             for hook in self.before_assignment:
                 await hook(set(assigned))
         await super()._on_partitions_assigned(assigned, generation_id)
+
+
+@contextlib.contextmanager
+def as_current_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event in this task only, for the table writes inside.
+
+    A table takes a write's changelog partition (and a RocksDB store the partition's database)
+    from the current event, which Faust sets only while a stream yields one event at a time,
+    not for the events of ``take_events`` written later (faust-streaming issue 497). Faust's
+    ``Stream._set_current_event`` would also overwrite the stream's shared attribute, which
+    ``take_events``' background buffering reads, so only the task-local context variable that
+    ``faust.current_event()`` reads is set here.
+    """
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
+
+
+def read_position(consumer: ConsumerT, tp: TP) -> int | None:
+    """The offset of the last record of ``tp`` Faust handed to its stream (after a seek: the
+    offset sought to), or ``None`` when there is none yet; Faust has no public accessor."""
+    position: int | None = cast(Any, consumer)._read_offset.get(tp)
+    return position
+
+
+class ChangelogNamedByItsTopic:
+    """Mixin for a table whose ``changelog_topic`` is a topic of our own, not Faust's default.
+
+    Faust's partition assignor looks a table's changelog up by ``_changelog_topic_name()``, the
+    default name ``<app id>-<table>-changelog``, even when ``changelog_topic`` names another
+    topic, and the group join then hangs; answering with the real topic name fixes that.
+    """
+
+    changelog_topic: Any
+
+    def _changelog_topic_name(self) -> str:
+        return str(self.changelog_topic.get_topic_name())

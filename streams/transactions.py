@@ -48,10 +48,10 @@ from streams.agents import (
     EXIT_OUTPUT_FAILED,
     Batch,
     Flusher,
-    _current_event,
     decide_batch,
 )
 from streams.app import Topology
+from streams.faust_fixes import as_current_event
 from streams.kafka.client import client_args
 from streams.kafka.produce import OutputProducer
 from streams.settings import WorkerSettings
@@ -237,7 +237,7 @@ class TransactionalFlusher(Flusher):
             apps = self.topology.apps
             for batch in batches:
                 for key, (event, state) in batch.states.items():
-                    with _current_event(event):  # the table writes to the event's partition
+                    with as_current_event(event):  # the table writes to the event's partition
                         apps.put_app_state(key, state)
                     if self.pending.get(key) is state:  # a later batch may have decided it again
                         del self.pending[key]

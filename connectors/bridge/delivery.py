@@ -45,6 +45,7 @@ from connectors.bridge.fence import Fence
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
+from streams.kafka.aiokafka_fixes import abort_sender
 from streams.kafka.client import client_args
 from streams.kafka.features import BrokerFeatures, probe, use_idempotence
 from streams.kafka.setup import ensure_topics_for
@@ -316,10 +317,8 @@ class Dispatcher:
         if batcher is not None:
             await batcher.abort()
         timeout = self.settings.bridge_produce_timeout_s + 1
-        sender = getattr(producer, "_sender", None)
         with contextlib.suppress(Exception):
-            if sender is not None:
-                await asyncio.wait_for(sender.close(), timeout)
+            await asyncio.wait_for(abort_sender(producer), timeout)
         await self._close_producer(producer)
 
     async def _close_producer(self, producer: AIOKafkaProducer) -> None:

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from streams.kafka.aiokafka_fixes import refresh_metadata
+
 
 async def log_end_offsets(
     consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], *, timeout_ms: int = 2000
@@ -55,7 +57,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     """
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        await consumer._client.force_metadata_update()  # no public refresh in aiokafka
+        await refresh_metadata(consumer)
         partitions = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(partitions or ())]
 

@@ -7,9 +7,10 @@ import socket
 from pathlib import Path
 
 import orjson
+import pytest
 from faust.types import TP
 
-from streams.agents import _current_event
+from streams.faust_fixes import as_current_event
 from streams.settings import WorkerSettings
 from streams.topology import build
 
@@ -67,7 +68,7 @@ def test_state_writes_are_queued_for_the_agents_producer_on_the_events_partition
     source = topology.sync_events.get_topic_name()
     apps._verified_source_topics_for_partitions.add(source)  # Faust asks the consumer otherwise
     event = _Event(source, partition=6)
-    with _current_event(event):
+    with as_current_event(event):
         apps.put_app_state("argocd/web", {"revision": "abc"})
         apps.put_app_state("argocd/api", {"revision": "def"})
 
@@ -102,3 +103,17 @@ def test_peers_reach_a_worker_at_its_advertised_host(tmp_path):
     assert pod == "http://w-0.synctrail-worker:6066"
     assert canonical(worker_web_host="0.0.0.0") == f"http://{socket.gethostname()}:6066"
     assert canonical(worker_web_host="10.1.2.3") == "http://10.1.2.3:6066"
+
+
+def test_state_is_written_inside_an_event_and_never_deleted(tmp_path):
+    topology = _topology(tmp_path)
+    apps = topology.apps
+    apps._verified_source_topics_for_partitions.add(topology.sync_events.get_topic_name())
+    with pytest.raises(TypeError, match="outside of stream iteration"):
+        apps.put_app_state("argocd/web", {"revision": "abc"})  # which partition?
+    with as_current_event(_Event(topology.sync_events.get_topic_name(), partition=2)):
+        apps.put_app_state("argocd/web", {"revision": "abc"})
+        with pytest.raises(RuntimeError, match="serialized state"):
+            del apps["argocd/web"]
+    assert apps.app_state("argocd/web") == {"revision": "abc"}
+    assert [record[1:3] for record in apps.take_changelog()] == [(2, b"argocd/web")]

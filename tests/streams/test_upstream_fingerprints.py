@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -19,11 +20,15 @@ import aiokafka.client
 import faust
 import faust.streams
 import pytest
+from aiokafka.producer.sender import Sender
+from faust.assignor.partition_assignor import PartitionAssignor
 from faust.tables.base import Collection
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
+from faust.tables.table import Table
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.collections import ManagedUserDict
 
 VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
@@ -79,20 +84,54 @@ UPSTREAM: dict[str, tuple[Callable[[], Any], str, str]] = {
         "de932b7927db85b3",
         "faust_fixes.App runs before_assignment hooks first (transactional producers fence)",
     ),
-    "Collection.send_changelog": (
-        lambda: Collection.send_changelog,
-        "3dd3884e1b5fc0e1",
-        "streams/app.py DurableTable queues changelog writes for the agent's producer",
+    "Table.on_key_set": (
+        lambda: Table.on_key_set,
+        "a370e35ca55c2c7e",
+        "streams/app.py DurableTable.on_key_set replaces it (queues the changelog write for the "
+        "agent's producer): anything new Faust does on a table write must be done there too",
+    ),
+    "Table.on_key_del": (
+        lambda: Table.on_key_del,
+        "4f2900b2f9d24a08",
+        "streams/app.py DurableTable.on_key_del replaces it (refuses deletes)",
+    ),
+    "ManagedUserDict.__setitem__": (
+        lambda: ManagedUserDict.__setitem__,
+        "f3bdf602abc08dd1",
+        "streams/app.py DurableTable: a table write must still call on_key_set before storing",
+    ),
+    "Collection.partition_for_key": (
+        lambda: Collection.partition_for_key,
+        "3b2291811b8dd791",
+        "DurableTable.on_key_set takes the write's partition from it (the current event's)",
+    ),
+    "faust.streams.current_event": (
+        lambda: faust.streams.current_event,
+        "3b821f1a78d86a58",
+        "streams/faust_fixes.py as_current_event sets the context variable it reads "
+        "(a weak reference to the event)",
     ),
     "Collection._changelog_topic_name": (
         lambda: Collection._changelog_topic_name,
         "f341fe97037b4ac8",
-        "streams/app.py TopicBackedGlobalTable answers with the policy topic's real name",
+        "streams/faust_fixes.py ChangelogNamedByItsTopic overrides it for the policy table",
     ),
-    "Consumer.track_message": (
-        lambda: FaustConsumer.track_message,
-        "217d7f1399a4cd8e",
-        "streams/app.py reads Consumer._read_offset for the lag gauge",
+    "PartitionAssignor._global_table_standby_assignments": (
+        lambda: PartitionAssignor._global_table_standby_assignments,
+        "b956f05703d92ce5",
+        "streams/faust_fixes.py ChangelogNamedByItsTopic: is the changelog still looked up by "
+        "_changelog_topic_name() rather than changelog_topic? (if not, drop the override)",
+    ),
+    "Consumer._drain_messages": (
+        lambda: FaustConsumer._drain_messages,
+        "44a2500309e83c63",
+        "streams/faust_fixes.py read_position reads Consumer._read_offset, set here for each "
+        "record handed to the stream (the lag gauge)",
+    ),
+    "Consumer.perform_seek": (
+        lambda: FaustConsumer.perform_seek,
+        "0e8c130ff4b0afd8",
+        "streams/faust_fixes.py read_position: _read_offset after the seek to committed offsets",
     ),
     "AIOKafkaConsumer.start": (
         lambda: aiokafka.AIOKafkaConsumer.start,
@@ -102,7 +141,18 @@ UPSTREAM: dict[str, tuple[Callable[[], Any], str, str]] = {
     "AIOKafkaClient.force_metadata_update": (
         lambda: aiokafka.client.AIOKafkaClient.force_metadata_update,
         "cb7befef21c8f3f9",
-        "streams/kafka/offsets.py calls it through the consumer's _client",
+        "streams/kafka/aiokafka_fixes.py refresh_metadata calls it through the consumer's _client",
+    ),
+    "AIOKafkaProducer.stop": (
+        lambda: aiokafka.AIOKafkaProducer.stop,
+        "43ef97147111893b",
+        "streams/kafka/aiokafka_fixes.py abort_sender closes _sender before stop(), so that "
+        "stop() drops the queued batches instead of waiting for them (the bridge's _retire)",
+    ),
+    "Sender.close": (
+        lambda: Sender.close,
+        "f60b3d023d2526f4",
+        "streams/kafka/aiokafka_fixes.py abort_sender: close() must cancel the sender task",
     ),
 }
 
@@ -126,13 +176,26 @@ def test_upstream_source_is_what_the_overrides_were_written_against(name: str) -
     actual = fingerprint(get())
     assert actual == expected, (
         f"upstream {name} changed ({expected} -> {actual}): re-check {dependant}, "
-        "then record the new fingerprint"
+        "then record the new fingerprint (and update docs/upgrading.md)"
     )
 
 
 def test_the_private_names_synctrail_reaches_for_exist() -> None:
-    # a ContextVar the agent sets for table writes (streams/agents.py _current_event)
+    # streams/faust_fixes.py as_current_event: the ContextVar current_event() reads
     assert type(faust.streams._current_event).__name__ == "ContextVar"
-    assert "_read_offset" in inspect.getsource(FaustConsumer.__init__)
+    # streams/faust_fixes.py read_position
+    assert "self._read_offset = defaultdict(" in inspect.getsource(FaustConsumer.__init__)
+    # streams/faust_fixes.py _ConsumerThread._create_worker_consumer sets these for start()
     assert "_fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
     assert "_isolation_level" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    # streams/faust_fixes.py _SeekThenResumeRecovery (copied from Faust's own)
+    assert "._fetcher.maybe_start()" in inspect.getsource(Recovery.on_recovery_completed)
+    # streams/kafka/aiokafka_fixes.py
+    assert "self._client = AIOKafkaClient(" in inspect.getsource(aiokafka.AIOKafkaConsumer)
+    assert "self._sender = Sender(" in inspect.getsource(aiokafka.AIOKafkaProducer.__init__)
+
+
+def test_every_upstream_name_is_in_the_upgrade_notes() -> None:
+    notes = (Path(__file__).parents[2] / "docs" / "upgrading.md").read_text()
+    missing = [name for name in UPSTREAM if f"`{name}`" not in notes]
+    assert not missing, f"docs/upgrading.md does not list {missing}"
