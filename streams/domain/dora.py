@@ -1,0 +1,795 @@
+"""The four DORA keys of an app or a project, from its announced deployments (pure).
+
+docs/dora.md states every rule; this module is their code. An app's **DORA history** is plain
+JSON that fits in the app's state (so it survives restarts and rebalances with it):
+
+* ``deployments``: the most recent announced deployment operations, oldest first, at most
+  ``limit`` of them (:class:`Deployment`: finish time, phase, revisions, rollback flag, the health
+  reported with it, and the lead time of each revision it deployed first);
+* ``health``: the health transitions observed since the oldest of those deployments
+  (:class:`Transition`);
+* ``folded``: running totals of the deployments that left the window (:class:`Folded`): exact
+  counts, count/sum/max and bucket counts of their lead and recovery times, and the start of a
+  failure that had not recovered when its deployment left.
+
+:func:`record_deployment` and :func:`record_health` apply one fact and return a new history
+(never modifying their argument); applying the same fact twice changes nothing. :func:`keys`
+computes the keys over ``[since, until)`` for one app or several (a project): counts, change
+failure rate, recovery and lead time summaries (:class:`Summary`), deployments per day, and
+DORA's performance level of each (:func:`levels`, thresholds of the 2023 Accelerate State of
+DevOps report).
+
+The bound: a query whose range covers every folded deployment (all time, the default) adds the
+folded totals, exactly for counts, rates, means and maxima; its medians and 90th percentiles are
+then estimated from bucket counts (``Summary.estimated``). A range that starts or ends inside
+the folded part can only be answered from the retained deployments: ``Keys.complete`` is false.
+
+Times are aware :class:`~datetime.datetime` in the API and epoch seconds (floats, millisecond
+precision) in the stored history.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NotRequired, TypedDict, cast
+
+#: Deployments each app's history keeps before folding the oldest into the totals.
+DEFAULT_LIMIT = 50
+#: A Degraded transition or a rollback this long after a deployment finished still fails it.
+DEFAULT_FAILURE_WINDOW_S = 3600.0
+#: Health transitions kept per app at most (a flapping app must not grow its state unbounded).
+HEALTH_LIMIT_FACTOR = 4
+
+SUCCEEDED = "Succeeded"
+DEGRADED = "Degraded"
+HEALTHY = "Healthy"
+
+MINUTE, HOUR, DAY, WEEK = 60.0, 3600.0, 86400.0, 7 * 86400.0
+MONTH = 30 * DAY
+#: Upper bounds (seconds) of the lead and recovery time buckets, from a minute to half a year;
+#: DORA's thresholds (an hour, a day, a week, a month) are bounds, so a level is read exactly.
+BUCKETS: tuple[float, ...] = (
+    MINUTE,
+    5 * MINUTE,
+    15 * MINUTE,
+    30 * MINUTE,
+    HOUR,
+    2 * HOUR,
+    4 * HOUR,
+    8 * HOUR,
+    12 * HOUR,
+    DAY,
+    2 * DAY,
+    4 * DAY,
+    WEEK,
+    2 * WEEK,
+    MONTH,
+    90 * DAY,
+    180 * DAY,
+)
+
+ELITE, HIGH, MEDIUM, LOW = "elite", "high", "medium", "low"
+BENCHMARK = "Accelerate State of DevOps 2023"
+
+
+class NoDeployments(LookupError):
+    """The app (or every app of the project) has no deployment in its history."""
+
+
+# --- the stored shape ----------------------------------------------------------------------
+
+
+class Deployment(TypedDict):
+    """One announced deployment operation, as the history stores it."""
+
+    id: str  # the delivery id: applying the same deployment twice is a no-op
+    at: float  # the operation's finish (its receipt for a bare body), epoch seconds
+    phase: str  # Succeeded, Failed, Error, ...
+    revisions: list[str]  # the revision, or a multi-source app's revisions
+    rollback: bool
+    health: str | None  # the app's health reported with the deployment
+    lead: dict[str, float]  # revision -> lead time (s), for the revisions it deployed first
+
+
+class Transition(TypedDict):
+    """A health transition observed after a deployment."""
+
+    health: str
+    at: float
+
+
+class Stats(TypedDict):
+    """Count, sum, maximum and bucket counts (``len(BUCKETS) + 1``, the last +Inf) of samples."""
+
+    count: int
+    sum: float
+    max: float | None
+    buckets: list[int]
+
+
+class Folded(TypedDict):
+    """Totals of the deployments that left the window, oldest first."""
+
+    deployments: int
+    succeeded: int
+    failed: int
+    failed_deployments: int
+    first_at: float | None
+    last_at: float | None
+    lead: Stats
+    recovery: Stats
+    open_since: float | None  # start of a failure not recovered when its deployment was folded
+
+
+class History(TypedDict):
+    """An app's DORA history: what its state stores under one key."""
+
+    v: int
+    deployments: list[Deployment]
+    health: list[Transition]
+    folded: Folded
+    window_s: NotRequired[float]  # the failure window the folded totals were decided with
+
+
+def _empty_stats() -> Stats:
+    return {"count": 0, "sum": 0.0, "max": None, "buckets": [0] * (len(BUCKETS) + 1)}
+
+
+def new_history() -> History:
+    """An empty history (an app with no deployment yet)."""
+    return {
+        "v": 1,
+        "deployments": [],
+        "health": [],
+        "folded": {
+            "deployments": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "failed_deployments": 0,
+            "first_at": None,
+            "last_at": None,
+            "lead": _empty_stats(),
+            "recovery": _empty_stats(),
+            "open_since": None,
+        },
+    }
+
+
+def _copy_stats(stats: Mapping[str, Any]) -> Stats:
+    return {
+        "count": stats["count"],
+        "sum": stats["sum"],
+        "max": stats["max"],
+        "buckets": list(stats["buckets"]),
+    }
+
+
+def _copy(history: Mapping[str, Any] | None) -> History:
+    """A copy of ``history`` to change without touching the original (``None``: a new one).
+
+    Shallow where nothing is ever changed in place: deployment and transition entries are
+    replaced, never modified, and :func:`_fold_oldest` copies the totals it updates.
+    """
+    if not history:
+        return new_history()
+    copied: History = {
+        "v": history.get("v", 1),
+        "deployments": list(history["deployments"]),
+        "health": list(history["health"]),
+        "folded": history["folded"],
+    }
+    if "window_s" in history:
+        copied["window_s"] = history["window_s"]
+    return copied
+
+
+def _epoch(when: datetime) -> float:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: give a time zone")
+    return round(when.timestamp(), 3)
+
+
+def _iso(epoch: float) -> str:
+    when = datetime.fromtimestamp(epoch, UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def revisions_of(revision: str, revisions: Sequence[str]) -> list[str]:
+    """The revisions a deployment runs: a multi-source app's ``revisions``, else ``[revision]``.
+
+    Sorted and de-duplicated (two sources may pin the same commit); ``[]`` when neither is set.
+    """
+    if revisions:
+        return sorted(set(revisions))
+    return [revision] if revision else []
+
+
+# --- applying facts ------------------------------------------------------------------------
+
+
+def record_deployment(
+    history: Mapping[str, Any] | None,
+    *,
+    delivery_id: str,
+    finished_at: datetime,
+    phase: str,
+    revision: str,
+    revisions: Sequence[str] = (),
+    rollback: bool = False,
+    health: str | None = None,
+    commits: Mapping[str, datetime] | None = None,
+    limit: int = DEFAULT_LIMIT,
+    failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
+) -> History:
+    """``history`` with one announced deployment added (a new history; the argument is untouched).
+
+    ``finished_at`` is the operation's finish time (a bare body's receipt time); ``commits`` maps
+    a revision to its commit time where known. Each revision this deployment runs that no earlier
+    *succeeded* deployment in the history ran gets a lead time, ``finished_at`` minus its commit
+    time (0 when the commit is dated later), if the deployment succeeded, is not a rollback and
+    the commit time is known. The same ``delivery_id`` again changes nothing. Beyond ``limit``
+    deployments the oldest are folded into the totals, deciding their failure with
+    ``failure_window_s`` (see docs/dora.md).
+    """
+    if limit < 2:
+        raise ValueError("limit: at least 2 (a folded deployment needs its successor)")
+    if history and any(d["id"] == delivery_id for d in history["deployments"]):
+        return _copy(history)
+    new = _copy(history)
+    at = _epoch(finished_at)
+    runs = revisions_of(revision, revisions)
+    lead: dict[str, float] = {}
+    if phase == SUCCEEDED and not rollback and commits:
+        deployed_before = {
+            r
+            for d in new["deployments"]
+            if d["phase"] == SUCCEEDED and d["at"] <= at
+            for r in d["revisions"]
+        }
+        for r in runs:
+            committed = commits.get(r)
+            if committed is not None and r not in deployed_before:
+                lead[r] = max(0.0, round(at - _epoch(committed), 3))
+    entry: Deployment = {
+        "id": delivery_id,
+        "at": at,
+        "phase": phase,
+        "revisions": runs,
+        "rollback": rollback,
+        "health": health,
+        "lead": lead,
+    }
+    times = [d["at"] for d in new["deployments"]]
+    new["deployments"].insert(bisect.bisect_right(times, at), entry)
+    while len(new["deployments"]) > limit:
+        _fold_oldest(new, failure_window_s)
+    _trim_health(new, limit)
+    return new
+
+
+def record_health(
+    history: Mapping[str, Any] | None,
+    health: str,
+    observed_at: datetime,
+    *,
+    limit: int = DEFAULT_LIMIT,
+) -> History:
+    """``history`` with a health transition observed at ``observed_at`` (a new history).
+
+    Only ``Degraded`` and ``Healthy`` matter to the keys; others are kept for the record. A
+    transition already held (same health, same time) or older than every retained deployment
+    changes nothing.
+    """
+    new = _copy(history)
+    at = _epoch(observed_at)
+    if not new["deployments"] or at < new["deployments"][0]["at"]:
+        return new
+    if any(t["at"] == at and t["health"] == health for t in new["health"]):
+        return new
+    times = [t["at"] for t in new["health"]]
+    new["health"].insert(bisect.bisect_right(times, at), {"health": health, "at": at})
+    _trim_health(new, limit)
+    return new
+
+
+def _trim_health(history: History, limit: int) -> None:
+    oldest = history["deployments"][0]["at"] if history["deployments"] else math.inf
+    kept = [t for t in history["health"] if t["at"] >= oldest]
+    history["health"] = kept[-HEALTH_LIMIT_FACTOR * limit :]
+
+
+# --- deciding failures and recoveries ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the rules say about one deployment, given what followed it."""
+
+    failed_operation: bool  # its phase is not Succeeded
+    rolled_back: bool  # the next deployment is a rollback, within the window
+    degraded_at: float | None  # first Degraded seen inside its window, before the next one
+    failure_start: float | None  # when its failure began (None: not a change failure)
+    recovers: bool  # succeeded, and the app was not Degraded after it (in its window)
+
+    @property
+    def change_failure(self) -> bool:
+        """A change failure by any rule."""
+        return self.failure_start is not None
+
+
+def verdict(
+    deployment: Deployment,
+    following: Deployment | None,
+    health: Sequence[Transition],
+    failure_window_s: float,
+    *,
+    health_times: Sequence[float] | None = None,
+) -> Verdict:
+    """Apply the change-failure rules to ``deployment`` (docs/dora.md, "Change failure").
+
+    ``following`` is the next deployment (None for the newest), ``health`` the transitions in
+    time order (``health_times``: their times, when the caller has them already). An event at
+    ``t`` is inside the deployment's window when ``at <= t < min(at + failure_window_s,
+    following.at)``.
+    """
+    at = deployment["at"]
+    end = at + failure_window_s
+    next_at = following["at"] if following is not None else math.inf
+    horizon = min(end, next_at)
+    failed_operation = deployment["phase"] != SUCCEEDED
+    rolled_back = following is not None and following["rollback"] and following["at"] < end
+    degraded_at: float | None = at if deployment["health"] == DEGRADED else None
+    if degraded_at is None:
+        if health_times is None:
+            health_times = [t["at"] for t in health]
+        start = bisect.bisect_left(health_times, at)
+        for t in health[start:]:
+            if t["at"] >= horizon:
+                break
+            if t["health"] == DEGRADED:
+                degraded_at = t["at"]
+                break
+    if failed_operation or rolled_back:
+        failure_start: float | None = at
+    else:
+        failure_start = degraded_at
+    return Verdict(
+        failed_operation=failed_operation,
+        rolled_back=rolled_back,
+        degraded_at=degraded_at,
+        failure_start=failure_start,
+        recovers=not failed_operation and degraded_at is None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """One failure episode that ended: when it began and how long it lasted."""
+
+    started: float
+    seconds: float
+
+
+def _episodes(
+    deployments: Sequence[Deployment],
+    verdicts: Sequence[Verdict],
+    health: Sequence[Transition],
+    open_since: float | None,
+) -> tuple[list[Recovery], float | None]:
+    """Walk the timeline: failures open an episode, a recovery closes it.
+
+    A failure while an episode is open joins it (its recovery is counted once, from the first
+    failure). A recovering deployment or a return to Healthy closes the open episode. Events
+    are walked deployment by deployment, each with the transitions observed from its finish to
+    the next one's (so deployments finished at the same instant keep their order), and within
+    that in time order, a recovery before a failure at the same time (a deployment may end one
+    episode and, rolled back, begin the next). Transitions before the first deployment are not
+    walked. Returns the closed episodes and the start of the one still open.
+    """
+    times = [d["at"] for d in deployments]
+    events: list[tuple[int, float, int]] = []  # (deployment, time, 0 = recovery / 1 = failure)
+    for i, (d, v) in enumerate(zip(deployments, verdicts, strict=True)):
+        if v.recovers:
+            events.append((i, d["at"], 0))
+        if v.failure_start is not None:
+            events.append((i, v.failure_start, 1))
+    for t in health:
+        group = bisect.bisect_right(times, t["at"]) - 1
+        if t["health"] == HEALTHY and group >= 0:
+            events.append((group, t["at"], 0))
+    closed: list[Recovery] = []
+    for _, time, kind in sorted(events):
+        if kind == 1 and open_since is None:
+            open_since = time
+        elif kind == 0 and open_since is not None:
+            closed.append(Recovery(open_since, round(time - open_since, 3)))
+            open_since = None
+    return closed, open_since
+
+
+def _verdicts(history: History, failure_window_s: float) -> list[Verdict]:
+    deployments = history["deployments"]
+    following: list[Deployment | None] = [*deployments[1:], None]
+    times = [t["at"] for t in history["health"]]
+    return [
+        verdict(d, after, history["health"], failure_window_s, health_times=times)
+        for d, after in zip(deployments, following, strict=True)
+    ]
+
+
+def _add(stats: Stats, value: float) -> None:
+    stats["count"] += 1
+    stats["sum"] = round(stats["sum"] + value, 3)
+    stats["max"] = value if stats["max"] is None else max(stats["max"], value)
+    stats["buckets"][bisect.bisect_left(BUCKETS, value)] += 1
+
+
+def _sum_into(total: Stats, part: Stats) -> None:
+    total["count"] += part["count"]
+    total["sum"] = round(total["sum"] + part["sum"], 3)
+    if part["max"] is not None:
+        total["max"] = part["max"] if total["max"] is None else max(total["max"], part["max"])
+    total["buckets"] = [a + b for a, b in zip(total["buckets"], part["buckets"], strict=True)]
+
+
+def _fold_oldest(history: History, failure_window_s: float) -> None:
+    """Fold the oldest deployment into the totals; its successor is the new oldest."""
+    deployments = history["deployments"]
+    oldest, successor = deployments[0], deployments[1]
+    v = verdict(oldest, successor, history["health"], failure_window_s)
+    folded = history["folded"]
+    before = [t for t in history["health"] if t["at"] < successor["at"]]
+    closed, folded["open_since"] = _episodes([oldest], [v], before, folded["open_since"])
+    for episode in closed:
+        _add(folded["recovery"], episode.seconds)
+    for seconds in oldest["lead"].values():
+        _add(folded["lead"], seconds)
+    folded["deployments"] += 1
+    folded["succeeded" if oldest["phase"] == SUCCEEDED else "failed"] += 1
+    folded["failed_deployments"] += v.change_failure
+    first = folded["first_at"]
+    folded["first_at"] = oldest["at"] if first is None else min(first, oldest["at"])
+    last = folded["last_at"]
+    folded["last_at"] = oldest["at"] if last is None else max(last, oldest["at"])
+    history["window_s"] = failure_window_s
+    del deployments[0]
+    history["health"] = [t for t in history["health"] if t["at"] >= successor["at"]]
+
+
+# --- the keys ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A distribution of durations in seconds: ``None`` statistics when ``count`` is 0.
+
+    ``estimated``: the median and p90 come from bucket counts (folded deployments included),
+    interpolated linearly inside a bucket as Prometheus' ``histogram_quantile`` does; count,
+    mean and max are exact either way.
+    """
+
+    count: int
+    median: float | None
+    p90: float | None
+    mean: float | None
+    max: float | None
+    estimated: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's form: ``{"count", "median", "p90", "mean", "max", "estimated"}``."""
+        return {
+            "count": self.count,
+            "median": self.median,
+            "p90": self.p90,
+            "mean": self.mean,
+            "max": self.max,
+            "estimated": self.estimated,
+        }
+
+
+def _exact(values: Sequence[float]) -> Summary:
+    if not values:
+        return Summary(0, None, None, None, None)
+    ordered = sorted(values)
+    p90 = (
+        ordered[0]
+        if len(ordered) == 1
+        else statistics.quantiles(ordered, n=10, method="inclusive")[8]
+    )
+    return Summary(
+        count=len(ordered),
+        median=round(statistics.median(ordered), 3),
+        p90=round(p90, 3),
+        mean=round(statistics.fmean(ordered), 3),
+        max=ordered[-1],
+    )
+
+
+def _bucket_quantile(q: float, buckets: Sequence[int], top: float) -> float:
+    """``histogram_quantile``: the bucket holding rank ``q * count``, interpolated linearly.
+
+    The +Inf bucket's upper bound is the exact maximum ``top``; the result never exceeds it.
+    """
+    rank = q * sum(buckets)
+    seen = 0
+    lower = 0.0
+    bounds = [*BUCKETS, max(top, BUCKETS[-1])]
+    for count, upper in zip(buckets, bounds, strict=True):
+        if count and seen + count >= rank:
+            return min(top, lower + (upper - lower) * (rank - seen) / count)
+        seen += count
+        lower = upper
+    return top
+
+
+def _merged(values: Sequence[float], stats: Stats) -> Summary:
+    if not stats["count"]:
+        return _exact(values)
+    merged = _empty_stats()
+    _sum_into(merged, stats)
+    for value in values:
+        _add(merged, value)
+    top = merged["max"] or 0.0
+    return Summary(
+        count=merged["count"],
+        median=round(_bucket_quantile(0.5, merged["buckets"], top), 3),
+        p90=round(_bucket_quantile(0.9, merged["buckets"], top), 3),
+        mean=round(merged["sum"] / merged["count"], 3),
+        max=top,
+        estimated=True,
+    )
+
+
+def _at_least(value: float, bounds: tuple[float, float, float]) -> str:
+    """The first level whose bound ``value`` reaches (higher is better)."""
+    for level, bound in zip((ELITE, HIGH, MEDIUM), bounds, strict=True):
+        if value >= bound:
+            return level
+    return LOW
+
+
+def _below(value: float, bounds: tuple[float, float, float], *, inclusive: bool) -> str:
+    """The first level whose bound ``value`` stays under (lower is better; ``<=`` if inclusive)."""
+    for level, bound in zip((ELITE, HIGH, MEDIUM), bounds, strict=True):
+        if value < bound or (inclusive and value == bound):
+            return level
+    return LOW
+
+
+#: Deployments per day at least this often: elite (daily or more), high (weekly), medium (monthly).
+FREQUENCY_BOUNDS = (1.0, 1 / 7, 1 / 30)
+#: Median lead time below: elite (a day), high (a week), medium (a month).
+LEAD_TIME_BOUNDS = (DAY, WEEK, MONTH)
+#: Median recovery time below: elite (an hour), high (a day), medium (a week).
+RECOVERY_BOUNDS = (HOUR, DAY, WEEK)
+#: Change failure rate at most: elite (5 %), high (10 %), medium (15 %).
+FAILURE_RATE_BOUNDS = (0.05, 0.10, 0.15)
+
+
+def levels(
+    *,
+    deployments_per_day: float | None,
+    lead_time_median: float | None,
+    change_failure_rate: float | None,
+    recovery_time_median: float | None,
+) -> dict[str, str | None]:
+    """DORA's performance level of each key (docs/dora.md, "Performance levels").
+
+    Bands of the 2023 Accelerate State of DevOps report, made contiguous: a value between two
+    clusters belongs to the worse one. ``None`` for a key without data.
+    """
+    return {
+        "deployment_frequency": None
+        if deployments_per_day is None
+        else _at_least(deployments_per_day, FREQUENCY_BOUNDS),
+        "lead_time": None
+        if lead_time_median is None
+        else _below(lead_time_median, LEAD_TIME_BOUNDS, inclusive=False),
+        "change_failure_rate": None
+        if change_failure_rate is None
+        else _below(change_failure_rate, FAILURE_RATE_BOUNDS, inclusive=True),
+        "recovery_time": None
+        if recovery_time_median is None
+        else _below(recovery_time_median, RECOVERY_BOUNDS, inclusive=False),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The four keys over one range, for one app or a project (see :meth:`as_json`)."""
+
+    since: float | None
+    until: float
+    window_days: float
+    deployments: int
+    succeeded: int
+    failed: int
+    failed_deployments: int
+    change_failure_rate: float | None
+    recovery_time_seconds: Summary
+    unrecovered_failures: int
+    lead_time_seconds: Summary
+    deployments_per_day: float | None
+    levels: dict[str, str | None]
+    complete: bool
+    failure_window_seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        """The body of ``GET /dora`` (docs/dora.md, "The query API"), without app or project."""
+        return {
+            "since": _iso(self.since) if self.since is not None else None,
+            "until": _iso(self.until),
+            "window_days": self.window_days,
+            "deployments": self.deployments,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "failed_deployments": self.failed_deployments,
+            "change_failure_rate": self.change_failure_rate,
+            "recovery_time_seconds": self.recovery_time_seconds.as_json(),
+            "unrecovered_failures": self.unrecovered_failures,
+            "lead_time_seconds": self.lead_time_seconds.as_json(),
+            "deployments_per_day": self.deployments_per_day,
+            "levels": dict(self.levels),
+            "benchmark": BENCHMARK,
+            "failure_window_seconds": self.failure_window_seconds,
+            "complete": self.complete,
+        }
+
+
+def _covers(folded: Folded, since: float | None, until: float) -> bool | None:
+    """True: the range holds every folded deployment; None: none of them; False: some."""
+    first, last = folded["first_at"], folded["last_at"]
+    if first is None or last is None:
+        return None
+    if (since is None or since <= first) and last < until:
+        return True
+    if (since is not None and last < since) or first >= until:
+        return None
+    return False
+
+
+def keys(
+    histories: Iterable[Mapping[str, Any] | None],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    now: datetime,
+    failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
+) -> Keys:
+    """The four keys over deployments finished in ``[since, until)`` of one app or several.
+
+    ``histories`` holds one app's history for ``/dora?app=``, every app of the project for
+    ``/dora?project=``. ``until`` defaults to ``now``; ``since`` to all time. Raises
+    :class:`NoDeployments` when no history holds any deployment; a range without deployments
+    gives zero counts and ``None`` rates and levels.
+    """
+    start = _epoch(since) if since is not None else None
+    end = _epoch(until) if until is not None else _epoch(now)
+    if start is not None and start >= end:
+        raise ValueError("since: must be before until")
+    loaded = [cast(History, h) for h in histories if h]
+    loaded = [h for h in loaded if h["deployments"] or h["folded"]["deployments"]]
+    if not loaded:
+        raise NoDeployments("no deployment recorded")
+
+    def inside(t: float) -> bool:
+        return (start is None or t >= start) and t < end
+
+    n = succeeded = failed_deployments = unrecovered = 0
+    recoveries: list[float] = []
+    leads: list[float] = []
+    folded_recovery, folded_lead = _empty_stats(), _empty_stats()
+    complete = True
+    first_seen: float | None = None
+    for history in loaded:
+        folded = history["folded"]
+        covered = _covers(folded, start, end)
+        if covered is False:
+            complete = False
+        elif covered:
+            n += folded["deployments"]
+            succeeded += folded["succeeded"]
+            failed_deployments += folded["failed_deployments"]
+            _sum_into(folded_recovery, folded["recovery"])
+            _sum_into(folded_lead, folded["lead"])
+        deployments = history["deployments"]
+        verdicts = _verdicts(history, failure_window_s)
+        for d, v in zip(deployments, verdicts, strict=True):
+            if inside(d["at"]):
+                n += 1
+                succeeded += d["phase"] == SUCCEEDED
+                failed_deployments += v.change_failure
+                leads += d["lead"].values()
+        closed, open_since = _episodes(
+            deployments, verdicts, history["health"], folded["open_since"]
+        )
+        recoveries += [e.seconds for e in closed if inside(e.started)]
+        unrecovered += open_since is not None and inside(open_since)
+        earliest = folded["first_at"] if folded["first_at"] is not None else deployments[0]["at"]
+        first_seen = earliest if first_seen is None else min(first_seen, earliest)
+
+    window_start = start if start is not None else (first_seen if first_seen is not None else end)
+    window_days = round(max(end - window_start, DAY) / DAY, 6)
+    per_day = round(n / window_days, 6)
+    rate = round(failed_deployments / n, 6) if n else None
+    recovery = _merged(recoveries, folded_recovery)
+    lead = _merged(leads, folded_lead)
+    return Keys(
+        since=start,
+        until=end,
+        window_days=window_days,
+        deployments=n,
+        succeeded=succeeded,
+        failed=n - succeeded,
+        failed_deployments=failed_deployments,
+        change_failure_rate=rate,
+        recovery_time_seconds=recovery,
+        unrecovered_failures=unrecovered,
+        lead_time_seconds=lead,
+        deployments_per_day=per_day,
+        levels=levels(
+            deployments_per_day=per_day,
+            lead_time_median=lead.median,
+            change_failure_rate=rate,
+            recovery_time_median=recovery.median,
+        ),
+        complete=complete,
+        failure_window_seconds=failure_window_s,
+    )
+
+
+# --- from the worker's records -------------------------------------------------------------
+
+
+def _parse(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def commits_of(commit: Any) -> dict[str, datetime]:
+    """Commit times by revision from the envelope's optional ``commit`` (or a list of them).
+
+    Each is ``{"revision", "date", ...}``; one without a revision or a parseable RFC 3339
+    ``date`` is left out. ``{}`` for none.
+    """
+    items = commit if isinstance(commit, list) else [commit]
+    found: dict[str, datetime] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        revision, date = item.get("revision"), _parse(item.get("date"))
+        if isinstance(revision, str) and revision and date is not None:
+            found[revision] = date
+    return found
+
+
+def deployment_args(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`record_deployment` arguments of a ``synctrail.deployment/v1`` record.
+
+    The finish time is ``operation.finished_at``, else the record's ``received_at`` (bare
+    bodies carry no operation times). Commits are not in the record: pass ``commits=``
+    from the sync-event.
+    """
+    operation = record.get("operation") or {}
+    finished = _parse(operation.get("finished_at")) or _parse(record.get("received_at"))
+    if finished is None:
+        raise ValueError("deployment record without finished_at or received_at")
+    return {
+        "delivery_id": record["delivery_id"],
+        "finished_at": finished,
+        "phase": operation.get("phase") or SUCCEEDED,
+        "revision": record.get("revision") or "",
+        "revisions": list(record.get("revisions") or []),
+        "rollback": bool(record.get("rollback")),
+        "health": record.get("health"),
+    }
