@@ -43,7 +43,7 @@ DEFAULT_LIMIT = 50
 #: A Degraded transition or a rollback this long after a deployment finished still fails it.
 DEFAULT_FAILURE_WINDOW_S = 3600.0
 #: Health transitions kept per app at most (a flapping app must not grow its state unbounded).
-HEALTH_LIMIT_FACTOR = 4
+HEALTH_LIMIT = 200
 
 SUCCEEDED = "Succeeded"
 DEGRADED = "Degraded"
@@ -88,6 +88,7 @@ class Deployment(TypedDict):
     """One announced deployment operation, as the history stores it."""
 
     id: str  # the delivery id: applying the same deployment twice is a no-op
+    n: int  # the fact's arrival number in this history: orders facts with the same time
     at: float  # the operation's finish (its receipt for a bare body), epoch seconds
     phase: str  # Succeeded, Failed, Error, ...
     revisions: list[str]  # the revision, or a multi-source app's revisions
@@ -100,6 +101,7 @@ class Transition(TypedDict):
     """A health transition observed after a deployment."""
 
     health: str
+    n: int  # arrival number, as for deployments
     at: float
 
 
@@ -134,6 +136,8 @@ class History(TypedDict):
     health: list[Transition]
     folded: Folded
     window_s: NotRequired[float]  # the failure window the folded totals were decided with
+    latest: NotRequired[float]  # the time of the latest fact applied, any health included
+    n: NotRequired[int]  # facts stored so far: the next one's arrival number is n + 1
 
 
 def _empty_stats() -> Stats:
@@ -185,7 +189,16 @@ def _copy(history: Mapping[str, Any] | None) -> History:
     }
     if "window_s" in history:
         copied["window_s"] = history["window_s"]
+    if "latest" in history:
+        copied["latest"] = history["latest"]
+    if "n" in history:
+        copied["n"] = history["n"]
     return copied
+
+
+def _key(fact: Deployment | Transition) -> tuple[float, int]:
+    """The order of facts: by time, then (at the same time) by arrival."""
+    return (fact["at"], fact["n"])
 
 
 def _epoch(when: datetime) -> float:
@@ -255,8 +268,10 @@ def record_deployment(
             committed = commits.get(r)
             if committed is not None and r not in deployed_before:
                 lead[r] = max(0.0, round(at - _epoch(committed), 3))
+    new["n"] = new.get("n", 0) + 1
     entry: Deployment = {
         "id": delivery_id,
+        "n": new["n"],
         "at": at,
         "phase": phase,
         "revisions": runs,
@@ -268,7 +283,8 @@ def record_deployment(
     new["deployments"].insert(bisect.bisect_right(times, at), entry)
     while len(new["deployments"]) > limit:
         _fold_oldest(new, failure_window_s)
-    _trim_health(new, limit)
+    _trim_health(new)
+    new["latest"] = max(at, new.get("latest", at))
     return new
 
 
@@ -277,30 +293,46 @@ def record_health(
     health: str,
     observed_at: datetime,
     *,
-    limit: int = DEFAULT_LIMIT,
+    health_limit: int = HEALTH_LIMIT,
 ) -> History:
     """``history`` with a health transition observed at ``observed_at`` (a new history).
 
-    Only ``Degraded`` and ``Healthy`` matter to the keys; others are kept for the record. A
-    transition already held (same health, same time) or older than every retained deployment
-    changes nothing.
+    Only ``Degraded`` and ``Healthy`` matter to the keys and are kept (any other health only
+    moves the time of the latest fact, which settles recoveries: :func:`changes`). Nothing is
+    kept for a transition already held, older than every retained deployment, or redundant: the
+    same health as the transition before it, both after the same deployment (nothing can happen
+    between them that the second would change). At most ``health_limit`` are kept, the newest.
     """
     new = _copy(history)
+    if not new["deployments"]:
+        return new
     at = _epoch(observed_at)
-    if not new["deployments"] or at < new["deployments"][0]["at"]:
+    new["latest"] = max(at, new.get("latest", at))
+    if health not in (DEGRADED, HEALTHY) or at < new["deployments"][0]["at"]:
         return new
-    if any(t["at"] == at and t["health"] == health for t in new["health"]):
+    transitions = new["health"]
+    if any(t["at"] == at and t["health"] == health for t in transitions):
         return new
-    times = [t["at"] for t in new["health"]]
-    new["health"].insert(bisect.bisect_right(times, at), {"health": health, "at": at})
-    _trim_health(new, limit)
+    times = [t["at"] for t in transitions]
+    where = bisect.bisect_right(times, at)
+    deployed = [d["at"] for d in new["deployments"]]
+    since = deployed[bisect.bisect_right(deployed, at) - 1]  # the deployment it follows
+    before = transitions[where - 1] if where else None
+    if before is not None and before["health"] == health and before["at"] > since:
+        return new
+    new["n"] = new.get("n", 0) + 1
+    transitions.insert(where, {"health": health, "n": new["n"], "at": at})
+    _trim_health(new, health_limit)
     return new
 
 
-def _trim_health(history: History, limit: int) -> None:
-    oldest = history["deployments"][0]["at"] if history["deployments"] else math.inf
-    kept = [t for t in history["health"] if t["at"] >= oldest]
-    history["health"] = kept[-HEALTH_LIMIT_FACTOR * limit :]
+def _trim_health(history: History, health_limit: int = HEALTH_LIMIT) -> None:
+    if not history["deployments"]:
+        history["health"] = []
+        return
+    oldest = _key(history["deployments"][0])
+    kept = [t for t in history["health"] if _key(t) > oldest]
+    history["health"] = kept[-health_limit:]
 
 
 # --- deciding failures and recoveries ------------------------------------------------------
@@ -333,14 +365,14 @@ def verdict(
     """Apply the change-failure rules to ``deployment`` (docs/dora.md, "Change failure").
 
     ``following`` is the next deployment (None for the newest), ``health`` the transitions in
-    time order (``health_times``: their times, when the caller has them already). An event at
-    ``t`` is inside the deployment's window when ``at <= t < min(at + failure_window_s,
-    following.at)``.
+    order (``health_times``: their times, when the caller has them already). A transition
+    is inside the deployment's window when it came after the deployment and before the
+    following one (by time, then arrival: :func:`_key`) and ``t < at + failure_window_s``.
     """
     at = deployment["at"]
     end = at + failure_window_s
-    next_at = following["at"] if following is not None else math.inf
-    horizon = min(end, next_at)
+    mine = _key(deployment)
+    next_key = _key(following) if following is not None else (math.inf, 0)
     failed_operation = deployment["phase"] != SUCCEEDED
     rolled_back = following is not None and following["rollback"] and following["at"] < end
     degraded_at: float | None = at if deployment["health"] == DEGRADED else None
@@ -349,15 +381,20 @@ def verdict(
             health_times = [t["at"] for t in health]
         start = bisect.bisect_left(health_times, at)
         for t in health[start:]:
-            if t["at"] >= horizon:
+            key = _key(t)
+            if key <= mine:
+                continue
+            if key >= next_key or t["at"] >= end:
                 break
             if t["health"] == DEGRADED:
                 degraded_at = t["at"]
                 break
-    if failed_operation or rolled_back:
-        failure_start: float | None = at
-    else:
-        failure_start = degraded_at
+    # the failure begins at the failed operation's finish, else at the Degraded transition,
+    # else (rolled back while never Degraded) at the finish of the change rolled back; a later
+    # fact can add a failure but never move one's start
+    failure_start: float | None = at if failed_operation else degraded_at
+    if failure_start is None and rolled_back:
+        failure_start = at
     return Verdict(
         failed_operation=failed_operation,
         rolled_back=rolled_back,
@@ -369,10 +406,11 @@ def verdict(
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """One failure episode that ended: when it began and how long it lasted."""
+    """One failure episode that ended: when it began, how long it lasted, which fact ended it."""
 
     started: float
     seconds: float
+    after: int  # the index of the deployment whose events (its own, its transitions) ended it
 
 
 def _episodes(
@@ -391,7 +429,7 @@ def _episodes(
     episode and, rolled back, begin the next). Transitions before the first deployment are not
     walked. Returns the closed episodes and the start of the one still open.
     """
-    times = [d["at"] for d in deployments]
+    keys = [_key(d) for d in deployments]
     events: list[tuple[int, float, int]] = []  # (deployment, time, 0 = recovery / 1 = failure)
     for i, (d, v) in enumerate(zip(deployments, verdicts, strict=True)):
         if v.recovers:
@@ -399,22 +437,22 @@ def _episodes(
         if v.failure_start is not None:
             events.append((i, v.failure_start, 1))
     for t in health:
-        group = bisect.bisect_right(times, t["at"]) - 1
+        group = bisect.bisect_right(keys, _key(t)) - 1
         if t["health"] == HEALTHY and group >= 0:
             events.append((group, t["at"], 0))
     closed: list[Recovery] = []
-    for _, time, kind in sorted(events):
+    for group, time, kind in sorted(events):
         if kind == 1 and open_since is None:
             open_since = time
         elif kind == 0 and open_since is not None:
-            closed.append(Recovery(open_since, round(time - open_since, 3)))
+            closed.append(Recovery(open_since, round(time - open_since, 3), group))
             open_since = None
     return closed, open_since
 
 
 def _verdicts(history: History, failure_window_s: float) -> list[Verdict]:
     deployments = history["deployments"]
-    following: list[Deployment | None] = [*deployments[1:], None]
+    following: list[Deployment | None] = [*deployments[1:], None] if deployments else []
     times = [t["at"] for t in history["health"]]
     return [
         verdict(d, after, history["health"], failure_window_s, health_times=times)
@@ -442,8 +480,13 @@ def _fold_oldest(history: History, failure_window_s: float) -> None:
     deployments = history["deployments"]
     oldest, successor = deployments[0], deployments[1]
     v = verdict(oldest, successor, history["health"], failure_window_s)
-    folded = history["folded"]
-    before = [t for t in history["health"] if t["at"] < successor["at"]]
+    folded: Folded = {  # a copy: the history's copy may share its totals with the original
+        **history["folded"],
+        "lead": _copy_stats(history["folded"]["lead"]),
+        "recovery": _copy_stats(history["folded"]["recovery"]),
+    }
+    history["folded"] = folded
+    before = [t for t in history["health"] if _key(t) < _key(successor)]
     closed, folded["open_since"] = _episodes([oldest], [v], before, folded["open_since"])
     for episode in closed:
         _add(folded["recovery"], episode.seconds)
@@ -458,7 +501,7 @@ def _fold_oldest(history: History, failure_window_s: float) -> None:
     folded["last_at"] = oldest["at"] if last is None else max(last, oldest["at"])
     history["window_s"] = failure_window_s
     del deployments[0]
-    history["health"] = [t for t in history["health"] if t["at"] >= successor["at"]]
+    history["health"] = [t for t in history["health"] if _key(t) > _key(successor)]
 
 
 # --- the keys ------------------------------------------------------------------------------
@@ -741,6 +784,107 @@ def keys(
         complete=complete,
         failure_window_seconds=failure_window_s,
     )
+
+
+# --- what a fact changed, for the exporter ------------------------------------------------
+
+CHANGE_FAILURE = "change_failure"
+RECOVERY = "recovery"
+LEAD_TIME = "lead_time"
+
+
+def _reason(v: Verdict) -> str:
+    if v.failed_operation:
+        return "operation"
+    return "degraded" if v.degraded_at is not None else "rollback"
+
+
+def _final_episodes(history: History, failure_window_s: float) -> dict[int, Recovery]:
+    """The closed episodes no later fact can change, by ordinal (facts arrive in time order).
+
+    An episode's ordinal counts the app's episodes closed before it, folded ones included, so
+    it stays the same from fact to fact. Later facts can only add failures, after every closed
+    episode; the one thing they can take back is the recovery by the newest deployment, while
+    a Degraded transition may still come inside its window. Until a fact at least
+    ``failure_window_s`` after it is known, an episode ended by that deployment or by a
+    transition after it is provisional and left out.
+    """
+    deployments = history["deployments"]
+    if not deployments:
+        return {}
+    verdicts = _verdicts(history, failure_window_s)
+    folded = history["folded"]
+    closed, _ = _episodes(deployments, verdicts, history["health"], folded["open_since"])
+    newest = deployments[-1]["at"]
+    latest = history.get("latest", newest)
+    settled = not verdicts[-1].recovers or latest >= newest + failure_window_s
+    return {
+        folded["recovery"]["count"] + i: e
+        for i, e in enumerate(closed)
+        if settled or e.after < len(deployments) - 1
+    }
+
+
+def changes(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any],
+    *,
+    failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
+) -> list[dict[str, Any]]:
+    """What applying one fact turned ``before`` into ``after``: the exporter's DORA events.
+
+    ``{"kind": "change_failure", "deployment", "at", "reason"}`` for each deployment that became
+    a change failure (``reason``: the first rule that applies of ``operation``, ``degraded``,
+    ``rollback``); ``{"kind": "lead_time", "deployment", "revision", "at", "seconds"}`` for each
+    lead time of a new deployment; ``{"kind": "recovery", "episode", "started_at", "at",
+    "seconds"}`` for each failure episode whose recovery became final (``episode``: its ordinal
+    in the app's history). ``at`` is RFC 3339; an event is identified by its kind with
+    ``deployment`` (and ``revision``), or ``episode`` and ``started_at`` for a recovery, so a
+    replay's copy can be dropped. A change failure or lead time is final when it appears; a
+    recovery is reported once final (see :func:`_final_episodes`). In time order, the events of
+    every fact add up to :func:`keys` over all time.
+    """
+    old = _copy(before)
+    new = cast(History, after)
+    old_verdicts = dict(
+        zip((d["id"] for d in old["deployments"]), _verdicts(old, failure_window_s), strict=True)
+    )
+    found: list[dict[str, Any]] = []
+    for d, v in zip(new["deployments"], _verdicts(new, failure_window_s), strict=True):
+        was = old_verdicts.get(d["id"])
+        if v.failure_start is not None and (was is None or was.failure_start is None):
+            found.append(
+                {
+                    "kind": CHANGE_FAILURE,
+                    "deployment": d["id"],
+                    "at": _iso(v.failure_start),
+                    "reason": _reason(v),
+                }
+            )
+        if was is None:
+            found += [
+                {
+                    "kind": LEAD_TIME,
+                    "deployment": d["id"],
+                    "revision": revision,
+                    "at": _iso(d["at"]),
+                    "seconds": seconds,
+                }
+                for revision, seconds in sorted(d["lead"].items())
+            ]
+    known = _final_episodes(old, failure_window_s)
+    found += [
+        {
+            "kind": RECOVERY,
+            "episode": ordinal,
+            "started_at": _iso(e.started),
+            "at": _iso(e.started + e.seconds),
+            "seconds": e.seconds,
+        }
+        for ordinal, e in _final_episodes(new, failure_window_s).items()
+        if ordinal not in known
+    ]
+    return found
 
 
 # --- from the worker's records -------------------------------------------------------------

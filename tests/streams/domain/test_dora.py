@@ -38,13 +38,18 @@ def at(minutes: float) -> datetime:
 
 
 class App:
-    """Builds one app's history fact by fact, as the worker would."""
+    """Builds one app's history fact by fact, as the worker would, and collects its changes."""
 
     def __init__(self, *, limit: int = 1000, window_s: float = HOUR) -> None:
         self.history: History = new_history()
         self.limit = limit
         self.window_s = window_s
         self.n = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _apply(self, after: History) -> None:
+        self.events += dora.changes(self.history, after, failure_window_s=self.window_s)
+        self.history = after
 
     def deploy(
         self,
@@ -58,24 +63,29 @@ class App:
         commits: dict[str, datetime] | None = None,
     ) -> App:
         self.n += 1
-        self.history = record_deployment(
-            self.history,
-            delivery_id=f"d{self.n}",
-            finished_at=at(minutes),
-            phase=phase,
-            revision=revision or f"rev{self.n}",
-            revisions=revisions,
-            rollback=rollback,
-            health=health,
-            commits=commits,
-            limit=self.limit,
-            failure_window_s=self.window_s,
+        self._apply(
+            record_deployment(
+                self.history,
+                delivery_id=f"d{self.n}",
+                finished_at=at(minutes),
+                phase=phase,
+                revision=revision or f"rev{self.n}",
+                revisions=revisions,
+                rollback=rollback,
+                health=health,
+                commits=commits,
+                limit=self.limit,
+                failure_window_s=self.window_s,
+            )
         )
         return self
 
     def health(self, minutes: float, health: str) -> App:
-        self.history = record_health(self.history, health, at(minutes), limit=self.limit)
+        self._apply(record_health(self.history, health, at(minutes)))
         return self
+
+    def kinds(self) -> list[str]:
+        return [e["kind"] for e in self.events]
 
     def keys(self, since: float | None = None, until: float | None = None, **kw: Any) -> Keys:
         return keys(
@@ -431,7 +441,7 @@ def test_a_transition_before_every_deployment_is_not_kept() -> None:
 
 
 def test_recording_never_modifies_its_argument() -> None:
-    app = App().deploy(0).health(3, "Degraded")
+    app = App(limit=2).deploy(0).health(3, "Degraded").deploy(5, phase="Failed")
     before = copy.deepcopy(app.history)
     record_deployment(
         app.history, delivery_id="n", finished_at=at(9), phase="Succeeded", revision="r", limit=2
@@ -625,3 +635,82 @@ def test_counts_stay_consistent_and_folding_keeps_them(
 @given(facts)
 def test_applying_every_fact_twice_changes_nothing(sequence: list[tuple[Any, ...]]) -> None:
     assert _play(sequence, 4, times=2).history == _play(sequence, 4).history
+
+
+# -- the exporter's events -------------------------------------------------------------------------
+
+
+def test_a_failed_operation_is_reported_when_it_arrives() -> None:
+    app = App().deploy(0).deploy(10, phase="Failed")
+    assert app.events == [
+        {
+            "kind": "change_failure",
+            "deployment": "d2",
+            "at": "2026-11-02T09:10:00.000Z",
+            "reason": "operation",
+        }
+    ]
+
+
+def test_a_rollback_or_a_degraded_transition_reports_the_failure_of_the_deployment_before() -> None:
+    app = App().deploy(0, "a").deploy(10, "b").deploy(20, "a", rollback=True)
+    assert [(e["deployment"], e["reason"]) for e in app.events] == [("d2", "rollback")]
+    app = App().deploy(0).health(5, "Degraded").health(6, "Degraded")
+    assert [(e["kind"], e["at"], e["reason"]) for e in app.events] == [
+        ("change_failure", "2026-11-02T09:05:00.000Z", "degraded")
+    ]
+
+
+def test_lead_times_are_reported_with_their_deployment() -> None:
+    app = App().deploy(0, revisions=["a", "b"], commits={"a": at(-1), "b": at(-2)})
+    assert [(e["revision"], e["seconds"]) for e in app.events] == [("a", 60.0), ("b", 120.0)]
+
+
+def test_a_recovery_by_healthy_is_reported_at_once() -> None:
+    app = App().deploy(0).health(5, "Degraded").health(15, "Healthy")
+    assert app.events[-1] == {
+        "kind": "recovery",
+        "episode": 0,
+        "started_at": "2026-11-02T09:05:00.000Z",
+        "at": "2026-11-02T09:15:00.000Z",
+        "seconds": 600.0,
+    }
+
+
+def test_a_recovery_by_a_deployment_is_reported_once_no_degraded_can_take_it_back() -> None:
+    app = App().deploy(0, phase="Failed").deploy(10)
+    assert app.kinds() == ["change_failure"]  # the deployment at 10 may still degrade
+    app.health(40, "Progressing")
+    assert app.kinds() == ["change_failure"]
+    app.health(70, "Progressing")  # an hour after it: final
+    assert app.kinds() == ["change_failure", "recovery"]
+    assert app.events[-1]["seconds"] == 600.0
+
+
+def test_a_recovery_taken_back_by_a_degraded_transition_is_never_reported() -> None:
+    app = App().deploy(0, phase="Failed").deploy(10).health(30, "Degraded").deploy(50)
+    assert app.kinds() == ["change_failure", "change_failure"]
+    app.deploy(60)
+    assert app.kinds()[-1] == "recovery" and app.events[-1]["seconds"] == 50 * 60
+
+
+@settings(max_examples=300, deadline=None)
+@given(facts, st.integers(2, 6))
+def test_the_events_of_every_fact_add_up_to_the_keys(
+    sequence: list[tuple[Any, ...]], limit: int
+) -> None:
+    app = _play(sequence, limit)
+    if not app.history["deployments"]:
+        return
+    app.health(len(sequence) * 200 + 1000, "Unknown")  # settles every recovery
+    k = app.keys()
+    failures = [e for e in app.events if e["kind"] == "change_failure"]
+    recoveries = [e for e in app.events if e["kind"] == "recovery"]
+    leads = [e for e in app.events if e["kind"] == "lead_time"]
+    assert len(failures) == k.failed_deployments
+    assert len({e["deployment"] for e in failures}) == len(failures)
+    assert len(recoveries) == k.recovery_time_seconds.count
+    assert [e["episode"] for e in recoveries] == list(range(len(recoveries)))
+    if recoveries:
+        assert max(e["seconds"] for e in recoveries) == k.recovery_time_seconds.max
+    assert len(leads) == k.lead_time_seconds.count
