@@ -6,18 +6,20 @@ JSON that fits in the app's state (so it survives restarts and rebalances with i
 * ``deployments``: the most recent announced deployment operations, oldest first, at most
   ``limit`` of them (:class:`Deployment`: finish time, phase, revisions, rollback flag, the health
   reported with it, and the lead time of each revision it deployed first);
-* ``health``: the health transitions observed since the oldest of those deployments
-  (:class:`Transition`);
+* ``health``: the Degraded and Healthy transitions observed since the oldest of those
+  deployments (:class:`Transition`);
 * ``folded``: running totals of the deployments that left the window (:class:`Folded`): exact
   counts, count/sum/max and bucket counts of their lead and recovery times, and the start of a
   failure that had not recovered when its deployment left.
 
 :func:`record_deployment` and :func:`record_health` apply one fact and return a new history
-(never modifying their argument); applying the same fact twice changes nothing. :func:`keys`
-computes the keys over ``[since, until)`` for one app or several (a project): counts, change
-failure rate, recovery and lead time summaries (:class:`Summary`), deployments per day, and
-DORA's performance level of each (:func:`levels`, thresholds of the 2023 Accelerate State of
-DevOps report).
+(never modifying their argument); applying the same fact twice changes nothing. Facts are
+ordered by time, and facts with the same time by arrival. :func:`keys` computes the keys over
+``[since, until)`` for one app or several (a project): counts, change failure rate, recovery and
+lead time summaries (:class:`Summary`), deployments per day, and DORA's performance level of
+each (:func:`levels`, thresholds of the 2023 Accelerate State of DevOps report).
+:func:`changes` tells what one fact changed (new change failures, lead times, final
+recoveries): the events the exporter folds into counters and histograms.
 
 The bound: a query whose range covers every folded deployment (all time, the default) adds the
 folded totals, exactly for counts, rates, means and maxima; its medians and 90th percentiles are
@@ -696,67 +698,133 @@ def _covers(folded: Folded, since: float | None, until: float) -> bool | None:
     return False
 
 
-def keys(
+class Partial(TypedDict):
+    """The mergeable part of the keys, for some apps: what a worker answers for its partitions.
+
+    Plain JSON, so a worker can send it to the one answering a project query; :func:`combine`
+    merges several into :class:`Keys`.
+    """
+
+    apps: int  # apps with at least one deployment in their history
+    deployments: int
+    succeeded: int
+    failed_deployments: int
+    unrecovered_failures: int
+    recovery: list[float]  # the retained episodes' durations, seconds
+    lead: list[float]
+    folded_recovery: Stats  # folded totals, when the range covers them
+    folded_lead: Stats
+    first_at: float | None  # the earliest deployment of these apps, folded ones included
+    complete: bool
+
+
+def _range(
+    since: datetime | None, until: datetime | None, now: datetime
+) -> tuple[float | None, float]:
+    start = _epoch(since) if since is not None else None
+    end = _epoch(until) if until is not None else _epoch(now)
+    if start is not None and start >= end:
+        raise ValueError("since: must be before until")
+    return start, end
+
+
+def partial(
     histories: Iterable[Mapping[str, Any] | None],
     since: datetime | None = None,
     until: datetime | None = None,
     *,
     now: datetime,
     failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
-) -> Keys:
-    """The four keys over deployments finished in ``[since, until)`` of one app or several.
+) -> Partial:
+    """Counts and samples of ``histories`` over ``[since, until)``, to :func:`combine` later.
 
-    ``histories`` holds one app's history for ``/dora?app=``, every app of the project for
-    ``/dora?project=``. ``until`` defaults to ``now``; ``since`` to all time. Raises
-    :class:`NoDeployments` when no history holds any deployment; a range without deployments
-    gives zero counts and ``None`` rates and levels.
+    Apps without a deployment add nothing; ``apps`` counts the others.
     """
-    start = _epoch(since) if since is not None else None
-    end = _epoch(until) if until is not None else _epoch(now)
-    if start is not None and start >= end:
-        raise ValueError("since: must be before until")
-    loaded = [cast(History, h) for h in histories if h]
-    loaded = [h for h in loaded if h["deployments"] or h["folded"]["deployments"]]
-    if not loaded:
-        raise NoDeployments("no deployment recorded")
+    start, end = _range(since, until, now)
 
     def inside(t: float) -> bool:
         return (start is None or t >= start) and t < end
 
-    n = succeeded = failed_deployments = unrecovered = 0
+    part: Partial = {
+        "apps": 0,
+        "deployments": 0,
+        "succeeded": 0,
+        "failed_deployments": 0,
+        "unrecovered_failures": 0,
+        "recovery": [],
+        "lead": [],
+        "folded_recovery": _empty_stats(),
+        "folded_lead": _empty_stats(),
+        "first_at": None,
+        "complete": True,
+    }
+    for history in (cast(History, h) for h in histories if h):
+        deployments, folded = history["deployments"], history["folded"]
+        if not deployments:
+            continue
+        part["apps"] += 1
+        covered = _covers(folded, start, end)
+        if covered is False:
+            part["complete"] = False
+        elif covered:
+            part["deployments"] += folded["deployments"]
+            part["succeeded"] += folded["succeeded"]
+            part["failed_deployments"] += folded["failed_deployments"]
+            _sum_into(part["folded_recovery"], folded["recovery"])
+            _sum_into(part["folded_lead"], folded["lead"])
+        verdicts = _verdicts(history, failure_window_s)
+        for d, v in zip(deployments, verdicts, strict=True):
+            if inside(d["at"]):
+                part["deployments"] += 1
+                part["succeeded"] += d["phase"] == SUCCEEDED
+                part["failed_deployments"] += v.change_failure
+                part["lead"] += d["lead"].values()
+        closed, open_since = _episodes(
+            deployments, verdicts, history["health"], folded["open_since"]
+        )
+        part["recovery"] += [e.seconds for e in closed if inside(e.started)]
+        part["unrecovered_failures"] += open_since is not None and inside(open_since)
+        earliest = folded["first_at"] if folded["first_at"] is not None else deployments[0]["at"]
+        first = part["first_at"]
+        part["first_at"] = earliest if first is None else min(first, earliest)
+    return part
+
+
+def combine(
+    parts: Iterable[Mapping[str, Any]],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    now: datetime,
+    failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
+) -> Keys:
+    """Merge :func:`partial` answers (same range and window) into the keys.
+
+    Raises :class:`NoDeployments` when no app of any part has a deployment.
+    """
+    start, end = _range(since, until, now)
+    apps = n = succeeded = failed_deployments = unrecovered = 0
     recoveries: list[float] = []
     leads: list[float] = []
     folded_recovery, folded_lead = _empty_stats(), _empty_stats()
     complete = True
-    first_seen: float | None = None
-    for history in loaded:
-        folded = history["folded"]
-        covered = _covers(folded, start, end)
-        if covered is False:
-            complete = False
-        elif covered:
-            n += folded["deployments"]
-            succeeded += folded["succeeded"]
-            failed_deployments += folded["failed_deployments"]
-            _sum_into(folded_recovery, folded["recovery"])
-            _sum_into(folded_lead, folded["lead"])
-        deployments = history["deployments"]
-        verdicts = _verdicts(history, failure_window_s)
-        for d, v in zip(deployments, verdicts, strict=True):
-            if inside(d["at"]):
-                n += 1
-                succeeded += d["phase"] == SUCCEEDED
-                failed_deployments += v.change_failure
-                leads += d["lead"].values()
-        closed, open_since = _episodes(
-            deployments, verdicts, history["health"], folded["open_since"]
-        )
-        recoveries += [e.seconds for e in closed if inside(e.started)]
-        unrecovered += open_since is not None and inside(open_since)
-        earliest = folded["first_at"] if folded["first_at"] is not None else deployments[0]["at"]
-        first_seen = earliest if first_seen is None else min(first_seen, earliest)
-
-    window_start = start if start is not None else (first_seen if first_seen is not None else end)
+    first_at: float | None = None
+    for part in parts:
+        apps += part["apps"]
+        n += part["deployments"]
+        succeeded += part["succeeded"]
+        failed_deployments += part["failed_deployments"]
+        unrecovered += part["unrecovered_failures"]
+        recoveries += part["recovery"]
+        leads += part["lead"]
+        _sum_into(folded_recovery, part["folded_recovery"])
+        _sum_into(folded_lead, part["folded_lead"])
+        complete = complete and part["complete"]
+        if part["first_at"] is not None:
+            first_at = part["first_at"] if first_at is None else min(first_at, part["first_at"])
+    if not apps:
+        raise NoDeployments("no deployment recorded")
+    window_start = start if start is not None else (first_at if first_at is not None else end)
     window_days = round(max(end - window_start, DAY) / DAY, 6)
     per_day = round(n / window_days, 6)
     rate = round(failed_deployments / n, 6) if n else None
@@ -784,6 +852,25 @@ def keys(
         complete=complete,
         failure_window_seconds=failure_window_s,
     )
+
+
+def keys(
+    histories: Iterable[Mapping[str, Any] | None],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    now: datetime,
+    failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
+) -> Keys:
+    """The four keys over deployments finished in ``[since, until)`` of one app or several.
+
+    ``histories`` holds one app's history for ``/dora?app=``, every app of the project for
+    ``/dora?project=``. ``until`` defaults to ``now``; ``since`` to all time. Raises
+    :class:`NoDeployments` when no history holds any deployment; a range without deployments
+    gives zero counts and ``None`` rates. The same as :func:`combine` over one :func:`partial`.
+    """
+    part = partial(histories, since, until, now=now, failure_window_s=failure_window_s)
+    return combine([part], since, until, now=now, failure_window_s=failure_window_s)
 
 
 # --- what a fact changed, for the exporter ------------------------------------------------

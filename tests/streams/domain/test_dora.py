@@ -714,3 +714,14 @@ def test_the_events_of_every_fact_add_up_to_the_keys(
     if recoveries:
         assert max(e["seconds"] for e in recoveries) == k.recovery_time_seconds.max
     assert len(leads) == k.lead_time_seconds.count
+
+
+def test_partial_answers_combine_into_the_project_keys() -> None:
+    web = App().deploy(0, phase="Failed").deploy(10, "w", commits={"w": at(-5)})
+    api = App().deploy(5, "x", commits={"x": at(0)}).health(6, "Degraded").deploy(30)
+    now = at(DAY / 60)
+    parts = [dora.partial([h], now=now) for h in (web.history, api.history, new_history())]
+    wire = orjson.loads(orjson.dumps(parts))  # as one worker sends them to another
+    assert dora.combine(wire, now=now) == keys([web.history, api.history], now=now)
+    with pytest.raises(NoDeployments):
+        dora.combine([dora.partial([None], now=now)], now=now)
