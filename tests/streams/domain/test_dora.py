@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.bridge.events import envelope_event
 from streams.domain import dora
+from streams.domain.decide import decide
 from streams.domain.dora import (
     DAY,
     HOUR,
@@ -28,6 +30,7 @@ from streams.domain.dora import (
     record_health,
     revisions_of,
 )
+from tests.support import REPO
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -725,3 +728,80 @@ def test_partial_answers_combine_into_the_project_keys() -> None:
     assert dora.combine(wire, now=now) == keys([web.history, api.history], now=now)
     with pytest.raises(NoDeployments):
         dora.combine([dora.partial([None], now=now)], now=now)
+
+
+# -- the worked example of docs/dora.md: the example payloads through decide ----------------------
+
+
+def test_the_worked_example_of_the_docs() -> None:
+    """guestbook's example payloads through the worker's decisions, plus two transitions."""
+
+    def utc(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    commits = {"00c875f3417734f356f3fdfad5949f6c01267c67": utc("2026-07-07T12:03:05Z")}
+    files = ["01-guestbook-rev-a", "03-guestbook-rev-b", "04-guestbook-rev-b-retry"]
+    files += ["07-guestbook-rev-c", "10-guestbook-rev-d", "13-guestbook-rev-e-failed"]
+    state: dict[str, Any] | None = None
+    history: History | None = None
+    outcomes = []
+    for number, name in enumerate(files):
+        raw = (REPO / "examples" / "payloads" / f"{name}.json").read_bytes()
+        body = orjson.loads(raw)
+        received = body["operation"]["finishedAt"]
+        event = envelope_event(
+            body,
+            raw,
+            default_namespace="argocd",
+            delivery_id=f"{number:032x}",
+            received_at=received,
+        )
+        decision = decide(event, state, [], now=utc(received))
+        outcomes.append(decision.outcome)
+        state = decision.state or state
+        if decision.deployment is not None:
+            history = record_deployment(
+                history, **deployment_args(decision.deployment), commits=commits
+            )
+        if name.startswith("07"):  # rev c degrades 24 min after it finished, recovers at 14:10
+            history = record_health(history, "Degraded", utc("2026-07-08T13:40:00Z"))
+            history = record_health(history, "Healthy", utc("2026-07-08T14:10:00Z"))
+    assert outcomes == ["deployed", "deployed", "duplicate", "deployed", "deployed", "deployed"]
+    got = keys([history], now=utc("2026-07-12T12:48:03Z")).as_json()
+    assert got == {
+        "since": None,
+        "until": "2026-07-12T12:48:03.000Z",
+        "window_days": 6.148866,  # from rev a's finish, 2026-07-06T09:13:41Z
+        "deployments": 5,
+        "succeeded": 4,
+        "failed": 1,
+        "failed_deployments": 2,  # rev c (Degraded), rev e (Failed)
+        "change_failure_rate": 0.4,
+        "recovery_time_seconds": {
+            "count": 1,
+            "median": 1800.0,
+            "p90": 1800.0,
+            "mean": 1800.0,
+            "max": 1800.0,
+            "estimated": False,
+        },
+        "unrecovered_failures": 1,  # rev e
+        "lead_time_seconds": {
+            "count": 1,
+            "median": 7200.0,
+            "p90": 7200.0,
+            "mean": 7200.0,
+            "max": 7200.0,
+            "estimated": False,
+        },
+        "deployments_per_day": 0.813158,
+        "levels": {
+            "deployment_frequency": "high",
+            "lead_time": "elite",
+            "change_failure_rate": "low",
+            "recovery_time": "elite",
+        },
+        "benchmark": "Accelerate State of DevOps 2023",
+        "failure_window_seconds": 3600.0,
+        "complete": True,
+    }
