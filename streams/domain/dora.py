@@ -130,6 +130,19 @@ class Folded(TypedDict):
     open_since: float | None  # start of a failure not recovered when its deployment was folded
 
 
+class Settled(TypedDict):
+    """Where the episode walk stands before the newest deployment (a checkpoint).
+
+    Every deployment but the newest has its successor, so the walk up to the newest one's
+    events is final: the start of the episode open there, and how many episodes closed before
+    it (folded ones included). Kept so that :func:`changes` only walks the newest deployment's
+    events, not the whole history, on every fact.
+    """
+
+    open_since: float | None
+    episodes: int
+
+
 class History(TypedDict):
     """An app's DORA history: what its state stores under one key."""
 
@@ -140,6 +153,7 @@ class History(TypedDict):
     window_s: NotRequired[float]  # the failure window the folded totals were decided with
     latest: NotRequired[float]  # the time of the latest fact applied, any health included
     n: NotRequired[int]  # facts stored so far: the next one's arrival number is n + 1
+    settled: NotRequired[Settled]
 
 
 def _empty_stats() -> Stats:
@@ -195,12 +209,23 @@ def _copy(history: Mapping[str, Any] | None) -> History:
         copied["latest"] = history["latest"]
     if "n" in history:
         copied["n"] = history["n"]
+    if "settled" in history:
+        copied["settled"] = history["settled"]
     return copied
+
+
+def _at(fact: Deployment | Transition) -> float:
+    return fact["at"]
 
 
 def _key(fact: Deployment | Transition) -> tuple[float, int]:
     """The order of facts: by time, then (at the same time) by arrival."""
     return (fact["at"], fact["n"])
+
+
+def _split(health: Sequence[Transition], fact: Deployment | Transition) -> int:
+    """The index of the first transition after ``fact`` (transitions are kept in key order)."""
+    return bisect.bisect_right(health, _key(fact), key=_key)
 
 
 def _epoch(when: datetime) -> float:
@@ -281,8 +306,22 @@ def record_deployment(
         "health": health,
         "lead": lead,
     }
-    times = [d["at"] for d in new["deployments"]]
-    new["deployments"].insert(bisect.bisect_right(times, at), entry)
+    deployments = new["deployments"]
+    where = bisect.bisect_right(deployments, at, key=_at)
+    if deployments and where == len(deployments) and "settled" in new:
+        # the newest deployment gets its successor: its events become final
+        newest = deployments[-1]
+        v = verdict(newest, entry, new["health"], failure_window_s)
+        walked = new["health"][_split(new["health"], newest) :]
+        closed, open_since = _episodes([newest], [v], walked, new["settled"]["open_since"])
+        new["settled"] = {
+            "open_since": open_since,
+            "episodes": new["settled"]["episodes"] + len(closed),
+        }
+        deployments.append(entry)
+    else:
+        deployments.insert(where, entry)
+        new["settled"] = _settle(new, failure_window_s)
     while len(new["deployments"]) > limit:
         _fold_oldest(new, failure_window_s)
     _trim_health(new)
@@ -296,6 +335,7 @@ def record_health(
     observed_at: datetime,
     *,
     health_limit: int = HEALTH_LIMIT,
+    failure_window_s: float = DEFAULT_FAILURE_WINDOW_S,
 ) -> History:
     """``history`` with a health transition observed at ``observed_at`` (a new history).
 
@@ -315,16 +355,17 @@ def record_health(
     transitions = new["health"]
     if any(t["at"] == at and t["health"] == health for t in transitions):
         return new
-    times = [t["at"] for t in transitions]
-    where = bisect.bisect_right(times, at)
-    deployed = [d["at"] for d in new["deployments"]]
-    since = deployed[bisect.bisect_right(deployed, at) - 1]  # the deployment it follows
+    where = bisect.bisect_right(transitions, at, key=_at)
+    deployments = new["deployments"]
+    since = deployments[bisect.bisect_right(deployments, at, key=_at) - 1]["at"]  # it follows
     before = transitions[where - 1] if where else None
     if before is not None and before["health"] == health and before["at"] > since:
         return new
     new["n"] = new.get("n", 0) + 1
     transitions.insert(where, {"health": health, "n": new["n"], "at": at})
     _trim_health(new, health_limit)
+    if at < new["deployments"][-1]["at"]:  # late: it falls among settled events
+        new["settled"] = _settle(new, failure_window_s)
     return new
 
 
@@ -332,8 +373,7 @@ def _trim_health(history: History, health_limit: int = HEALTH_LIMIT) -> None:
     if not history["deployments"]:
         history["health"] = []
         return
-    oldest = _key(history["deployments"][0])
-    kept = [t for t in history["health"] if _key(t) > oldest]
+    kept = history["health"][_split(history["health"], history["deployments"][0]) :]
     history["health"] = kept[-health_limit:]
 
 
@@ -361,32 +401,23 @@ def verdict(
     following: Deployment | None,
     health: Sequence[Transition],
     failure_window_s: float,
-    *,
-    health_times: Sequence[float] | None = None,
 ) -> Verdict:
     """Apply the change-failure rules to ``deployment`` (docs/dora.md, "Change failure").
 
     ``following`` is the next deployment (None for the newest), ``health`` the transitions in
-    order (``health_times``: their times, when the caller has them already). A transition
-    is inside the deployment's window when it came after the deployment and before the
+    order. A transition is inside the deployment's window when it came after the deployment and before the
     following one (by time, then arrival: :func:`_key`) and ``t < at + failure_window_s``.
     """
     at = deployment["at"]
     end = at + failure_window_s
-    mine = _key(deployment)
     next_key = _key(following) if following is not None else (math.inf, 0)
     failed_operation = deployment["phase"] != SUCCEEDED
     rolled_back = following is not None and following["rollback"] and following["at"] < end
     degraded_at: float | None = at if deployment["health"] == DEGRADED else None
     if degraded_at is None:
-        if health_times is None:
-            health_times = [t["at"] for t in health]
-        start = bisect.bisect_left(health_times, at)
-        for t in health[start:]:
-            key = _key(t)
-            if key <= mine:
-                continue
-            if key >= next_key or t["at"] >= end:
+        for i in range(_split(health, deployment), len(health)):
+            t = health[i]
+            if _key(t) >= next_key or t["at"] >= end:
                 break
             if t["health"] == DEGRADED:
                 degraded_at = t["at"]
@@ -452,14 +483,28 @@ def _episodes(
     return closed, open_since
 
 
-def _verdicts(history: History, failure_window_s: float) -> list[Verdict]:
-    deployments = history["deployments"]
-    following: list[Deployment | None] = [*deployments[1:], None] if deployments else []
-    times = [t["at"] for t in history["health"]]
+def _verdicts(history: History, failure_window_s: float, start: int = 0) -> list[Verdict]:
+    """The verdicts of the deployments from ``start`` on."""
+    deployments, health = history["deployments"], history["health"]
+    last = len(deployments) - 1
     return [
-        verdict(d, after, history["health"], failure_window_s, health_times=times)
-        for d, after in zip(deployments, following, strict=True)
+        verdict(deployments[i], deployments[i + 1] if i < last else None, health, failure_window_s)
+        for i in range(start, len(deployments))
     ]
+
+
+def _settle(history: History, failure_window_s: float) -> Settled:
+    """The :class:`Settled` checkpoint of ``history``, walked from its folded totals."""
+    deployments, folded = history["deployments"], history["folded"]
+    if len(deployments) < 2:
+        return {"open_since": folded["open_since"], "episodes": folded["recovery"]["count"]}
+    closed, open_since = _episodes(
+        deployments[:-1],
+        _verdicts(history, failure_window_s)[:-1],
+        history["health"][: _split(history["health"], deployments[-1])],
+        folded["open_since"],
+    )
+    return {"open_since": open_since, "episodes": folded["recovery"]["count"] + len(closed)}
 
 
 def _add(stats: Stats, value: float) -> None:
@@ -488,7 +533,7 @@ def _fold_oldest(history: History, failure_window_s: float) -> None:
         "recovery": _copy_stats(history["folded"]["recovery"]),
     }
     history["folded"] = folded
-    before = [t for t in history["health"] if _key(t) < _key(successor)]
+    before = history["health"][: _split(history["health"], successor)]
     closed, folded["open_since"] = _episodes([oldest], [v], before, folded["open_since"])
     for episode in closed:
         _add(folded["recovery"], episode.seconds)
@@ -503,7 +548,7 @@ def _fold_oldest(history: History, failure_window_s: float) -> None:
     folded["last_at"] = oldest["at"] if last is None else max(last, oldest["at"])
     history["window_s"] = failure_window_s
     del deployments[0]
-    history["health"] = [t for t in history["health"] if _key(t) > _key(successor)]
+    history["health"] = history["health"][_split(history["health"], successor) :]
 
 
 # --- the keys ------------------------------------------------------------------------------
@@ -886,30 +931,15 @@ def _reason(v: Verdict) -> str:
     return "degraded" if v.degraded_at is not None else "rollback"
 
 
-def _final_episodes(history: History, failure_window_s: float) -> dict[int, Recovery]:
-    """The closed episodes no later fact can change, by ordinal (facts arrive in time order).
+def _newest_is_final(history: History, newest: Verdict, failure_window_s: float) -> bool:
+    """No later fact can take back the newest deployment's recovery.
 
-    An episode's ordinal counts the app's episodes closed before it, folded ones included, so
-    it stays the same from fact to fact. Later facts can only add failures, after every closed
-    episode; the one thing they can take back is the recovery by the newest deployment, while
-    a Degraded transition may still come inside its window. Until a fact at least
-    ``failure_window_s`` after it is known, an episode ended by that deployment or by a
-    transition after it is provisional and left out.
+    Later facts (in time order) can only add failures; the one thing they can take back is the
+    recovery by the newest deployment, while a Degraded transition may still come inside its
+    window: until a fact at least ``failure_window_s`` after it is known.
     """
-    deployments = history["deployments"]
-    if not deployments:
-        return {}
-    verdicts = _verdicts(history, failure_window_s)
-    folded = history["folded"]
-    closed, _ = _episodes(deployments, verdicts, history["health"], folded["open_since"])
-    newest = deployments[-1]["at"]
-    latest = history.get("latest", newest)
-    settled = not verdicts[-1].recovers or latest >= newest + failure_window_s
-    return {
-        folded["recovery"]["count"] + i: e
-        for i, e in enumerate(closed)
-        if settled or e.after < len(deployments) - 1
-    }
+    at = history["deployments"][-1]["at"]
+    return not newest.recovers or history.get("latest", at) >= at + failure_window_s
 
 
 def changes(
@@ -928,18 +958,50 @@ def changes(
     in the app's history). ``at`` is RFC 3339; an event is identified by its kind with
     ``deployment`` (and ``revision``), or ``episode`` and ``started_at`` for a recovery, so a
     replay's copy can be dropped. A change failure or lead time is final when it appears; a
-    recovery is reported once final (see :func:`_final_episodes`). In time order, the events of
-    every fact add up to :func:`keys` over all time.
+    recovery is reported once final (:func:`_newest_is_final`). For facts in time order the
+    events of every fact add up to :func:`keys` over all time; a late fact (older than the
+    newest deployment) changes the keys but may go unreported. Only the newest deployments'
+    events are walked (from the :class:`Settled` checkpoint), not the whole history.
     """
     old = _copy(before)
     new = cast(History, after)
-    old_verdicts = dict(
-        zip((d["id"] for d in old["deployments"]), _verdicts(old, failure_window_s), strict=True)
-    )
+    deployments = new["deployments"]
+    if not deployments:
+        return []
     found: list[dict[str, Any]] = []
-    for d, v in zip(new["deployments"], _verdicts(new, failure_window_s), strict=True):
-        was = old_verdicts.get(d["id"])
-        if v.failure_start is not None and (was is None or was.failure_start is None):
+    # where the walk stands before the first deployment whose events may be new
+    if old["deployments"]:
+        old_newest = old["deployments"][-1]
+        settled = old.get("settled") or _settle(old, failure_window_s)
+        was = verdict(old_newest, None, old["health"], failure_window_s)
+        walked = old["health"][_split(old["health"], old_newest) :]
+        closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
+        reported = settled["episodes"]
+        if _newest_is_final(old, was, failure_window_s):
+            reported += len(closed)
+        ids = (i for i in range(len(deployments) - 1, -1, -1))
+        first = next((i for i in ids if deployments[i]["id"] == old_newest["id"]), -1)
+        if first < 0:
+            raise ValueError("after: does not hold before's newest deployment")
+    else:
+        was = None
+        settled = {"open_since": new["folded"]["open_since"], "episodes": 0}
+        reported = first = 0
+    seen = old.get("n", 0)  # facts stored before: a deployment numbered above is new
+    verdicts = _verdicts(new, failure_window_s, first)
+    last = len(deployments) - 1
+    # in time order only the previous newest can change its verdict, and only later ones are
+    # new; a late deployment, inserted before the previous newest, is looked at too
+    late = [i for i in range(first) if deployments[i]["n"] > seen] if first else []
+    for i in [*late, *range(first, last + 1)]:
+        d = deployments[i]
+        if i >= first:
+            v = verdicts[i - first]
+        else:
+            v = verdict(d, deployments[i + 1], new["health"], failure_window_s)
+        is_new = d["n"] > seen
+        before_v = None if is_new else was
+        if v.failure_start is not None and (before_v is None or before_v.failure_start is None):
             found.append(
                 {
                     "kind": CHANGE_FAILURE,
@@ -948,7 +1010,7 @@ def changes(
                     "reason": _reason(v),
                 }
             )
-        if was is None:
+        if is_new:
             found += [
                 {
                     "kind": LEAD_TIME,
@@ -959,18 +1021,22 @@ def changes(
                 }
                 for revision, seconds in sorted(d["lead"].items())
             ]
-    known = _final_episodes(old, failure_window_s)
-    found += [
-        {
-            "kind": RECOVERY,
-            "episode": ordinal,
-            "started_at": _iso(e.started),
-            "at": _iso(e.started + e.seconds),
-            "seconds": e.seconds,
-        }
-        for ordinal, e in _final_episodes(new, failure_window_s).items()
-        if ordinal not in known
-    ]
+    tail = deployments[first:]
+    walked = new["health"][_split(new["health"], tail[0]) :]
+    closed, _ = _episodes(tail, verdicts, walked, settled["open_since"])
+    final_newest = _newest_is_final(new, verdicts[-1], failure_window_s)
+    for j, e in enumerate(closed):
+        ordinal = settled["episodes"] + j
+        if ordinal >= reported and (final_newest or first + e.after < last):
+            found.append(
+                {
+                    "kind": RECOVERY,
+                    "episode": ordinal,
+                    "started_at": _iso(e.started),
+                    "at": _iso(e.started + e.seconds),
+                    "seconds": e.seconds,
+                }
+            )
     return found
 
 

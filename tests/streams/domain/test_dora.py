@@ -84,7 +84,9 @@ class App:
         return self
 
     def health(self, minutes: float, health: str) -> App:
-        self._apply(record_health(self.history, health, at(minutes)))
+        self._apply(
+            record_health(self.history, health, at(minutes), failure_window_s=self.window_s)
+        )
         return self
 
     def kinds(self) -> list[str]:
@@ -629,6 +631,9 @@ def test_counts_stay_consistent_and_folding_keeps_them(
     x, y = a.recovery_time_seconds, b.recovery_time_seconds
     assert (x.count, x.max) == (y.count, y.max)
     assert x.mean == pytest.approx(y.mean)
+    # the checkpoint kept for changes() is where a full walk stands
+    for app in (small, large):
+        assert app.history["settled"] == dora._settle(app.history, HOUR)
     # a folded history forgets which revisions its folded deployments ran: one deployed again
     # (not as a rollback) after its deployment was folded gets a second lead time
     assert a.lead_time_seconds.count >= b.lead_time_seconds.count
@@ -805,3 +810,12 @@ def test_the_worked_example_of_the_docs() -> None:
         "failure_window_seconds": 3600.0,
         "complete": True,
     }
+
+
+def test_late_facts_keep_the_checkpoint_where_a_full_walk_stands() -> None:
+    app = App().deploy(0, phase="Failed").deploy(30).deploy(20, "late").health(25, "Healthy")
+    assert [d["id"] for d in app.history["deployments"]] == ["d1", "d3", "d2"]
+    assert app.history["settled"] == dora._settle(app.history, HOUR)
+    k = app.keys()
+    assert k.recovery_time_seconds.max == 20 * 60  # the late deployment at 20 recovered it
+    assert [e["deployment"] for e in app.events if e["kind"] == "change_failure"] == ["d1"]
