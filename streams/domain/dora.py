@@ -312,7 +312,8 @@ def record_deployment(
         # the newest deployment gets its successor: its events become final
         newest = deployments[-1]
         v = verdict(newest, entry, new["health"], failure_window_s)
-        walked = new["health"][_split(new["health"], newest) :]
+        transitions = new["health"]
+        walked = transitions[_split(transitions, newest) : _split(transitions, entry)]
         closed, open_since = _episodes([newest], [v], walked, new["settled"]["open_since"])
         new["settled"] = {
             "open_since": open_since,

@@ -819,3 +819,9 @@ def test_late_facts_keep_the_checkpoint_where_a_full_walk_stands() -> None:
     k = app.keys()
     assert k.recovery_time_seconds.max == 20 * 60  # the late deployment at 20 recovered it
     assert [e["deployment"] for e in app.events if e["kind"] == "change_failure"] == ["d1"]
+
+
+def test_a_deployment_later_than_the_newest_but_before_a_transition_keeps_the_checkpoint() -> None:
+    app = App().deploy(0, phase="Failed").health(30, "Healthy").deploy(20)
+    assert app.history["settled"] == dora._settle(app.history, HOUR)
+    assert app.keys().recovery_time_seconds.max == 20 * 60
