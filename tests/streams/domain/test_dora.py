@@ -825,3 +825,31 @@ def test_a_deployment_later_than_the_newest_but_before_a_transition_keeps_the_ch
     app = App().deploy(0, phase="Failed").health(30, "Healthy").deploy(20)
     assert app.history["settled"] == dora._settle(app.history, HOUR)
     assert app.keys().recovery_time_seconds.max == 20 * 60
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["deploy", "Degraded", "Healthy"]),
+            st.integers(0, 300),  # minutes after T0: facts arrive in any order
+            st.sampled_from(["Succeeded", "Failed"]),
+            st.booleans(),
+        ),
+        max_size=20,
+    ),
+    st.integers(2, 5),
+)
+def test_the_checkpoint_is_where_a_full_walk_stands_whatever_the_order(
+    sequence: list[tuple[str, int, str, bool]], limit: int
+) -> None:
+    app = App(limit=limit)
+    for kind, minutes, phase, rollback in sequence:
+        if kind == "deploy":
+            app.deploy(minutes, phase=phase, rollback=rollback)
+        else:
+            app.health(minutes, kind)
+        if app.history["deployments"]:
+            assert app.history["settled"] == dora._settle(app.history, HOUR)
+            k = app.keys()
+            assert 0 <= k.failed_deployments <= k.deployments
