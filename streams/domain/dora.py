@@ -970,24 +970,7 @@ def changes(
     if not deployments:
         return []
     found: list[dict[str, Any]] = []
-    # where the walk stands before the first deployment whose events may be new
-    if old["deployments"]:
-        old_newest = old["deployments"][-1]
-        settled = old.get("settled") or _settle(old, failure_window_s)
-        was = verdict(old_newest, None, old["health"], failure_window_s)
-        walked = old["health"][_split(old["health"], old_newest) :]
-        closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
-        reported = settled["episodes"]
-        if _newest_is_final(old, was, failure_window_s):
-            reported += len(closed)
-        ids = (i for i in range(len(deployments) - 1, -1, -1))
-        first = next((i for i in ids if deployments[i]["id"] == old_newest["id"]), -1)
-        if first < 0:
-            raise ValueError("after: does not hold before's newest deployment")
-    else:
-        was = None
-        settled = {"open_since": new["folded"]["open_since"], "episodes": 0}
-        reported = first = 0
+    was, settled, reported, first = _walk_start(old, new, failure_window_s)
     seen = old.get("n", 0)  # facts stored before: a deployment numbered above is new
     verdicts = _verdicts(new, failure_window_s, first)
     last = len(deployments) - 1
@@ -1022,23 +1005,60 @@ def changes(
                 }
                 for revision, seconds in sorted(d["lead"].items())
             ]
+    return found + _final_recoveries(new, verdicts, settled, reported, first, failure_window_s)
+
+
+def _walk_start(
+    old: History, new: History, failure_window_s: float
+) -> tuple[Verdict | None, Settled, int, int]:
+    """Where :func:`changes` starts its walk: the previous newest deployment's verdict, the
+    settled checkpoint, how many recoveries were reported, and that deployment's index in
+    ``new`` (0 and nothing reported for an app's first fact)."""
+    deployments = new["deployments"]
+    if not old["deployments"]:
+        return None, Settled(open_since=new["folded"]["open_since"], episodes=0), 0, 0
+    old_newest = old["deployments"][-1]
+    settled = old.get("settled") or _settle(old, failure_window_s)
+    was = verdict(old_newest, None, old["health"], failure_window_s)
+    walked = old["health"][_split(old["health"], old_newest) :]
+    closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
+    reported = settled["episodes"]
+    if _newest_is_final(old, was, failure_window_s):
+        reported += len(closed)
+    ids = (i for i in range(len(deployments) - 1, -1, -1))
+    first = next((i for i in ids if deployments[i]["id"] == old_newest["id"]), -1)
+    if first < 0:
+        raise ValueError("after: does not hold before's newest deployment")
+    return was, settled, reported, first
+
+
+def _final_recoveries(
+    new: History,
+    verdicts: list[Any],
+    settled: Mapping[str, Any],
+    reported: int,
+    first: int,
+    failure_window_s: float,
+) -> list[dict[str, Any]]:
+    """The recovery events :func:`changes` reports: episodes closed from ``first`` on whose
+    recovery became final and was not reported before."""
+    deployments = new["deployments"]
+    last = len(deployments) - 1
     tail = deployments[first:]
     walked = new["health"][_split(new["health"], tail[0]) :]
     closed, _ = _episodes(tail, verdicts, walked, settled["open_since"])
     final_newest = _newest_is_final(new, verdicts[-1], failure_window_s)
-    for j, e in enumerate(closed):
-        ordinal = settled["episodes"] + j
-        if ordinal >= reported and (final_newest or first + e.after < last):
-            found.append(
-                {
-                    "kind": RECOVERY,
-                    "episode": ordinal,
-                    "started_at": _iso(e.started),
-                    "at": _iso(e.started + e.seconds),
-                    "seconds": e.seconds,
-                }
-            )
-    return found
+    return [
+        {
+            "kind": RECOVERY,
+            "episode": settled["episodes"] + j,
+            "started_at": _iso(e.started),
+            "at": _iso(e.started + e.seconds),
+            "seconds": e.seconds,
+        }
+        for j, e in enumerate(closed)
+        if settled["episodes"] + j >= reported and (final_newest or first + e.after < last)
+    ]
 
 
 # --- from the worker's records -------------------------------------------------------------
