@@ -113,29 +113,19 @@ class Batch:
 
 def _dead_letter(
     topology: Topology, event: Any, reason: str, exc: BaseException, now: datetime
-) -> dict[str, Any]:
+) -> records.DeadLetter:
     message = event.message
-    raw: bytes | None = message.value
-    original: Any = None
-    original_text: str | None = None
-    if raw is not None:
-        try:
-            original = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            original_text = raw.decode("utf-8", errors="replace")
-    return {
-        "schema": records.DEAD_LETTER_V1,
-        "component": "worker",
-        "reason": reason,
-        "error_type": type(exc).__name__,
-        "source_topic": message.topic,
-        "source_partition": message.partition,
-        "source_offset": message.offset,
-        "key": message.key.decode("utf-8", errors="replace") if message.key else None,
-        "original": original,
-        "original_text": original_text,
-        "failed_at": iso_now(now),
-    }
+    return records.dead_letter(
+        "worker",
+        reason=reason,
+        error_type=type(exc).__name__,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key.decode("utf-8", errors="replace") if message.key else None,
+        raw=message.value,
+        failed_at=iso_now(now),
+    )
 
 
 def _rules(topology: Topology) -> list[dict[str, Any]]:

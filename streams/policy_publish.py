@@ -17,7 +17,7 @@ from streams.domain import records
 from streams.domain.decide import iso_now
 from streams.kafka.topics import POLICY, SYNC_EVENTS
 
-POLICY_CHECK_V1 = "synctrail.policy-check/v1"
+POLICY_CHECK_V1 = records.POLICY_CHECK_V1
 
 
 def rule_record(rule: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:

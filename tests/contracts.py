@@ -7,8 +7,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import orjson
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
+
+from streams.domain.records import RECORD_TYPES, dumps
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
@@ -31,7 +35,14 @@ def schema_for(version: str) -> dict[str, Any]:
 
 
 def validate_record(value: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` unless ``value`` matches the schema it names."""
+    """Raise unless ``value`` matches the schema it names and decodes with its record type.
+
+    ``jsonschema.ValidationError`` for the schema; for the type, ``msgspec.ValidationError`` or
+    an ``AssertionError`` when the decoded record does not write back the same JSON (a field the
+    type lacks, or null where the type writes a value).
+    """
     registry, by_version = _registry()
     schema = by_version[value["schema"]]
     Draft202012Validator(schema, registry=registry).validate(value)
+    record = msgspec.json.decode(orjson.dumps(value), type=RECORD_TYPES[value["schema"]])
+    assert orjson.loads(dumps(record)) == value, f"{value['schema']} does not round-trip"

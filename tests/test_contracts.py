@@ -1,14 +1,16 @@
-"""The documented contracts stay in step: topics table, JSON Schemas, AsyncAPI document."""
+"""The documented contracts stay in step: record types, JSON Schemas, topics, AsyncAPI document."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import msgspec
+import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from streams import wire
-from streams.domain import records
+from streams.domain import records, schemas
 from streams.kafka.topics import ALL_TOPICS
 from tests.contracts import SCHEMAS, schema_for
 
@@ -18,6 +20,38 @@ def test_every_schema_file_is_a_valid_json_schema():
     assert files
     for path in files:
         Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+def test_schema_files_are_generated_from_the_record_types_and_current():
+    assert schemas.stale_files() == [], "run: python -m streams.domain.schemas"
+    generated = {name for name, _, _ in schemas.REGISTRY}
+    assert {p.name for p in SCHEMAS.glob("*.json")} == generated
+
+
+def test_the_generator_check_fails_on_a_stale_file_and_writing_fixes_it(tmp_path: Path):
+    registry = [e for e in schemas.REGISTRY if e[0] == "violation.v1.json"]
+    assert schemas.stale_files(tmp_path, registry) == ["violation.v1.json"]  # missing
+    assert schemas.write(tmp_path, registry) == ["violation.v1.json"]
+    assert schemas.stale_files(tmp_path, registry) == []
+    path = tmp_path / "violation.v1.json"
+    path.write_text(path.read_text().replace('"deploy"', '"deployed"'))
+    assert schemas.stale_files(tmp_path, registry) == ["violation.v1.json"]
+    assert schemas.main(["--check", "--dir", str(tmp_path)]) == 1
+
+
+def test_every_record_type_has_the_schema_titled_with_its_version_and_the_same_fields():
+    for version, cls in records.RECORD_TYPES.items():
+        schema = schema_for(version)
+        fields = {"schema", *(f.encode_name for f in msgspec.structs.fields(cls))}
+        assert fields == set(schema["properties"]), cls.__name__
+        required = {"schema", *(f.encode_name for f in msgspec.structs.fields(cls) if f.required)}
+        assert required == set(schema["required"]), cls.__name__
+
+
+def test_a_record_of_another_type_is_refused_naming_the_schema_field():
+    violation = {"schema": records.VIOLATION_V1, "app": "a"}
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.schema"):
+        msgspec.json.decode(json.dumps(violation), type=records.Notification)
 
 
 def test_every_topic_has_a_schema_and_an_asyncapi_channel():
@@ -39,19 +73,3 @@ def test_every_topic_has_a_schema_and_an_asyncapi_channel():
     for message in messages.values():
         target = message["payload"]["schema"]["$ref"]
         assert (SCHEMAS / target).exists(), f"{message['name']} points at missing {target}"
-
-
-def test_record_classes_match_their_schemas_fields():
-    pairs = {
-        wire.SyncEvent: records.SYNC_EVENT_V1,
-        wire.Notification: records.NOTIFICATION_V1,
-        wire.MetricEvent: records.METRIC_V1,
-        wire.Violation: records.VIOLATION_V1,
-        wire.Remediation: records.REMEDIATION_V1,
-        wire.PolicyRule: records.POLICY_RULE_V1,
-        wire.DeadLetter: records.DEAD_LETTER_V1,
-        wire.Deployment: records.DEPLOYMENT_V1,
-    }
-    for cls, version in pairs.items():
-        schema = schema_for(version)
-        assert set(cls._options.fields) == set(schema["properties"]), cls.__name__

@@ -1,8 +1,15 @@
 """Fold metric events and dead letters into Prometheus series.
 
-Everything here is synchronous and free of I/O: the service feeds decoded record values in topic
+Everything here is synchronous and free of I/O: the service feeds record values (bytes) in topic
 order and scrapes the registry. Replaying the same topics from the beginning into a fresh
 ``Folder`` rebuilds the same series, which is how the exporter survives restarts.
+
+Values are decoded with msgspec into :class:`MetricFact` and :class:`DeadLetterFact`: the fields
+the exporter reads of :class:`streams.domain.records.Metric` and ``DeadLetter``, read tolerantly
+on purpose. A kind the exporter does not know is counted as ``unknown_kind`` and a component it
+does not know as ``other`` (a newer worker may write them), and a field of the wrong type is not
+folded rather than dropping the whole record, as before; only a record that is not JSON, not an
+object, not of its ``schema`` or without a ``kind`` and a non-empty ``app`` is ``invalid``.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.domain.records import DEAD_LETTER_V1, METRIC_V1
+from streams.domain.records import DEAD_LETTER_V1, METRIC_V1, NonEmpty
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,55 @@ class BoundedSet:
         return len(self._items)
 
 
-def metric_fact_key(event: dict[str, Any]) -> tuple[Any, ...] | None:
+class MetricFact(msgspec.Struct, tag_field="schema", tag=METRIC_V1):
+    """What the exporter reads of a ``synctrail.metric/v1`` event (see the module docstring)."""
+
+    kind: str
+    app: NonEmpty
+    project: Any = None
+    timestamp: Any = None
+    delivery_id: Any = None
+    latency_seconds: Any = None
+    running_images: Any = None
+    image_changes: Any = None
+    rule: Any = None
+    image: Any = None
+
+
+class DeadLetterFact(msgspec.Struct, tag_field="schema", tag=DEAD_LETTER_V1):
+    """What the exporter reads of a ``synctrail.dead-letter/v1`` record."""
+
+    component: Any = None
+    source_topic: Any = None
+    source_partition: Any = None
+    source_offset: Any = None
+
+
+_METRIC = msgspec.json.Decoder(MetricFact)
+_DEAD_LETTER = msgspec.json.Decoder(DeadLetterFact)
+
+
+def decode_metric(raw: bytes | None) -> MetricFact | None:
+    """The metric event in ``raw``, or None when it is not one the exporter can fold."""
+    if raw is None:
+        return None
+    try:
+        return _METRIC.decode(raw)
+    except msgspec.DecodeError:  # ValidationError is a DecodeError
+        return None
+
+
+def decode_dead_letter(raw: bytes | None) -> DeadLetterFact | None:
+    """The dead letter in ``raw``, or None when it is not one."""
+    if raw is None:
+        return None
+    try:
+        return _DEAD_LETTER.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def metric_fact_key(event: MetricFact) -> tuple[Any, ...] | None:
     """The identity of a metric event's fact, or None when it has none to deduplicate on.
 
     The worker runs at-least-once: after a crash it may emit the same fact again with the same
@@ -58,46 +114,22 @@ def metric_fact_key(event: dict[str, Any]) -> tuple[Any, ...] | None:
     One delivery may break one rule with several images: an ``image`` field, when the event
     carries one, keeps those apart; without it they count as one violation of that rule.
     """
-    delivery_id = event.get("delivery_id")
-    if not delivery_id:
+    if not event.delivery_id:
         return None
-    return (
-        "metric",
-        event.get("kind"),
-        event.get("app"),
-        delivery_id,
-        event.get("rule"),
-        event.get("image"),
-    )
+    return ("metric", event.kind, event.app, event.delivery_id, event.rule, event.image)
 
 
-def dead_letter_key(record: dict[str, Any]) -> tuple[Any, ...] | None:
+def dead_letter_key(record: DeadLetterFact) -> tuple[Any, ...] | None:
     """The identity of a dead letter: its component and the source record it failed on."""
-    if record.get("source_offset") is None or record.get("source_topic") is None:
+    if record.source_offset is None or record.source_topic is None:
         return None
     return (
         "dead_letter",
-        record.get("component"),
-        record["source_topic"],
-        record.get("source_partition"),
-        record["source_offset"],
+        record.component,
+        record.source_topic,
+        record.source_partition,
+        record.source_offset,
     )
-
-
-def valid_metric(value: Any) -> bool:
-    """True if ``value`` looks like a ``synctrail.metric/v1`` event we can fold."""
-    return (
-        isinstance(value, dict)
-        and value.get("schema") == METRIC_V1
-        and isinstance(value.get("kind"), str)
-        and isinstance(value.get("app"), str)
-        and bool(value["app"])
-    )
-
-
-def valid_dead_letter(value: Any) -> bool:
-    """True if ``value`` looks like a ``synctrail.dead-letter/v1`` record."""
-    return isinstance(value, dict) and value.get("schema") == DEAD_LETTER_V1
 
 
 def _number(value: Any) -> float | None:
@@ -203,22 +235,22 @@ class Folder:
             self.apps_folded.inc()
         return OTHER_APP
 
-    def fold_metric(self, value: Any) -> str:
+    def fold_metric(self, raw: bytes | None) -> str:
         """Fold one ``<prefix>metrics`` record value; returns the outcome it was counted as."""
-        outcome = self._fold_metric(value)
+        outcome = self._fold_metric(decode_metric(raw))
         self.records.labels("metrics", outcome).inc()
         return outcome
 
-    def _fold_metric(self, value: Any) -> str:
-        if not valid_metric(value):
+    def _fold_metric(self, value: MetricFact | None) -> str:
+        if value is None:
             return "invalid"
-        kind = value["kind"]
+        kind = value.kind
         if kind not in KINDS:
             return "unknown_kind"
         key = metric_fact_key(value)
         if key is not None and not self._seen.add(key):
             return "replay"
-        app = self.app_label(value["app"])
+        app = self.app_label(value.app)
         self.events.labels(kind).inc()
         if kind == "deployment":
             self._deployment(app, value)
@@ -227,44 +259,44 @@ class Folder:
         elif kind == "duplicate":
             self.duplicates.labels(app).inc()
         elif kind == "violation":
-            self.violations.labels(app, str(value.get("rule") or "unknown")).inc()
+            self.violations.labels(app, str(value.rule or "unknown")).inc()
         # "stale" and "dead_letter" events only count in synctrail_exporter_events_total:
         # dead letters are counted from <prefix>dead-letters, which every component writes.
         return "folded"
 
-    def _deployment(self, app: str, event: dict[str, Any]) -> None:
-        self.deployments.labels(app, str(event.get("project") or "")).inc()
-        changes = _number(event.get("image_changes"))
+    def _deployment(self, app: str, event: MetricFact) -> None:
+        self.deployments.labels(app, str(event.project or "")).inc()
+        changes = _number(event.image_changes)
         # Touch the series even at zero so "no image changed" is a visible 0, not a gap.
         self.image_changes.labels(app).inc(max(changes or 0.0, 0.0))
-        timestamp = _number(event.get("timestamp"))
+        timestamp = _number(event.timestamp)
         if timestamp is not None and timestamp > self._last_deploy.get(app, float("-inf")):
             # max(), not last-written: replays and reordered partitions never move it back.
             self._last_deploy[app] = timestamp
             self.last_deploy.labels(app).set(timestamp)
-        latency = _number(event.get("latency_seconds"))
+        latency = _number(event.latency_seconds)
         if latency is not None and latency >= 0:
             self.latency.observe(latency)
         self._images(app, event)
 
-    def _images(self, app: str, event: dict[str, Any]) -> None:
-        running = _number(event.get("running_images"))
+    def _images(self, app: str, event: MetricFact) -> None:
+        running = _number(event.running_images)
         # The folded bucket mixes many apps: a per-app image count means nothing there.
         if running is not None and app != OTHER_APP:
             self.app_images.labels(app).set(running)
 
-    def fold_dead_letter(self, value: Any) -> str:
+    def fold_dead_letter(self, raw: bytes | None) -> str:
         """Fold one ``<prefix>dead-letters`` record value; returns its outcome."""
-        outcome = self._fold_dead_letter(value)
+        outcome = self._fold_dead_letter(decode_dead_letter(raw))
         self.records.labels("dead-letters", outcome).inc()
         return outcome
 
-    def _fold_dead_letter(self, value: Any) -> str:
-        if not valid_dead_letter(value):
+    def _fold_dead_letter(self, value: DeadLetterFact | None) -> str:
+        if value is None:
             return "invalid"
         key = dead_letter_key(value)
         if key is not None and not self._seen.add(key):
             return "replay"
-        component = value.get("component")
+        component = value.component
         self.dead_letters.labels(component if component in COMPONENTS else "other").inc()
         return "folded"

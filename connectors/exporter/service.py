@@ -24,7 +24,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
-from streams.domain.records import loads_or_none
 from streams.kafka.client import consumer_args
 from streams.kafka.offsets import log_end_offsets, topic_partitions
 from streams.kafka.setup import ensure_topics_for
@@ -139,7 +138,7 @@ class Exporter:
                         else self.folder.fold_dead_letter
                     )
                     for message in messages:
-                        fold(loads_or_none(message.value))
+                        fold(message.value)
                 if self.ready:
                     self._behind_gauge.set(await self._lag(consumer))
         finally:

@@ -109,7 +109,7 @@ class Connector:
             return INVALID_LANE
         if self.sender.mode != "api":
             return self.sender.mode  # one destination: a webhook's channel, or stdout
-        return str(item.note.get("channel") or self.settings.slack_channel)
+        return item.note.channel or self.settings.slack_channel
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -34,7 +33,8 @@ from connectors.slack.sending import (
     deliver,
 )
 from connectors.slack.state import Source, StateStore, channel_key, entry, thread_key
-from streams.domain.records import DEAD_LETTER_V1
+from streams.domain.records import DeadLetter, Notification, dumps
+from streams.domain.records import dead_letter as records_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,15 @@ class MessageHandler:
             return
         await self._post(lane_key, item, item.note, target, source)
 
-    def _target(self, note: dict[str, Any]) -> _Target:
+    def _target(self, note: Notification) -> _Target:
         state = self.store.state
-        channel = str(note.get("channel") or self.default_channel)
+        channel = note.channel or self.default_channel
         thread_ts = tkey = None
         if self.threads:
-            app_key = f"{note.get('app_namespace')}/{note.get('app')}"
-            tkey = thread_key(channel, app_key, thread_day(note))
-            thread_ts = state.thread_ts(channel, app_key, thread_day(note))
-        key = str(note["idempotency_key"])
+            app_key = f"{note.app_namespace}/{note.app}"
+            tkey = thread_key(channel, app_key, thread_day(note.created_at))
+            thread_ts = state.thread_ts(channel, app_key, thread_day(note.created_at))
+        key = note.idempotency_key
         return _Target(key, channel, state.channel_id(channel), thread_ts, tkey)
 
     async def _found_earlier_post(self, target: _Target, source: Source) -> bool:
@@ -135,12 +135,10 @@ class MessageHandler:
         return True
 
     async def _post(
-        self, lane_key: str, item: Item, note: dict[str, Any], target: _Target, source: Source
+        self, lane_key: str, item: Item, note: Notification, target: _Target, source: Source
     ) -> None:
         key, channel = target.key, target.channel
-        message = Message(
-            key, channel, str(note["text"]), list(note.get("blocks") or []), target.thread_ts
-        )
+        message = Message(key, channel, note.text, list(note.blocks), target.thread_ts)
         now = time.time()
         intent = entry(
             "intent",
@@ -262,31 +260,22 @@ class MessageHandler:
         await durably(
             "dead letter",
             lambda: self.producer.send_and_wait(
-                self.dead_letters_topic, orjson.dumps(record), key=item.key
+                self.dead_letters_topic, dumps(record), key=item.key
             ),
         )
         self.metrics.dead_letters.inc()
 
 
-def dead_letter(item: Item, reason: str, error_type: str) -> dict[str, Any]:
+def dead_letter(item: Item, reason: str, error_type: str) -> DeadLetter:
     """The ``synctrail.dead-letter/v1`` record of ``item`` (component ``slack``)."""
-    original_text = None
-    original: Any = item.note
-    if original is None and item.value is not None:
-        try:
-            original = orjson.loads(item.value)
-        except orjson.JSONDecodeError:
-            original_text = item.value.decode("utf-8", errors="replace")
-    return {
-        "schema": DEAD_LETTER_V1,
-        "component": "slack",
-        "reason": reason or error_type,
-        "error_type": error_type,
-        "source_topic": item.tp.topic,
-        "source_partition": item.tp.partition,
-        "source_offset": item.offset,
-        "key": item.key.decode("utf-8", errors="replace") if item.key is not None else None,
-        "original": original,
-        "original_text": original_text,
-        "failed_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-    }
+    return records_dead_letter(
+        "slack",
+        reason=reason or error_type,
+        error_type=error_type,
+        topic=item.tp.topic,
+        partition=item.tp.partition,
+        offset=item.offset,
+        key=item.key.decode("utf-8", errors="replace") if item.key is not None else None,
+        raw=item.value,
+        failed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+    )

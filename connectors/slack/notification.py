@@ -1,7 +1,8 @@
 """A record of ``<prefix>notifications`` as the Slack connector sees it (pure).
 
-``parse_notification`` checks what posting needs; ``Item`` is one fetched record on its way
-through a channel's lane, with its parsed notification or the reason it is not one.
+``parse_notification`` decodes one into its type (:class:`streams.domain.records.Notification`)
+and checks what posting needs beyond the type; ``Item`` is one fetched record on its way through
+a channel's lane, with its decoded notification or the reason it is not one.
 """
 
 from __future__ import annotations
@@ -9,47 +10,44 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
+import msgspec
 from aiokafka import TopicPartition
 
-from streams.domain.records import NOTIFICATION_V1
+from streams.domain.records import Notification
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DECODER = msgspec.json.Decoder(Notification)
 
 
 class InvalidNotification(ValueError):
     """A record on the notifications topic that cannot be posted as it is."""
 
 
-def parse_notification(raw: bytes | None) -> dict[str, Any]:
-    """The notification in ``raw``, checked for what posting needs; raises ``InvalidNotification``."""
+def parse_notification(raw: bytes | None) -> Notification:
+    """The notification in ``raw``, checked for what posting needs; raises ``InvalidNotification``.
+
+    The reason names the field path and the problem (msgspec's ``... - at `$.text```).
+    """
     if raw is None:
         raise InvalidNotification("empty record (tombstone)")
     try:
-        note = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        note = _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        problem = str(exc)
+        if problem.startswith("Expected `object`") and " - at `" not in problem:
+            raise InvalidNotification(f"not a JSON object: {problem}") from exc
+        raise InvalidNotification(problem) from exc
+    except msgspec.DecodeError as exc:
         raise InvalidNotification(f"not JSON: {exc}") from exc
-    if not isinstance(note, dict):
-        raise InvalidNotification("not a JSON object")
-    if note.get("schema") != NOTIFICATION_V1:
-        raise InvalidNotification(f"schema is {note.get('schema')!r}, expected {NOTIFICATION_V1}")
-    key = note.get("idempotency_key")
-    if not isinstance(key, str) or not key:
-        raise InvalidNotification("idempotency_key: expected a non-empty string")
-    if not isinstance(note.get("text"), str) or not note["text"].strip():
+    if not note.text.strip():
         raise InvalidNotification("text: expected a non-empty string (the fallback text)")
-    if not isinstance(note.get("blocks") or [], list):
-        raise InvalidNotification("blocks: expected a list")
-    if note.get("channel") is not None and not isinstance(note["channel"], str):
-        raise InvalidNotification("channel: expected a string")
     return note
 
 
-def thread_day(note: dict[str, Any]) -> str:
-    """The UTC day a notification belongs to (its ``created_at``; today if unreadable)."""
-    created = str(note.get("created_at") or "")[:10]
+def thread_day(created_at: str) -> str:
+    """The UTC day of a notification's ``created_at`` (today if unreadable)."""
+    created = created_at[:10]
     return created if _DAY.fullmatch(created) else datetime.now(UTC).strftime("%Y-%m-%d")
 
 
@@ -61,7 +59,7 @@ class Item:
     offset: int
     key: bytes | None
     value: bytes | None
-    note: dict[str, Any] | None
+    note: Notification | None
     error: str = ""
 
 

@@ -26,10 +26,11 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.domain.records import SLACK_STATE_V1
 from streams.kafka.client import Connection, connection
 from streams.kafka.offsets import log_end_offsets, topic_partitions
 
-STATE_V1 = "synctrail.slack-state/v1"
+STATE_V1 = SLACK_STATE_V1
 
 log = logging.getLogger(__name__)
 

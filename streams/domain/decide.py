@@ -34,9 +34,8 @@ from typing import Any
 from streams.domain import records
 from streams.domain.diff import canonical_sha256, diff_images, fingerprint
 from streams.domain.policy import find_violations
+from streams.domain.records import JsonObject
 from streams.domain.state import AppliedOperation, apply_operation, outcome_of_bare, running_images
-
-JsonObject = dict[str, Any]
 
 DEPLOYED = "deployed"
 DUPLICATE = "duplicate"

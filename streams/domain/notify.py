@@ -9,10 +9,9 @@ from typing import Any
 
 from streams.domain import records
 from streams.domain.decide import iso_now
+from streams.domain.records import JsonObject
 from streams.domain.render import render_deployment, render_violation
 from streams.domain.routing import Route, route_channel
-
-JsonObject = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

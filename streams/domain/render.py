@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-JsonObject = dict[str, Any]
+from streams.domain.records import JsonObject
 
 MAX_BLOCKS = 50
 MAX_TEXT = 3000

@@ -55,6 +55,11 @@ def dead_letter(component: str, offset: int | None) -> dict[str, Any]:
     }
 
 
+def _raw(value: Any) -> bytes | None:
+    """A record value as the exporter reads it from the topic."""
+    return None if value is None else orjson.dumps(value)
+
+
 def folded(folder: Folder) -> Samples:
     from prometheus_client import generate_latest
 
@@ -66,8 +71,8 @@ def folded(folder: Folder) -> Samples:
 
 def test_a_deployment_counts_its_app_images_changes_latency_and_time():
     folder = Folder()
-    folder.fold_metric(deployment("argocd/web", "d1", image_changes=3, timestamp=100.0))
-    folder.fold_metric(deployment("argocd/web", "d2", image_changes=0, timestamp=200.0))
+    folder.fold_metric(_raw(deployment("argocd/web", "d1", image_changes=3, timestamp=100.0)))
+    folder.fold_metric(_raw(deployment("argocd/web", "d2", image_changes=0, timestamp=200.0)))
     s = folded(folder)
     assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 2
     assert s.value("synctrail_image_changes_total", app="argocd/web") == 3
@@ -79,18 +84,18 @@ def test_a_deployment_counts_its_app_images_changes_latency_and_time():
 
 def test_last_deploy_never_moves_back_to_an_older_event():
     folder = Folder()
-    folder.fold_metric(deployment("argocd/web", "new", timestamp=500.0))
-    folder.fold_metric(deployment("argocd/web", "old", timestamp=100.0))
+    folder.fold_metric(_raw(deployment("argocd/web", "new", timestamp=500.0)))
+    folder.fold_metric(_raw(deployment("argocd/web", "old", timestamp=100.0)))
     assert folded(folder).value("synctrail_last_deploy_timestamp_seconds", app="argocd/web") == 500
 
 
 def test_duplicates_violations_and_resyncs_land_in_their_series():
     folder = Folder()
-    folder.fold_metric(metric("duplicate", "argocd/web", "d1"))
-    folder.fold_metric(metric("violation", "argocd/web", "d2", rule="denylist"))
-    folder.fold_metric(metric("violation", "argocd/web", "d2", rule="unexpected"))
-    folder.fold_metric(metric("resync", "argocd/web", "d3", running_images=5))
-    folder.fold_metric(metric("stale", "argocd/web", "d4"))
+    folder.fold_metric(_raw(metric("duplicate", "argocd/web", "d1")))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", "d2", rule="denylist")))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", "d2", rule="unexpected")))
+    folder.fold_metric(_raw(metric("resync", "argocd/web", "d3", running_images=5)))
+    folder.fold_metric(_raw(metric("stale", "argocd/web", "d4")))
     s = folded(folder)
     assert s.value("synctrail_duplicate_deliveries_total", app="argocd/web") == 1
     assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="denylist") == 1
@@ -103,8 +108,8 @@ def test_duplicates_violations_and_resyncs_land_in_their_series():
 def test_a_replayed_fact_is_folded_once():
     folder = Folder()
     event = deployment("argocd/web", "d1", image_changes=2)
-    assert folder.fold_metric(event) == "folded"
-    assert folder.fold_metric(dict(event, latency_seconds=9.0)) == "replay"
+    assert folder.fold_metric(_raw(event)) == "folded"
+    assert folder.fold_metric(_raw(dict(event, latency_seconds=9.0))) == "replay"
     s = folded(folder)
     assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 1
     assert s.value("synctrail_image_changes_total", app="argocd/web") == 2
@@ -113,17 +118,17 @@ def test_a_replayed_fact_is_folded_once():
 
 def test_violations_of_one_delivery_count_per_rule_and_image():
     folder = Folder()
-    folder.fold_metric(metric("violation", "argocd/web", "d1", rule="denylist", image="a:1"))
-    folder.fold_metric(metric("violation", "argocd/web", "d1", rule="denylist", image="b:1"))
-    folder.fold_metric(metric("violation", "argocd/web", "d1", rule="denylist", image="b:1"))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", "d1", rule="denylist", image="a:1")))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", "d1", rule="denylist", image="b:1")))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", "d1", rule="denylist", image="b:1")))
     s = folded(folder)
     assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="denylist") == 2
 
 
 def test_events_without_a_delivery_id_are_never_deduplicated():
     folder = Folder()
-    folder.fold_metric(metric("violation", "argocd/web", None, rule="denylist"))
-    folder.fold_metric(metric("violation", "argocd/web", None, rule="denylist"))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", None, rule="denylist")))
+    folder.fold_metric(_raw(metric("violation", "argocd/web", None, rule="denylist")))
     s = folded(folder)
     assert s.value("synctrail_policy_violations_total", app="argocd/web", rule="denylist") == 2
 
@@ -131,7 +136,7 @@ def test_events_without_a_delivery_id_are_never_deduplicated():
 def test_apps_beyond_the_cap_fold_into_other_and_are_counted_once_each():
     folder = Folder(max_apps=2)
     for i, app in enumerate(("ns/a", "ns/b", "ns/c", "ns/d", "ns/c")):
-        folder.fold_metric(deployment(app, f"delivery-{i}"))
+        folder.fold_metric(_raw(deployment(app, f"delivery-{i}")))
     s = folded(folder)
     apps = s.label_values("synctrail_deployments_total", "app")
     assert apps == {"ns/a", "ns/b", OTHER_APP}
@@ -143,11 +148,11 @@ def test_apps_beyond_the_cap_fold_into_other_and_are_counted_once_each():
 
 def test_dead_letters_count_by_component_and_replays_of_one_source_record_once():
     folder = Folder()
-    folder.fold_dead_letter(dead_letter("worker", 7))
-    folder.fold_dead_letter(dead_letter("worker", 7))  # the worker retried the same input
-    folder.fold_dead_letter(dead_letter("bridge", None))
-    folder.fold_dead_letter(dead_letter("bridge", None))
-    folder.fold_dead_letter(dict(dead_letter("mystery", 1)))
+    folder.fold_dead_letter(_raw(dead_letter("worker", 7)))
+    folder.fold_dead_letter(_raw(dead_letter("worker", 7)))  # the worker retried the same input
+    folder.fold_dead_letter(_raw(dead_letter("bridge", None)))
+    folder.fold_dead_letter(_raw(dead_letter("bridge", None)))
+    folder.fold_dead_letter(_raw(dict(dead_letter("mystery", 1))))
     s = folded(folder)
     assert s.value("synctrail_dead_letters_total", component="worker") == 1
     assert s.value("synctrail_dead_letters_total", component="bridge") == 2
@@ -157,9 +162,12 @@ def test_dead_letters_count_by_component_and_replays_of_one_source_record_once()
 
 def test_records_that_are_not_metric_events_are_counted_as_invalid_not_folded():
     folder = Folder()
-    assert folder.fold_metric(None) == "invalid"
-    assert folder.fold_metric({"schema": "synctrail.metric/v1", "kind": "deployment"}) == "invalid"
-    assert folder.fold_metric(metric("teleport", "ns/a", "x")) == "unknown_kind"
+    assert folder.fold_metric(_raw(None)) == "invalid"
+    assert (
+        folder.fold_metric(_raw({"schema": "synctrail.metric/v1", "kind": "deployment"}))
+        == "invalid"
+    )
+    assert folder.fold_metric(_raw(metric("teleport", "ns/a", "x"))) == "unknown_kind"
     s = folded(folder)
     assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="invalid") == 2
     assert s.series("synctrail_deployments_total") == {}

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import re
 
+import msgspec
 import orjson
 import pytest
 
 from connectors.bridge.events import bare_event, envelope_event, event_key, utc_now_rfc3339
-from streams.wire import SyncEvent
+from streams.domain.records import SyncEvent, dumps
 from tests.connectors.bridge.helpers import valid_fixtures
 from tests.contracts import validate_record
 
-FIELDS = set(SyncEvent._options.fields)
+FIELDS = {"schema", *(f.encode_name for f in msgspec.structs.fields(SyncEvent))}
 
 
 def build(entry: dict) -> dict:
@@ -42,6 +43,8 @@ def test_record_has_exactly_the_contract_fields_and_matches_the_schema(entry: di
     event = build(entry)
     assert set(event) == FIELDS
     validate_record(orjson.loads(orjson.dumps(event)))
+    raw = orjson.dumps(event)
+    assert dumps(msgspec.json.decode(raw, type=SyncEvent)) == raw  # same bytes, field order too
     assert event_key(event) == entry["app"]
     assert event["body_sha256"] == hashlib.sha256(entry["raw"]).hexdigest()
     body = orjson.loads(entry["raw"])

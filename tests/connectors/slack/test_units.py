@@ -137,7 +137,7 @@ def test_state_expiry_keeps_intents_and_channel_ids() -> None:
 
 def test_notification_parsing_rejects_what_cannot_be_posted() -> None:
     good = notification("k1")
-    assert parse_notification(orjson.dumps(good))["idempotency_key"] == "k1"
+    assert parse_notification(orjson.dumps(good)).idempotency_key == "k1"
     for raw, why in [
         (None, "tombstone"),
         (b"not json", "not JSON"),
@@ -151,8 +151,9 @@ def test_notification_parsing_rejects_what_cannot_be_posted() -> None:
 
 
 def test_thread_day_comes_from_created_at() -> None:
-    assert thread_day(notification("k", created_at="2026-07-06T23:59:59.000Z")) == "2026-07-06"
-    assert len(thread_day({"created_at": "garbage"})) == 10
+    note = notification("k", created_at="2026-07-06T23:59:59.000Z")
+    assert thread_day(note["created_at"]) == "2026-07-06"
+    assert len(thread_day("garbage")) == 10
 
 
 def test_plain_turns_mrkdwn_into_terminal_text() -> None:
