@@ -54,6 +54,12 @@ def local_apps_running(topology: Topology, image: str) -> list[str]:
     )
 
 
+def _tables_ready(app: Any) -> bool:
+    """Recovery done and no rebalance under way: the tables hold every durable state."""
+    recovered = app.tables.recovery.completed.is_set()
+    return bool(recovered and not app.rebalancing)
+
+
 def register(topology: Topology) -> None:
     """Attach the views to the app."""
     _register_app_views(topology)
@@ -73,6 +79,8 @@ def _register_app_views(topology: Topology) -> None:
             pass
         except (KeyError, ServiceUnavailable):
             return view.error(503, "partition assignment in progress; retry shortly")
+        if not _tables_ready(app):  # a table in recovery holds older states, key by key
+            return view.error(503, "state recovery in progress; retry shortly")
         state = topology.apps.app_state(key)
         if state is None:
             return view.notfound(f"no deployments seen for app {key!r}", app=key)

@@ -12,12 +12,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.domain.policy import load_policy_file
 from streams.kafka.offsets import log_end_offsets
 from streams.kafka.setup import ensure_topics
-from streams.policy_publish import publish_rules
+from streams.policy_publish import POLICY_CHECK_V1, publish_rules
 from tests.e2e.harness import FixtureEvent, Worker, synthetic_events
 from tests.support import produce, read_topic, wait_for
 
 APPS, EVENTS = 2000, 5000
 OUTPUTS = ("deployments", "notifications", "metrics", "violations", "remediations")
+#: every label of the worker's ``synctrail_worker_events_total`` (one count per sync event)
+OUTCOMES = ("deployed", "duplicate", "resync", "stale", "replayed", "dead_lettered")
 POLICY = "deny:\n  - image: quay.io/acme/sidecar:*\n    reason: sidecars are not allowed\n"
 # fields that say when a record was made: a re-emission differs only in those
 WHEN = {"timestamp", "latency_seconds"}
@@ -106,6 +108,44 @@ async def wait_done(bootstrap: str, prefix: str, worker: Worker, events: int) ->
         return len({r.value["delivery_id"] for r in records}) >= events
 
     await wait_for(all_deployed, timeout=240, interval=1.0, what=f"{events} deployments")
+
+
+async def committed_offsets(bootstrap: str, group: str, prefix: str) -> dict[int, int]:
+    """The group's committed offset of every sync-events partition (0 where none)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(f"{prefix}sync-events", p) for p in range(8)]
+        return {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def wait_caught_up(
+    bootstrap: str, prefix: str, worker: Worker, since: dict[int, int], timeout: float = 240
+) -> None:
+    """Wait until ``worker``, started at the group's committed offsets ``since``, has decided
+    every sync event from there and made it durable: its events counter counts each event once
+    its batch's outputs and states are acknowledged.
+
+    Only then do its answers reflect every event. The outputs on their topics do not say so:
+    a killed worker leaves outputs of events whose states it had not written yet (outputs come
+    first), which the next one decides again, and applies, after its recovery and read-back.
+    """
+    records = await read_topic(bootstrap, f"{prefix}sync-events", timeout=60)
+    expected = sum(
+        1
+        for r in records
+        if r.offset >= since[r.partition] and r.value.get("schema") != POLICY_CHECK_V1
+    )
+
+    async def decided() -> bool:
+        assert worker.process is not None and worker.process.poll() is None, "worker exited"
+        counts = [await worker.metric("synctrail_worker_events_total", outcome=o) for o in OUTCOMES]
+        return sum(c or 0 for c in counts) >= expected
+
+    what = f"the worker to decide the {expected} events from its start"
+    await wait_for(decided, timeout=timeout, interval=0.5, what=what)
 
 
 async def output_ends(bootstrap: str, prefix: str) -> dict[tuple[str, int], int]:

@@ -33,9 +33,11 @@ from tests.e2e.backlog import (
     APPS,
     EVENTS,
     OUTPUTS,
+    committed_offsets,
     duplicates,
     output_ends,
     produce_backlog,
+    wait_caught_up,
     wait_done,
     wait_processed,
 )
@@ -134,6 +136,7 @@ async def _kill_at_three_points(
         await wait_processed(bootstrap, prefix, share, worker)
         worker.kill()
         kills.append(await output_ends(bootstrap, prefix))
+        since = await committed_offsets(bootstrap, worker.env["SYNCTRAIL_WORKER_ID"], prefix)
         worker = start()
     await wait_done(bootstrap, prefix, worker, EVENTS)
     elapsed = time.monotonic() - started
@@ -142,6 +145,8 @@ async def _kill_at_three_points(
     print(f"BACKLOG {guarantee} kill-9 {EVENTS} events in {elapsed:.1f}s, 4 worker starts")
 
     _assert_nothing_missing(counts)
+    # every deployment written does not mean every state applied: see wait_caught_up
+    await wait_caught_up(bootstrap, prefix, worker, since)
     await _assert_states_right(worker, events)
     _assert_no_duplicates(counts)
 
