@@ -46,7 +46,7 @@ from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
 from streams.kafka.aiokafka_fixes import abort_sender
-from streams.kafka.client import client_args
+from streams.kafka.client import client_args, parse_bootstrap
 from streams.kafka.features import BrokerFeatures, probe, use_idempotence
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import SYNC_EVENTS
@@ -107,20 +107,9 @@ class _InFlight:
     result: asyncio.Future[Any] = field(repr=False)
 
 
-def _bootstrap_hosts(bootstrap: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in bootstrap.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        host, _, port = item.rpartition(":")
-        hosts.append((host.strip("[]") or "127.0.0.1", int(port or 9092)))
-    return hosts
-
-
 async def tcp_reachable(bootstrap: str, timeout: float = 0.5) -> bool:
     """True if any bootstrap server accepts a TCP connection within ``timeout``."""
-    for host, port in _bootstrap_hosts(bootstrap):
+    for _, host, port in parse_bootstrap(bootstrap):
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, TimeoutError):

@@ -27,7 +27,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from aiokafka import errors
 from aiokafka.conn import create_conn
@@ -56,9 +56,39 @@ class KafkaSecurityError(RuntimeError):
 Connection: TypeAlias = "CommonSettings | str | list[str] | Mapping[str, Any]"
 
 
+DEFAULT_PORT = 9092
+
+
+class BrokerAddress(NamedTuple):
+    """One bootstrap server: as written (``address``), and the host and port it names."""
+
+    address: str
+    host: str
+    port: int
+
+
+def parse_bootstrap(bootstrap: str) -> list[BrokerAddress]:
+    """A ``host:port[,host:port...]`` bootstrap string (``SYNCTRAIL_KAFKA_BOOTSTRAP``), read
+    the way aiokafka reads it: blanks around items and empty items are ignored, the port
+    defaults to 9092, an IPv6 address takes brackets when it has a port (``[::1]:9093``), and
+    an empty host (``:9092``) is the loopback address."""
+    addresses = []
+    for item in bootstrap.split(","):
+        address = item.strip()
+        if not address:
+            continue
+        host, colon, port = address.rpartition(":")
+        if not colon or host.endswith(":"):  # no port (a bare name or IPv6 address)
+            host, port = address, ""
+        addresses.append(
+            BrokerAddress(address, host.strip("[]") or "127.0.0.1", int(port or DEFAULT_PORT))
+        )
+    return addresses
+
+
 def bootstrap_servers(settings: CommonSettings) -> list[str]:
     """``SYNCTRAIL_KAFKA_BOOTSTRAP`` as a list of ``host:port``."""
-    return [host.strip() for host in settings.kafka_bootstrap.split(",") if host.strip()]
+    return [server.address for server in parse_bootstrap(settings.kafka_bootstrap)]
 
 
 def ssl_context(settings: CommonSettings) -> ssl.SSLContext | None:
@@ -143,13 +173,6 @@ def describe(settings: CommonSettings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- preflight
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    host, colon, port = address.rpartition(":")
-    if not colon or host.endswith(":"):  # no port (a bare name or IPv6 address): Kafka's 9092
-        return address.strip("[]"), 9092
-    return host.strip("[]") or "127.0.0.1", int(port or 9092)
 
 
 def _reason(exc: BaseException) -> str:
@@ -252,13 +275,12 @@ class _Unauthenticated(RuntimeError):
     """The broker closed the connection at the metadata request (it wants SASL first)."""
 
 
-async def _probe(settings: CommonSettings, address: str, timeout_s: float) -> None:
+async def _probe(settings: CommonSettings, server: BrokerAddress, timeout_s: float) -> None:
     args = client_args(settings)
-    host, port = _host_port(address)
     conn = await asyncio.wait_for(
         create_conn(
-            host,
-            port,
+            server.host,
+            server.port,
             client_id="synctrail-preflight",
             request_timeout_ms=int(timeout_s * 1000),
             ssl_context=args.get("ssl_context"),
@@ -289,9 +311,10 @@ async def preflight(settings: CommonSettings, timeout_s: float = 10.0) -> bool:
     """
     ssl_context(settings)  # unreadable certificate files fail here, before any connection
     unreachable = []
-    for address in bootstrap_servers(settings):
+    for server in parse_bootstrap(settings.kafka_bootstrap):
+        address = server.address
         try:
-            await _probe(settings, address, timeout_s)
+            await _probe(settings, server, timeout_s)
         except (OSError, errors.KafkaError, TimeoutError, _Unauthenticated) as exc:
             message = classify(settings, address, exc)
             if message is not None:

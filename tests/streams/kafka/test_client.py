@@ -307,8 +307,46 @@ def test_certificate_errors_name_the_setting_that_fixes_them(tls_files):
 
 
 def test_preflight_reads_bootstrap_addresses_like_aiokafka():
-    from streams.kafka.client import _host_port
+    from aiokafka.conn import get_ip_port_afi
 
-    assert _host_port("kafka") == ("kafka", 9092)
-    assert _host_port("kafka:9093") == ("kafka", 9093)
-    assert _host_port("[::1]:9093") == ("::1", 9093)
+    from streams.kafka.client import parse_bootstrap
+
+    def host_port(address: str) -> tuple[str, int]:
+        (server,) = parse_bootstrap(address)
+        return server.host, server.port
+
+    assert host_port("kafka") == ("kafka", 9092)
+    assert host_port("kafka:9093") == ("kafka", 9093)
+    assert host_port("[::1]:9093") == ("::1", 9093)
+    for address in ("kafka", "kafka:9093", "10.0.0.7:19092", "[::1]:9093", "::1", "[fe80::1]"):
+        assert host_port(address) == get_ip_port_afi(address)[:2], address
+
+
+def test_one_parser_reads_every_bootstrap_list():
+    from streams.kafka.client import BrokerAddress, bootstrap_servers, parse_bootstrap
+
+    assert parse_bootstrap(" a:1, ,[::1]:2,b ,:3") == [
+        BrokerAddress("a:1", "a", 1),
+        BrokerAddress("[::1]:2", "::1", 2),
+        BrokerAddress("b", "b", 9092),
+        BrokerAddress(":3", "127.0.0.1", 3),
+    ]
+    settings = CommonSettings(kafka_bootstrap=" a:1, ,[::1]:2,b ")
+    assert bootstrap_servers(settings) == ["a:1", "[::1]:2", "b"]
+    assert faust_broker(settings) == ["kafka://a:1", "kafka://[::1]:2", "kafka://b"]
+
+
+async def test_the_bridges_tcp_probe_reads_the_bootstrap_list_with_the_same_parser():
+    import asyncio
+
+    from connectors.bridge.delivery import tcp_reachable
+
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        # a name without a port (9092) used to make the probe raise; now it is just unreachable
+        assert await tcp_reachable(f"nothing.invalid, 127.0.0.1:{port}", timeout=5)
+        assert not await tcp_reachable("nothing.invalid", timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
