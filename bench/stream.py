@@ -139,7 +139,8 @@ def envelope_body(template: str, app: int, deploy: int) -> bytes:
 
 def sync_events(template: str, apps: Iterable[int], deploy: int) -> list[tuple[bytes, bytes]]:
     """(key, value) sync-event records for ``deploy`` of ``apps``, built as the bridge builds them."""
-    from connectors.bridge.events import envelope_event, event_key, utc_now_rfc3339
+    from connectors.bridge.events import envelope_event, event_key
+    from streams.domain import timestamps
 
     out = []
     for app in apps:
@@ -149,7 +150,7 @@ def sync_events(template: str, apps: Iterable[int], deploy: int) -> list[tuple[b
             raw,
             default_namespace="argocd",
             delivery_id=f"bench-{deploy}-{app}",
-            received_at=utc_now_rfc3339(),
+            received_at=timestamps.now(),
         )
         out.append((event_key(event).encode(), orjson.dumps(event)))
     return out

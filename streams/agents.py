@@ -37,13 +37,12 @@ from typing import Any
 import orjson
 
 from streams.app import Topology
-from streams.domain import records
+from streams.domain import records, timestamps
 from streams.domain.decide import (
     Decision,
     InvalidSyncEvent,
     app_key_of,
     decide,
-    iso_now,
     metric_event,
     recheck_policy,
     validate_event,
@@ -124,7 +123,7 @@ def _dead_letter(
         offset=message.offset,
         key=message.key.decode("utf-8", errors="replace") if message.key else None,
         raw=message.value,
-        failed_at=iso_now(now),
+        failed_at=timestamps.format_datetime(now),
     )
 
 

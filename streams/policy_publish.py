@@ -13,8 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.domain import records
-from streams.domain.decide import iso_now
+from streams.domain import records, timestamps
 from streams.kafka.topics import POLICY, SYNC_EVENTS
 
 POLICY_CHECK_V1 = records.POLICY_CHECK_V1
@@ -32,7 +31,8 @@ def rule_record(rule: Mapping[str, Any], now: datetime | None = None) -> dict[st
         "apps": rule.get("apps", "*"),
         "projects": rule.get("projects", "*"),
         "namespaces": rule.get("namespaces", "*"),
-        "created_at": rule.get("created_at") or iso_now(now or datetime.now(UTC)),
+        "created_at": rule.get("created_at")
+        or timestamps.format_datetime(now or datetime.now(UTC)),
     }
 
 

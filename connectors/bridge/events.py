@@ -9,29 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 # Same value as streams.domain.records.SYNC_EVENT_V1 (a test checks it); importing that module would
 # load Faust into the bridge for one string, and a large heap makes every GC pass slower.
 SYNC_EVENT_V1 = "synctrail.sync-event/v1"
-
-_second_cache: tuple[int, str] = (-1, "")
-
-
-def utc_now_rfc3339() -> str:
-    """The current time as RFC 3339 UTC with milliseconds and ``Z``."""
-    global _second_cache
-    now = time.time()
-    second = int(now)
-    cached_second, prefix = _second_cache
-    if second != cached_second:
-        # strftime is the slow part; it changes once a second.
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _second_cache = (second, prefix)
-    return f"{prefix}{int((now - second) * 1000):03d}Z"
-
 
 _ids = random.Random(os.urandom(32))
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))

@@ -40,7 +40,6 @@ from connectors.bridge.events import (
     envelope_event,
     event_key,
     new_delivery_id,
-    utc_now_rfc3339,
 )
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeConfigError, BridgeSettings
@@ -54,6 +53,7 @@ from connectors.bridge.validation import (
     parse_json_object,
 )
 from streams import logs
+from streams.domain import timestamps
 from streams.event_loop import loop_name, uvloop_if_wanted
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ def accept_envelope(raw: bytes, default_namespace: str) -> Accepted:
         raw,
         default_namespace=default_namespace,
         delivery_id=new_delivery_id(),
-        received_at=utc_now_rfc3339(),
+        received_at=timestamps.now(),
     )
     return Accepted.of(event)
 
@@ -264,7 +264,7 @@ def accept_bare(raw: bytes, namespace: str, name: str) -> Accepted:
         namespace=namespace,
         name=name,
         delivery_id=new_delivery_id(),
-        received_at=utc_now_rfc3339(),
+        received_at=timestamps.now(),
     )
     return Accepted.of(event)
 

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -33,6 +32,7 @@ from connectors.slack.sending import (
     deliver,
 )
 from connectors.slack.state import Source, StateStore, channel_key, entry, thread_key
+from streams.domain import timestamps
 from streams.domain.records import DeadLetter, Notification, dumps
 from streams.domain.records import dead_letter as records_dead_letter
 
@@ -277,5 +277,5 @@ def dead_letter(item: Item, reason: str, error_type: str) -> DeadLetter:
         offset=item.offset,
         key=item.key.decode("utf-8", errors="replace") if item.key is not None else None,
         raw=item.value,
-        failed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        failed_at=timestamps.now(),
     )

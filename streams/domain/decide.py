@@ -25,13 +25,12 @@ deployment; :func:`_resynced` or :func:`_deployed` build the new state and the r
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from streams.domain import records
+from streams.domain import records, timestamps
 from streams.domain.diff import canonical_sha256, diff_images, fingerprint
 from streams.domain.policy import find_violations
 from streams.domain.records import JsonObject
@@ -71,27 +70,6 @@ class Decision:
     violations: list[JsonObject] = field(default_factory=list)
     remediation: JsonObject | None = None
     metrics: list[JsonObject] = field(default_factory=list)
-
-
-@functools.lru_cache(maxsize=64)
-def iso_now(now: datetime) -> str:
-    """RFC 3339 UTC with milliseconds, as every synctrail timestamp is written.
-
-    Cached: the agent stamps every record of a batch with the same ``now``, several times per
-    record, and ``strftime`` is not cheap.
-    """
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """Parse an RFC 3339 timestamp; ``None`` for missing or unparseable values."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def app_key_of(event: Mapping[str, Any]) -> str:
@@ -158,7 +136,7 @@ def _is_duplicate_or_stale(
     started = (event.get("operation") or {}).get("started_at")
     if started and started == last.get("started_at") and sr_sha == last.get("sync_result_sha"):
         return DUPLICATE
-    new_time, last_time = parse_time(started), parse_time(last.get("started_at"))
+    new_time, last_time = timestamps.parse(started), timestamps.parse(last.get("started_at"))
     if new_time and last_time and new_time < last_time:
         return STALE
     return None
@@ -228,7 +206,7 @@ def _violation_record(
         "revision": state.get("revision"),
         "revisions": list(state.get("revisions") or []),
         "delivery_id": delivery_id,
-        "detected_at": iso_now(now),
+        "detected_at": timestamps.format_datetime(now),
     }
 
 
@@ -274,7 +252,7 @@ def _remediation(
         "current_revisions": list(state.get("revisions") or []),
         "known_good_revision": good["revision"] if good else None,
         "known_good_revisions": list(good["revisions"]) if good else [],
-        "requested_at": iso_now(now),
+        "requested_at": timestamps.format_datetime(now),
         "delivery_id": delivery_id,
     }
 
@@ -387,7 +365,7 @@ def _apply(
         else outcome_of_bare(sync_result)
     )
     revision, revisions = event.get("revision", ""), list(event.get("revisions", []))
-    received = parse_time(event["received_at"])
+    received = timestamps.parse(event["received_at"])
     return _Applied(
         app_key=app_key,
         project=project,
@@ -475,7 +453,7 @@ def _new_state(
         "history": history,
         "flagged": flagged,
         "recent_delivery_ids": _remember(prior.seen, step.delivery_id),
-        "updated_at": iso_now(now),
+        "updated_at": timestamps.format_datetime(now),
     }
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from streams.domain import records
-from streams.domain.decide import iso_now
+from streams.domain import records, timestamps
 from streams.domain.records import JsonObject
 from streams.domain.render import render_deployment, render_violation
 from streams.domain.routing import Route, route_channel
@@ -58,7 +57,7 @@ def _record(
         "blocks": blocks,
         "deployment": payload.get("deployment"),
         "violation": payload.get("violation"),
-        "created_at": iso_now(now),
+        "created_at": timestamps.format_datetime(now),
     }
 
 

@@ -9,7 +9,8 @@ import msgspec
 import orjson
 import pytest
 
-from connectors.bridge.events import bare_event, envelope_event, event_key, utc_now_rfc3339
+from connectors.bridge.events import bare_event, envelope_event, event_key
+from streams.domain import timestamps
 from streams.domain.records import SyncEvent, dumps
 from tests.connectors.bridge.helpers import valid_fixtures
 from tests.contracts import validate_record
@@ -25,7 +26,7 @@ def build(entry: dict) -> dict:
             entry["raw"],
             default_namespace="argocd",
             delivery_id="d" * 32,
-            received_at=utc_now_rfc3339(),
+            received_at=timestamps.now(),
         )
     namespace, name = entry["requestPath"].split("/")[-2:]
     return bare_event(
@@ -34,7 +35,7 @@ def build(entry: dict) -> dict:
         namespace=namespace,
         name=name,
         delivery_id="d" * 32,
-        received_at=utc_now_rfc3339(),
+        received_at=timestamps.now(),
     )
 
 
@@ -85,7 +86,7 @@ def test_bare_record_has_no_envelope_metadata() -> None:
 
 
 def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_now_rfc3339())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", timestamps.now())
 
 
 def test_schema_id_matches_the_record_module() -> None:
