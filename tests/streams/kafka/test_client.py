@@ -16,6 +16,7 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
+from connectors.broker import free_port
 from connectors.cli import build_parser, main
 from streams.app import faust_broker, faust_credentials
 from streams.kafka.client import (
@@ -344,9 +345,9 @@ async def test_the_bridges_tcp_probe_reads_the_bootstrap_list_with_the_same_pars
     server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        # a name without a port (9092) used to make the probe raise; now it is just unreachable
-        assert await tcp_reachable(f"nothing.invalid, 127.0.0.1:{port}", timeout=5)
-        assert not await tcp_reachable("nothing.invalid", timeout=5)
+        # an address without a port (so 9092) used to make the probe raise ValueError
+        assert await tcp_reachable(f"127.0.0.2, 127.0.0.1:{port}", timeout=5)
+        assert not await tcp_reachable(f"127.0.0.1:{free_port()}", timeout=5)
     finally:
         server.close()
         await server.wait_closed()
