@@ -26,12 +26,13 @@ from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
 from streams.kafka.client import consumer_args
 from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.retry import until_kafka_answers
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import DEAD_LETTERS, METRICS
 
 log = logging.getLogger(__name__)
 
-_RETRY_S = 2.0
+_RETRY_MAX_S = 2.0  # the longest wait between two tries to reach Kafka
 
 
 class Exporter:
@@ -105,14 +106,6 @@ class Exporter:
             tps.extend(parts)
         return tps
 
-    async def _connect_with_retry(self) -> AIOKafkaConsumer:
-        while True:
-            try:
-                return await self._connect()
-            except (KafkaError, OSError) as exc:
-                log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(_RETRY_S)
-
     async def _behind(self, consumer: AIOKafkaConsumer) -> int:
         behind = 0
         for tp, end in self._targets.items():
@@ -121,7 +114,8 @@ class Exporter:
 
     async def consume(self) -> None:
         """Fold records forever; set ``ready`` once the start-time end offsets are reached."""
-        consumer = self._consumer = await self._connect_with_retry()
+        consumer = await until_kafka_answers(self._connect, wait_max=_RETRY_MAX_S, logger=log)
+        self._consumer = consumer
         started = time.monotonic()
         try:
             while True:

@@ -24,10 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from connectors.slack.fetching import FetchLoop, Rebalance
-from connectors.slack.handler import KAFKA_RETRY_S, MessageHandler
+from connectors.slack.handler import MessageHandler
 from connectors.slack.metrics import SlackMetrics
 from connectors.slack.notification import Item
 from connectors.slack.offsets import OffsetTracker
@@ -46,6 +45,7 @@ from connectors.slack.sending import (
 from connectors.slack.settings import SlackSettings
 from connectors.slack.state import StateStore
 from streams.kafka.client import client_args
+from streams.kafka.retry import Stopped, until_kafka_answers
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import DEAD_LETTERS, NOTIFICATIONS, SLACK_STATE
 
@@ -140,20 +140,11 @@ class Connector:
         self, stop: asyncio.Event, step: Callable[[], Awaitable[object]], what: str
     ) -> bool:
         """Run ``step`` until it succeeds (Kafka may come up later) or ``stop`` is set."""
-        attempt = 0
-        while not stop.is_set():
-            try:
-                await step()
-                return True
-            except (KafkaError, OSError) as exc:
-                wait = KAFKA_RETRY_S[min(attempt, len(KAFKA_RETRY_S) - 1)]
-                attempt += 1
-                log.warning(
-                    "kafka not reachable, retrying", extra={"step": what, "error": repr(exc)}
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
-        return False
+        try:
+            await until_kafka_answers(step, extra={"step": what}, stop=stop, logger=log)
+        except Stopped:
+            return False
+        return True
 
     async def _load_state(self) -> None:
         assert self._producer is not None

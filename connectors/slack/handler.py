@@ -9,7 +9,6 @@ finished (and may be committed) only once its outcome is durable.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,26 +34,24 @@ from connectors.slack.state import Source, StateStore, channel_key, entry, threa
 from streams.domain import timestamps
 from streams.domain.records import DeadLetter, Notification, dumps
 from streams.domain.records import dead_letter as records_dead_letter
+from streams.kafka.retry import until_kafka_answers
 
 log = logging.getLogger(__name__)
 
 HISTORY_SKEW_S = 120.0  # look this much before the intent: our clock and Slack's differ
-KAFKA_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 
 T = TypeVar("T")
 
 
 async def durably(what: str, step: Callable[[], Awaitable[T]]) -> T:
     """Run a Kafka write until the broker acknowledges it; the caller's lane waits meanwhile."""
-    attempt = 0
-    while True:
-        try:
-            return await step()
-        except KafkaError as exc:
-            wait = KAFKA_RETRY_S[min(attempt, len(KAFKA_RETRY_S) - 1)]
-            attempt += 1
-            log.warning("kafka write failed, retrying", extra={"write": what, "error": repr(exc)})
-            await asyncio.sleep(wait)
+    return await until_kafka_answers(
+        step,
+        retry_on=(KafkaError,),
+        message="kafka write failed, retrying",
+        extra={"write": what},
+        logger=log,
+    )
 
 
 @dataclass(frozen=True, slots=True)
