@@ -18,11 +18,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any
 
+import tenacity
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -114,26 +114,39 @@ async def wait_until_ready(
     ``alive`` lets the caller stop waiting early when the process it started has exited
     (another process may be answering on that port).
     """
-    deadline = time.monotonic() + deadline_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
+
+    async def answered() -> None:
         if not alive():
-            raise TimeoutError("the broker process exited")
+            raise _Exited
         admin = AIOKafkaAdminClient(**connection(bootstrap), request_timeout_ms=2000)
         try:
             await admin.start()
             await admin.list_topics()
-            if alive():
-                return
-            raise TimeoutError("the broker process exited")
-        except (KafkaError, OSError) as exc:
-            last_error = exc
-            await asyncio.sleep(0.1)
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
-    where = connection(bootstrap)["bootstrap_servers"]
-    raise TimeoutError(f"no Kafka metadata answer from {where} in {deadline_s}s: {last_error}")
+        if not alive():
+            raise _Exited
+
+    polling = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type((KafkaError, OSError)),
+        stop=tenacity.stop_after_delay(deadline_s),
+        wait=tenacity.wait_fixed(0.1),  # a local child process: notice it as soon as it is up
+        reraise=True,
+    )
+    try:
+        await polling(answered)
+    except _Exited:
+        raise TimeoutError("the broker process exited") from None
+    except (KafkaError, OSError) as exc:
+        where = connection(bootstrap)["bootstrap_servers"]
+        raise TimeoutError(
+            f"no Kafka metadata answer from {where} in {deadline_s}s: {exc}"
+        ) from exc
+
+
+class _Exited(Exception):
+    """The broker process exited while we waited for it (not an OSError: not retried)."""
 
 
 class EmbeddedBroker:
