@@ -4,7 +4,12 @@ The series a request touches (request count and duration, body size, produce dur
 deliveries) are kept by :class:`LoopHistogram` and :class:`LoopCounter`: plain counters for the
 one thread that runs the event loop, exported by a collector at scrape time exactly as
 prometheus_client's own Counter and Histogram would export them. prometheus_client takes a lock
-for every bucket, sum and counter update, which cost several microseconds per request.
+for every bucket, sum and counter update, which cost several microseconds per request:
+measured for issue 16 with the same five updates per request, 2.5 us more in a tight loop, and
+4-11 us more of the bridge's 135-185 us of CPU time per request (about 3-6%) with both bridges
+running at once under the same wrk load in alternating slices; the bench's bridge_ratio could
+not tell them apart on a loaded machine. A test checks the exposition against
+prometheus_client's own.
 """
 
 from __future__ import annotations
