@@ -52,6 +52,8 @@ from typing import Any
 
 import orjson
 
+from streams.domain import timestamps
+
 Header = tuple[str, bytes]
 Identity = tuple[list[Any], Any]
 
@@ -105,8 +107,7 @@ def content_sha256(record: Any) -> str:
 @functools.lru_cache(maxsize=256)
 def unix_to_rfc3339(seconds: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds (cached: a batch shares its ``now``)."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return timestamps.format_datetime(datetime.fromtimestamp(seconds, UTC))
 
 
 def is_rfc3339(value: Any) -> bool:

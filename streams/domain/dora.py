@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict, cast
 
+from streams.domain import timestamps
+
 #: Deployments each app's history keeps before folding the oldest into the totals.
 DEFAULT_LIMIT = 50
 #: A Degraded transition or a rollback this long after a deployment finished still fails it.
@@ -235,8 +237,7 @@ def _epoch(when: datetime) -> float:
 
 
 def _iso(epoch: float) -> str:
-    when = datetime.fromtimestamp(epoch, UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return timestamps.format_datetime(datetime.fromtimestamp(epoch, UTC))
 
 
 def revisions_of(revision: str, revisions: Sequence[str]) -> list[str]:
@@ -1065,13 +1066,7 @@ def _final_recoveries(
 
 
 def _parse(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return timestamps.parse(value)
 
 
 def commits_of(commit: Any) -> dict[str, datetime]:

@@ -18,7 +18,11 @@ _last_second: tuple[int, str] = (-1, "")  # the last second formatted, and its t
 
 
 def format_unix(seconds: float) -> str:
-    """``seconds`` (Unix time, not negative) as RFC 3339 UTC with milliseconds and ``Z``."""
+    """``seconds`` (Unix time, not negative) as RFC 3339 UTC with milliseconds and ``Z``: the
+    float's milliseconds, truncated (``time.time()``, a log record's ``created``). A time kept
+    rounded to the millisecond (``round(t, 3)``) may be a hair below it as a float: write it
+    with ``format_datetime(datetime.fromtimestamp(t, UTC))``, which rounds to the microsecond
+    first."""
     global _last_second
     whole = int(seconds)
     cached, prefix = _last_second
@@ -44,10 +48,10 @@ def format_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(_TO_SECONDS) + f"{moment.microsecond // 1000:03d}Z"
 
 
-def parse(value: str | None) -> datetime | None:
+def parse(value: object) -> datetime | None:
     """An RFC 3339 timestamp as an aware datetime (UTC when it names no offset); ``None`` for
-    a missing or unparseable value."""
-    if not value:
+    a missing or unparseable value, or one that is not a string."""
+    if not isinstance(value, str) or not value:
         return None
     try:
         parsed = datetime.fromisoformat(value)

@@ -75,3 +75,19 @@ def test_json_log_lines_carry_the_same_timestamp():
     record.created, record.msecs = 1783329222.1234, 123.0
     line = orjson.loads(JsonFormatter().format(record))
     assert line["ts"] == "2026-07-06T09:13:42.123Z"
+
+
+@given(unix_times)
+def test_a_millisecond_epoch_is_written_as_dora_and_cloudevents_wrote_it(seconds: float):
+    from streams.domain import cloudevents, dora
+
+    epoch = round(seconds, 3)  # how dora keeps its times
+    moment = datetime.fromtimestamp(epoch, UTC)
+    before = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert dora._iso(epoch) == cloudevents.unix_to_rfc3339(epoch) == before
+    assert timestamps.parse(before) == moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def test_what_is_not_a_string_does_not_parse():
+    assert timestamps.parse(1783329222) is None
+    assert timestamps.parse({"at": "2026-07-06T09:00:00Z"}) is None
