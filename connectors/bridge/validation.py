@@ -337,6 +337,11 @@ class _Walk:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(f"{path or 'body'}: {message}")
 
+    @property
+    def full(self) -> bool:
+        """True once :data:`MAX_PROBLEMS` are named: the rest of the body is not walked."""
+        return len(self.problems) >= MAX_PROBLEMS
+
     def expected(self, path: str, t: mi.Type, value: Any) -> None:
         self.add(path, f"expected {_describe(t)}, got {json_type(value)}")
 
@@ -373,6 +378,8 @@ class _Walk:
 
     def struct(self, obj: dict[str, Any], t: mi.StructType, path: str) -> None:
         for field in t.fields:
+            if self.full:
+                return
             key = field.encode_name
             at = f"{path}.{key}" if path else key
             if key in obj:
@@ -384,6 +391,8 @@ class _Walk:
         item_type = t.item_type
         if isinstance(item_type, mi.StructType):
             for i, item in enumerate(items):
+                if self.full:
+                    return
                 self.value(item, item_type, f"{path}[{i}]")
         else:
             for item in items:
