@@ -6,7 +6,7 @@ import copy
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.bridge.validation import (
@@ -277,6 +277,7 @@ def _accepted(check, body: dict) -> bool:
     return True
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(_BARE_PATHS), _json | st.just(KeyError)), max_size=3))
 def test_a_bare_body_is_refused_exactly_when_a_problem_is_named(edits) -> None:
     from connectors.bridge.validation import sync_result_problems
@@ -303,30 +304,29 @@ def _strict_validator(schema: dict):
     return strict(schema)
 
 
-_SCHEMAS = {}
-
-
-def _inbound_schema(file_name: str):
+def _inbound_schemas() -> dict:
     import msgspec
 
     from streams.domain.inbound import SCHEMA_TYPES
 
-    if not _SCHEMAS:
-        for name, tp, _ in SCHEMA_TYPES:
-            _SCHEMAS[name] = _strict_validator(msgspec.json.schema(tp))
-    return _SCHEMAS[file_name]
+    return {name: _strict_validator(msgspec.json.schema(tp)) for name, tp, _ in SCHEMA_TYPES}
 
 
+_SCHEMAS = _inbound_schemas()
+
+
+@settings(deadline=None)  # a shared machine: the first example compiles the schema's patterns
 @given(st.lists(st.tuples(st.sampled_from(_ENVELOPE_PATHS), _json | st.just(KeyError)), max_size=3))
 def test_the_envelope_schema_accepts_exactly_what_the_bridge_accepts(edits) -> None:
     body = _edited(_BASE, edits)
-    assert _inbound_schema("envelope.v1.json").is_valid(body) == _accepted(check_envelope, body)
+    assert _SCHEMAS["envelope.v1.json"].is_valid(body) == _accepted(check_envelope, body)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(_BARE_PATHS), _json | st.just(KeyError)), max_size=3))
 def test_the_sync_result_schema_accepts_exactly_what_the_bridge_accepts(edits) -> None:
     body = _edited(_BARE_BASE, edits)
-    assert _inbound_schema("sync-result.v1.json").is_valid(body) == _accepted(check_bare, body)
+    assert _SCHEMAS["sync-result.v1.json"].is_valid(body) == _accepted(check_bare, body)
 
 
 def test_a_name_with_a_trailing_newline_is_refused_naming_the_field() -> None:
