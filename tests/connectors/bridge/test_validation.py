@@ -6,7 +6,7 @@ import copy
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.bridge.validation import (
@@ -243,3 +243,128 @@ def test_the_fast_path_never_accepts_what_the_thorough_check_rejects(edits) -> N
         assert envelope_problems(body) == []
     if not envelope_problems(body):
         check_envelope(body)  # accepted either way
+
+
+_BARE_BASE = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))["syncResult"]
+_BARE_PATHS = [
+    ("resources",), ("revision",), ("revisions",), ("source",), ("sources",),
+    ("managedNamespaceMetadata",), ("resources", 0, "images"), ("resources", 0, "kind"),
+    ("resources", 1, "status"), ("resources", 2), ("app",), ("syncResult",), ("schemaVersion",),
+]  # fmt: skip
+
+
+def _edited(base: dict, edits: list) -> dict:
+    body = copy.deepcopy(base)
+    for path, value in edits:
+        target = body
+        try:
+            for step in path[:-1]:
+                target = target[step]
+            if value is KeyError:
+                target.pop(path[-1], None) if isinstance(target, dict) else None
+            else:
+                target[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    return body
+
+
+def _accepted(check, body: dict) -> bool:
+    try:
+        check(body)
+    except Rejection:
+        return False
+    return True
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_BARE_PATHS), _json | st.just(KeyError)), max_size=3))
+def test_a_bare_body_is_refused_exactly_when_a_problem_is_named(edits) -> None:
+    from connectors.bridge.validation import sync_result_problems
+
+    body = _edited(_BARE_BASE, edits)
+    if _accepted(check_bare, body):
+        assert sync_result_problems(body) == []
+    elif sync_result_problems(body) == []:  # only the envelope-on-a-bare-route rule is left
+        assert "syncResult" in body and ("app" in body or "schemaVersion" in body)
+
+
+def _strict_validator(schema: dict):
+    """A validator whose integers are JSON's integers without a fraction part.
+
+    JSON Schema counts 1.0 as an integer; the bridge, like any typed JSON reader, does not. That
+    is the one place the generated schemas say less than the types.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+    )
+    strict = validators.extend(Draft202012Validator, type_checker=checker)
+    return strict(schema)
+
+
+def _inbound_schemas() -> dict:
+    import msgspec
+
+    from streams.domain.inbound import SCHEMA_TYPES
+
+    return {name: _strict_validator(msgspec.json.schema(tp)) for name, tp, _ in SCHEMA_TYPES}
+
+
+_SCHEMAS = _inbound_schemas()
+
+
+@settings(deadline=None)  # a shared machine: the first example compiles the schema's patterns
+@given(st.lists(st.tuples(st.sampled_from(_ENVELOPE_PATHS), _json | st.just(KeyError)), max_size=3))
+def test_the_envelope_schema_accepts_exactly_what_the_bridge_accepts(edits) -> None:
+    body = _edited(_BASE, edits)
+    assert _SCHEMAS["envelope.v1.json"].is_valid(body) == _accepted(check_envelope, body)
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_BARE_PATHS), _json | st.just(KeyError)), max_size=3))
+def test_the_sync_result_schema_accepts_exactly_what_the_bridge_accepts(edits) -> None:
+    body = _edited(_BARE_BASE, edits)
+    assert _SCHEMAS["sync-result.v1.json"].is_valid(body) == _accepted(check_bare, body)
+
+
+def test_a_name_with_a_trailing_newline_is_refused_naming_the_field() -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    body["app"]["name"] = "guestbook\n"
+    rej = _reject(check_envelope, body)
+    assert rej.status == 400
+    assert rej.problems == [
+        "app.name: 'guestbook\\n' is not a valid Kubernetes name (lower-case letters, digits, "
+        "'-' and '.', starting and ending with a letter or digit)"
+    ]
+    rej = _reject(lambda _: check_route_identity("argocd\n", "guestbook"), None)
+    assert rej.problems[0].startswith("path {app_namespace}: 'argocd\\n' is not a valid")
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None])
+def test_a_schema_version_that_only_looks_like_1_is_unsupported(version) -> None:
+    body = orjson.loads(fixture_bytes("03-guestbook-rev-b.json"))
+    body["schemaVersion"] = version
+    rej = _reject(check_envelope, body)
+    assert rej.problems == [f"schemaVersion: unsupported version {version!r} (this bridge reads 1)"]
+
+
+def test_problems_stop_at_twenty() -> None:
+    body = orjson.loads(fixture_bytes("14-tenant-configs-300-resources.json"))
+    for resource in body["resources"]:
+        resource["kind"] = 1
+    rej = _reject(check_bare, body)
+    assert len(body["resources"]) > 20 and len(rej.problems) == 20
+    assert rej.problems[19] == "resources[19].kind: expected a string, got number"
+
+
+def test_a_refusal_the_walk_cannot_name_still_refuses_with_msgspecs_message() -> None:
+    from connectors.bridge.validation import _msgspec_problem
+
+    assert _msgspec_problem("Expected `str`, got `int` - at `$.app.name`") == (
+        "app.name: Expected `str`, got `int`"
+    )
+    assert _msgspec_problem("Object missing required field `app`") == (
+        "body: Object missing required field `app`"
+    )
