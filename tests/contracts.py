@@ -29,6 +29,11 @@ def _registry() -> tuple[Registry, dict[str, dict[str, Any]]]:
     return Registry().with_resources(resources), by_version
 
 
+def schema_registry() -> Registry:
+    """Every file in schemas/, by file name and ``$id``: resolves the files' ``$ref``s locally."""
+    return _registry()[0]
+
+
 def schema_for(version: str) -> dict[str, Any]:
     """The JSON Schema whose title is ``version`` (e.g. ``synctrail.deployment/v1``)."""
     return _registry()[1][version]

@@ -9,7 +9,9 @@ version string as ``title`` (a tagged Struct's tag; otherwise ``synctrail.<name>
 file name) and the registry's description. msgspec's output is reshaped to read like a
 hand-written schema: nested objects are inlined (a registry type nested in another is a ``$ref``
 to its file), single-value enums are ``const``, ``X | None`` is ``"type": [X, "null"]``, and every
-Struct's object is closed (``additionalProperties: false``).
+record Struct's object is closed (``additionalProperties: false``). The inbound contract's types
+(:data:`INBOUND`, from ``streams.domain.inbound``) stay open: the bridge accepts unknown fields
+anywhere, since Argo CD adds fields over time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from streams.domain import records
+from streams.domain import inbound, records
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 ID_BASE = "https://synctrail.dev/schemas/"
@@ -99,6 +101,9 @@ REGISTRY: list[SchemaEntry] = [
     ),
 ]
 
+#: The inbound contract's schema files: generated like the records', but left open.
+INBOUND: list[SchemaEntry] = list(inbound.SCHEMA_TYPES)
+
 _REF = "#/$defs/"
 
 
@@ -114,9 +119,12 @@ def title_of(file_name: str, tp: Any) -> str:
 class _Shaper:
     """Turns msgspec's components into one self-contained schema per registry file."""
 
-    def __init__(self, components: dict[str, Any], files: dict[str, str]) -> None:
+    def __init__(
+        self, components: dict[str, Any], files: dict[str, str], *, closed: bool = True
+    ) -> None:
         self.components = components
         self.files = files  # component name -> file name, for the registry's types
+        self.closed = closed  # records are closed objects; the inbound contract is open
 
     def root(self, name: str) -> dict[str, Any]:
         return self._object(self.components[name])
@@ -125,7 +133,7 @@ class _Shaper:
         out = {k: self.shape(v) for k, v in component.items() if k not in ("title", "description")}
         if out.get("required") == []:
             del out["required"]
-        if out.get("type") == "object" and "properties" in out:
+        if self.closed and out.get("type") == "object" and "properties" in out:
             out["additionalProperties"] = False
         return out
 
@@ -156,22 +164,38 @@ class _Shaper:
         return out
 
 
-def generate(registry: Sequence[SchemaEntry] = REGISTRY) -> dict[str, dict[str, Any]]:
-    """The schema of every registry entry, by file name."""
+def generate(
+    registry: Sequence[SchemaEntry] = REGISTRY, open_registry: Sequence[SchemaEntry] = INBOUND
+) -> dict[str, dict[str, Any]]:
+    """The schema of every entry, by file name: ``registry``'s closed, ``open_registry``'s open
+    (each set generated apart, so a type name both use, e.g. ``Operation``, cannot collide)."""
+    out = _generate(registry, closed=True)
+    out.update(_generate(open_registry, closed=False))
+    return out
+
+
+def _generate(registry: Sequence[SchemaEntry], *, closed: bool) -> dict[str, dict[str, Any]]:
+    if not registry:
+        return {}
     types = [tp for _, tp, _ in registry]
     refs, components = msgspec.json.schema_components(types, ref_template=_REF + "{name}")
     names = [ref["$ref"].removeprefix(_REF) for ref in refs]
     shaper = _Shaper(
-        components, {name: entry[0] for name, entry in zip(names, registry, strict=True)}
+        components,
+        {name: entry[0] for name, entry in zip(names, registry, strict=True)},
+        closed=closed,
     )
     out: dict[str, dict[str, Any]] = {}
-    for name, (file_name, tp, description) in zip(names, registry, strict=True):
+    for ref, name, (file_name, tp, description) in zip(refs, names, registry, strict=True):
+        # an Annotated root's own keywords (e.g. the bare body's `not`) sit beside its $ref
+        extra = {k: shaper.shape(v) for k, v in ref.items() if k != "$ref"}
         out[file_name] = {
             "$schema": DRAFT,
             "$id": ID_BASE + file_name,
             "title": title_of(file_name, tp),
             "description": description,
             **shaper.root(name),
+            **extra,
         }
     return out
 
@@ -182,21 +206,27 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def stale_files(
-    directory: Path = SCHEMAS_DIR, registry: Sequence[SchemaEntry] = REGISTRY
+    directory: Path = SCHEMAS_DIR,
+    registry: Sequence[SchemaEntry] = REGISTRY,
+    open_registry: Sequence[SchemaEntry] = INBOUND,
 ) -> list[str]:
     """The files in ``directory`` that differ from what the types generate (or are missing)."""
     stale = []
-    for file_name, schema in generate(registry).items():
+    for file_name, schema in generate(registry, open_registry).items():
         path = directory / file_name
         if not path.exists() or path.read_text() != render(schema):
             stale.append(file_name)
     return stale
 
 
-def write(directory: Path = SCHEMAS_DIR, registry: Sequence[SchemaEntry] = REGISTRY) -> list[str]:
+def write(
+    directory: Path = SCHEMAS_DIR,
+    registry: Sequence[SchemaEntry] = REGISTRY,
+    open_registry: Sequence[SchemaEntry] = INBOUND,
+) -> list[str]:
     """Write every schema file; returns the names of the files that changed."""
-    changed = stale_files(directory, registry)
-    for file_name, schema in generate(registry).items():
+    changed = stale_files(directory, registry, open_registry)
+    for file_name, schema in generate(registry, open_registry).items():
         if file_name in changed:
             (directory / file_name).write_text(render(schema))
     return changed

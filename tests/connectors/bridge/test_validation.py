@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import orjson
 import pytest
@@ -297,19 +298,24 @@ def _strict_validator(schema: dict):
     """
     from jsonschema import Draft202012Validator, validators
 
+    from tests.contracts import schema_registry
+
     checker = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
     )
     strict = validators.extend(Draft202012Validator, type_checker=checker)
-    return strict(schema)
+    return strict(schema, registry=schema_registry())
 
 
 def _inbound_schemas() -> dict:
-    import msgspec
-
+    """The generated schema files of the inbound bodies (schemas/, from streams.domain.inbound)."""
     from streams.domain.inbound import SCHEMA_TYPES
+    from tests.support import REPO
 
-    return {name: _strict_validator(msgspec.json.schema(tp)) for name, tp, _ in SCHEMA_TYPES}
+    return {
+        name: _strict_validator(json.loads((REPO / "schemas" / name).read_text()))
+        for name, _, _ in SCHEMA_TYPES
+    }
 
 
 _SCHEMAS = _inbound_schemas()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -22,15 +23,20 @@ from streams.domain.inbound import (
     name_problem,
     namespace_problem,
 )
+from tests.contracts import schema_registry
 from tests.support import SHARED_FIXTURES, load_expected
 
 REPO = Path(__file__).resolve().parents[3]
-SCHEMAS = {file_name: msgspec.json.schema(tp) for file_name, tp, _ in SCHEMA_TYPES}
+# the generated files (python -m streams.domain.schemas; tests/test_contracts.py keeps them current)
+SCHEMAS = {
+    file_name: json.loads((REPO / "schemas" / file_name).read_text())
+    for file_name, _, _ in SCHEMA_TYPES
+}
 SHAPE_SCHEMA = {"envelope": "envelope.v1.json", "bare": "sync-result.v1.json"}
 
 
 def validator(file_name: str) -> Draft202012Validator:
-    return Draft202012Validator(SCHEMAS[file_name])
+    return Draft202012Validator(SCHEMAS[file_name], registry=schema_registry())
 
 
 def test_the_inbound_module_loads_neither_faust_nor_kafka_nor_aiohttp() -> None:
