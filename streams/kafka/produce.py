@@ -86,6 +86,24 @@ class _Lane:
         self.flusher: asyncio.Task[None] | None = None
 
 
+class _Topic:
+    """A topic whose partition count is known: its lanes by partition, its keys' partitions."""
+
+    __slots__ = ("lanes", "partition_of")
+
+    def __init__(self, lanes: list[_Lane]) -> None:
+        self.lanes = lanes
+        # apps are few and murmur2 runs in Python: each key's partition is remembered
+        self.partition_of: dict[bytes, int] = {}
+
+    def place(self, key: bytes) -> int:
+        """The partition of ``key`` (look in ``partition_of`` first: this computes it)."""
+        if len(self.partition_of) >= _PARTITION_CACHE_MAX:
+            self.partition_of.clear()
+        partition = self.partition_of[key] = kafka_partition(key, len(self.lanes))
+        return partition
+
+
 class BatchingProducer:
     """Record batches per topic partition on one aiokafka producer; create it in the running
     loop. ``on_ack(topic, partition, last offset)`` runs for every acknowledged batch;
@@ -106,8 +124,7 @@ class BatchingProducer:
         self._on_ack = on_ack
         self._header = header
         self._lanes: dict[tuple[str, int], _Lane] = {}
-        self._partition_counts: dict[str, int] = {}
-        self._partition_of: dict[tuple[bytes, int], int] = {}
+        self._topics: dict[str, _Topic] = {}
         self._tracked: set[str] = set()
         self._failed: BatchFailed | None = None
 
@@ -115,11 +132,15 @@ class BatchingProducer:
 
     async def partition_count(self, topic: str) -> int:
         """How many partitions ``topic`` has (from the producer's metadata, then cached)."""
-        count = self._partition_counts.get(topic)
-        if count is None:
+        return len((await self._topic(topic)).lanes)
+
+    async def _topic(self, topic: str) -> _Topic:
+        known = self._topics.get(topic)
+        if known is None:
             await self._track(topic)
-            count = self._partition_counts[topic] = len(await self.producer.partitions_for(topic))
-        return count
+            count = len(await self.producer.partitions_for(topic))
+            known = self._topics[topic] = _Topic([self._lane(topic, p) for p in range(count)])
+        return known
 
     async def _track(self, topic: str) -> None:
         # aiokafka refreshes metadata only for the topics its client tracks, as soon as it
@@ -129,16 +150,6 @@ class BatchingProducer:
         if topic not in self._tracked:
             self._tracked.add(topic)
             await self.producer.client.add_topic(topic)
-
-    def partition_for(self, key: bytes, partitions: int) -> int:
-        """The partition of ``key`` among ``partitions`` (cached: apps are few, murmur2 in
-        Python is not free)."""
-        cached = self._partition_of.get((key, partitions))
-        if cached is None:
-            if len(self._partition_of) >= _PARTITION_CACHE_MAX:
-                self._partition_of.clear()
-            cached = self._partition_of[key, partitions] = kafka_partition(key, partitions)
-        return cached
 
     # ------------------------------------------------------------------ appending
 
@@ -197,7 +208,11 @@ class BatchingProducer:
         if self._failed is not None:
             fut.set_exception(self._failed)
             return fut
-        lane = self._lane(topic, self.partition_for(key, self._partition_counts[topic]))
+        known = self._topics[topic]
+        partition = known.partition_of.get(key)
+        if partition is None:
+            partition = known.place(key)
+        lane = known.lanes[partition]
         batch = self._append(lane, key, value, _NO_HEADERS)
         if batch.waiters is None:
             batch.waiters = [fut]
@@ -398,9 +413,13 @@ class OutputProducer(BatchingProducer):
         source)``: each on its key's partition (a ``source`` goes in the ``synctrail-source``
         header; the value is written as given)."""
         placed: list[Placed] = []
+        topics = self._topics
         for record in records:  # indexing, not star-unpacking: no list per record
             topic, key = record[0], record[1]
-            partition = self.partition_for(key, await self.partition_count(topic))
+            known = topics.get(topic) or await self._topic(topic)
+            partition = known.partition_of.get(key)
+            if partition is None:
+                partition = known.place(key)
             source = record[3] if len(record) > 3 else None
             placed.append((topic, partition, key, record[2], source))
         return placed
