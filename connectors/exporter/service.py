@@ -131,7 +131,6 @@ class Exporter:
             ):
                 self._fold(messages)
                 self._behind_gauge.set(await self._behind(consumer))
-            self._behind_gauge.set(await self._behind(consumer))
             self._mark_ready(started)
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
@@ -144,6 +143,8 @@ class Exporter:
 
     def _fold(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Fold one partition's records."""
+        if not messages:
+            return
         fold = (
             self.folder.fold_metric
             if messages[0].topic == self.metrics_topic
