@@ -84,7 +84,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench import brokers
 from bench.loadgen import cpu_seconds, no_collector_pauses
 from connectors.broker import free_port
-from streams.kafka.offsets import log_end_offsets
+from streams.kafka.offsets import log_end_offsets, read_to_end
 from streams.kafka.setup import ensure_topics
 from streams.kafka.topics import DEPLOYMENTS, SYNC_EVENTS, TopicSpec
 
@@ -221,19 +221,12 @@ class TopicReader:
         out = Read()
         for tp in self.tps:
             self.consumer.seek(tp, start[tp])
-        remaining = {tp for tp in self.tps if end[tp] > start[tp]}
-        while remaining:
-            batches = await self.consumer.getmany(*remaining, timeout_ms=500)
-            for tp, messages in batches.items():
-                for m in messages:
-                    if m.offset < end[tp]:
-                        out.timestamps.append(m.timestamp)
-                        out.values.append(m.value)
-                        out.partitions.append(m.partition)
-                        out.offsets.append(m.offset)
-            for tp in list(remaining):
-                if await self.consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
+        async for messages in read_to_end(self.consumer, self.tps, ends=end):
+            for m in messages:
+                out.timestamps.append(m.timestamp)
+                out.values.append(m.value)
+                out.partitions.append(m.partition)
+                out.offsets.append(m.offset)
         return out
 
     async def read_new(

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from streams.domain.records import DEAD_LETTER_V1, dumps, loads_or_none
 from streams.kafka.client import admin_args, consumer_args, producer_args
-from streams.kafka.offsets import log_end_offsets
+from streams.kafka.offsets import log_end_offsets, read_to_end
 from streams.kafka.topics import ALL_TOPICS, DEAD_LETTERS
 from streams.settings import CommonSettings
 
@@ -150,12 +150,9 @@ async def replay(
             await consumer.seek_to_beginning(*tps)
         end = await log_end_offsets(consumer, tps)
         pending = []
-        for tp in tps:
-            while (await consumer.position(tp)) < end[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for message in batch.get(tp, []):
-                    if message.offset >= end[tp]:
-                        continue  # arrived after we started: the next run takes it
+        for tp in tps:  # records that arrive after we started: the next run takes them
+            async for batch in read_to_end(consumer, [tp], ends=end, fetch_ms=1000):
+                for message in batch:
                     decision = decide(loads_or_none(message.value), settings.topic_prefix)
                     print(describe(decision, tp.partition, message.offset, dry_run), file=out)
                     if not decision.send:

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams import logs
 from streams.domain.policy import PolicyError, rule_id_for, validate_rule
 from streams.kafka.client import consumer_args, producer_args
-from streams.kafka.offsets import log_end_offsets
+from streams.kafka.offsets import read_to_end
 from streams.kafka.topics import POLICY
 from streams.policy_publish import publish_rules, remove_rule
 from streams.settings import CommonSettings
@@ -54,16 +54,14 @@ async def read_rules(settings: CommonSettings) -> dict[str, dict[str, Any]]:
         if not tps:
             return {}
         consumer.assign(tps)
-        end = await log_end_offsets(consumer, tps)
         rules: dict[str, dict[str, Any]] = {}
-        for tp in tps:
-            while await consumer.position(tp) < end[tp]:
-                for message in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    key = message.key.decode()
-                    if message.value is None:
-                        rules.pop(key, None)
-                    else:
-                        rules[key] = orjson.loads(message.value)
+        async for messages in read_to_end(consumer, tps, fetch_ms=1000):
+            for message in messages:
+                key = message.key.decode()
+                if message.value is None:
+                    rules.pop(key, None)
+                else:
+                    rules[key] = orjson.loads(message.value)
         return rules
     finally:
         await consumer.stop()

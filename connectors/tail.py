@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from streams.kafka.client import Connection, connection
-from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import log_end_offsets, read_to_end, topic_partitions
 from streams.kafka.topics import ALL_TOPICS
 from streams.settings import CommonSettings
 
@@ -88,14 +88,9 @@ async def tail(
         printed = 0
         if not follow:
             # Stop at the end as of now; print partition by partition in offset order.
-            pending = {tp for tp in tps if (await consumer.position(tp)) < end[tp]}
             batch: list[ConsumerRecord[bytes, bytes]] = []
-            while pending:
-                got = await consumer.getmany(*pending, timeout_ms=500)
-                for tp, records in got.items():
-                    batch += [r for r in records if r.offset < end[tp]]
-                    if (await consumer.position(tp)) >= end[tp]:
-                        pending.discard(tp)
+            async for records in read_to_end(consumer, tps, ends=end):
+                batch += records
             for record in sorted(batch, key=lambda r: (r.partition, r.offset)):
                 print(record_line(record), file=out, flush=False)
                 printed += 1

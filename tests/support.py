@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import read_to_end, topic_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = Path(
@@ -98,18 +98,9 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> lis
             return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await log_end_offsets(consumer, tps)
         records: list[Record] = []
-        deadline = time.monotonic() + timeout
-
-        async def behind() -> bool:
-            return any([(await consumer.position(tp)) < end[tp] for tp in tps])
-
-        while await behind():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {topic} to its end in {timeout}s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
+        try:
+            async for msgs in read_to_end(consumer, tps, timeout_s=timeout, fetch_ms=200):
                 for m in msgs:
                     records.append(
                         Record(
@@ -120,6 +111,8 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> lis
                             raw=m.value,
                         )
                     )
+        except TimeoutError as exc:
+            raise AssertionError(str(exc)) from exc
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
     finally:

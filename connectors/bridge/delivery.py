@@ -40,7 +40,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from connectors.bridge.batcher import Batcher, BatchFailed
 from connectors.bridge.fence import Fence
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
@@ -48,6 +47,7 @@ from connectors.bridge.spool import Spool, SpoolError
 from streams.kafka.aiokafka_fixes import abort_sender
 from streams.kafka.client import client_args, parse_bootstrap
 from streams.kafka.features import BrokerFeatures, probe, use_idempotence
+from streams.kafka.produce import BatchFailed, BatchingProducer
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import SYNC_EVENTS
 
@@ -141,7 +141,7 @@ class Dispatcher:
         self._old_producers: set[asyncio.Task[None]] = set()
         self._last_check = 0.0
         self._last_submit = 0.0
-        self._batcher: Batcher | None = None
+        self._batcher: BatchingProducer | None = None
         self.features: BrokerFeatures | None = None
         self.idempotence = False
         self._topic_seen = False
@@ -209,10 +209,10 @@ class Dispatcher:
             if not await self._topic_ready(producer, timeout):
                 self._retire(producer)
                 return False
-            # Tracked, so that metadata refreshes keep it when a spooled record of another
-            # topic makes aiokafka track that one (it then refreshes tracked topics only).
-            await asyncio.wait_for(producer.client.add_topic(self.topic), timeout)
-            partitions = await asyncio.wait_for(producer.partitions_for(self.topic), timeout)
+            batcher = BatchingProducer(producer, on_ack=self._acknowledged)
+            # also tracks it, so that metadata refreshes keep it when a spooled record of
+            # another topic makes aiokafka track that one (it then refreshes tracked topics only)
+            await asyncio.wait_for(batcher.partition_count(self.topic), timeout)
         except (KafkaError, OSError, TimeoutError, RuntimeError) as exc:
             self.last_broker_error = f"{type(exc).__name__}: {exc}"
             self._retire(producer)
@@ -225,9 +225,7 @@ class Dispatcher:
             self.last_broker_error = "reading back the partitions in doubt failed; retrying"
             self._retire(producer)
             return False
-        self._batcher = Batcher(
-            producer, self.topic, sorted(partitions), on_ack=self.fence.acknowledged
-        )
+        self._batcher = batcher
         self._topic_seen = True
         self._missing_reported = False
         self._set_up(True)
@@ -269,6 +267,10 @@ class Dispatcher:
             self.last_broker_error = None
             self._wake.set()
 
+    def _acknowledged(self, topic: str, partition: int, last_offset: int) -> None:
+        if topic == self.topic:
+            self.fence.acknowledged(partition, last_offset)
+
     def mark_down(self, reason: str) -> None:
         """Spool everything from now on and fail every produce still waiting."""
         if self.broker_up:
@@ -281,7 +283,7 @@ class Dispatcher:
         producer, self._producer = self._producer, None
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
-            self.fence.doubt(batcher.handed_over())
+            self.fence.doubt(batcher.handed_over(self.topic))
             batcher.fail_all(reason)
         if producer is not None:
             self._retire(producer, batcher)
@@ -290,7 +292,7 @@ class Dispatcher:
             if not item.result.done():
                 item.result.set_exception(ProduceFailed(reason))
 
-    def _retire(self, producer: AIOKafkaProducer, batcher: Batcher | None = None) -> None:
+    def _retire(self, producer: AIOKafkaProducer, batcher: BatchingProducer | None = None) -> None:
         """Abandon a producer that failed: its queued records were spooled already.
 
         A plain ``stop()`` would flush its queued batches, and they wait for the broker
@@ -302,7 +304,9 @@ class Dispatcher:
         self._old_producers.add(task)
         task.add_done_callback(self._old_producers.discard)
 
-    async def _abort_producer(self, producer: AIOKafkaProducer, batcher: Batcher | None) -> None:
+    async def _abort_producer(
+        self, producer: AIOKafkaProducer, batcher: BatchingProducer | None
+    ) -> None:
         if batcher is not None:
             await batcher.abort()
         timeout = self.settings.bridge_produce_timeout_s + 1
@@ -360,9 +364,9 @@ class Dispatcher:
         """Queue a record; the future resolves to ``(partition, offset)`` once acknowledged."""
         self._last_submit = now = time.monotonic()
         batcher = self._batcher
-        if batcher is not None and topic == batcher.topic:
+        if batcher is not None and topic == self.topic:
             # The batcher tracks its records' age itself (per batch, cheaper than per record).
-            return batcher.submit(key, value)
+            return batcher.submit(topic, key, value)
         if self._producer is None:
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(ProduceFailed("kafka unreachable"))

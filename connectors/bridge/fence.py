@@ -45,7 +45,7 @@ from aiokafka.errors import (
 )
 
 from streams.kafka.client import Connection, connection
-from streams.kafka.offsets import log_end_offsets
+from streams.kafka.offsets import log_end_offsets, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,11 @@ class Fence:
                 for tp in tps:
                     start = doubt[tp.partition]
                     consumer.seek(tp, max(0, ends[tp] - TAIL) if start is None else start)
-                while any([(await consumer.position(tp)) < ends[tp] for tp in tps]):
-                    batch = await consumer.getmany(*tps, timeout_ms=200)
-                    for records in batch.values():
-                        for record in records:
-                            if record.value is not None:
-                                self._landed.add(_digest(record.key, record.value))
-                                found += 1
+                async for records in read_to_end(consumer, tps, ends=ends, fetch_ms=200):
+                    for record in records:
+                        if record.value is not None:
+                            self._landed.add(_digest(record.key, record.value))
+                            found += 1
         except (KafkaError, OSError, TimeoutError) as exc:
             now = time.monotonic()
             self._since = now if self._since is None else self._since

@@ -17,7 +17,7 @@ import signal
 import time
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -25,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
 from streams.kafka.client import consumer_args
-from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import log_end_offsets, read_to_end, topic_partitions
 from streams.kafka.retry import until_kafka_answers
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import DEAD_LETTERS, METRICS
@@ -118,26 +118,33 @@ class Exporter:
         self._consumer = consumer
         started = time.monotonic()
         try:
+            self._behind_gauge.set(await self._behind(consumer))
+            async for messages in read_to_end(
+                consumer, self._targets, ends=self._targets, max_records=2000
+            ):
+                self._fold(messages)
+                self._behind_gauge.set(await self._behind(consumer))
+            self._mark_ready(started)
             while True:
-                if not self.ready:
-                    behind = await self._behind(consumer)
-                    self._behind_gauge.set(behind)
-                    if behind == 0:
-                        self._mark_ready(started)
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                for tp, messages in batch.items():
-                    fold = (
-                        self.folder.fold_metric
-                        if tp.topic == self.metrics_topic
-                        else self.folder.fold_dead_letter
-                    )
-                    for message in messages:
-                        fold(message.value)
-                if self.ready:
-                    self._behind_gauge.set(await self._lag(consumer))
+                for messages in batch.values():
+                    self._fold(messages)
+                self._behind_gauge.set(await self._lag(consumer))
         finally:
             self._consumer = None
             await consumer.stop()
+
+    def _fold(self, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Fold one partition's records."""
+        if not messages:
+            return
+        fold = (
+            self.folder.fold_metric
+            if messages[0].topic == self.metrics_topic
+            else self.folder.fold_dead_letter
+        )
+        for message in messages:
+            fold(message.value)
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> int:
         # highwater() is what the last fetch response said: no extra request per batch.

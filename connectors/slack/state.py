@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.domain.records import SLACK_STATE_V1
 from streams.kafka.client import Connection, connection
-from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import read_to_end, topic_partitions
 
 STATE_V1 = SLACK_STATE_V1
 
@@ -165,22 +165,13 @@ class StateStore:
                 raise RuntimeError(f"topic {self.topic} has no partitions; was it created?")
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = await log_end_offsets(consumer, tps)
-            deadline = time.monotonic() + timeout_s
-            while True:
-                behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-                if not behind:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {self.topic} to its end in {timeout_s}s")
-                batch = await consumer.getmany(*behind, timeout_ms=500, max_records=5000)
-                for messages in batch.values():
-                    for m in messages:
-                        if m.offset >= ends[TopicPartition(m.topic, m.partition)] or m.key is None:
-                            continue
-                        value = orjson.loads(m.value) if m.value is not None else None
-                        self.state.apply(m.key.decode(), value)
-                        read += 1
+            async for messages in read_to_end(consumer, tps, timeout_s=timeout_s, max_records=5000):
+                for m in messages:
+                    if m.key is None:
+                        continue
+                    value = orjson.loads(m.value) if m.value is not None else None
+                    self.state.apply(m.key.decode(), value)
+                    read += 1
         finally:
             await consumer.stop()
         return read

@@ -6,12 +6,16 @@ rebuilds, the exporter's catch-up, replays, tools) would stop short whenever tha
 several records. ``log_end_offsets`` reads the last batch and takes its last record's offset + 1;
 on Apache Kafka that equals what ListOffsets says, so the correction is harmless there (where
 the last offset is a transaction marker, the read finds nothing and the reported end holds).
+
+``read_to_end`` is the one loop that reads partitions up to those ends (state rebuilds, the
+exporter's catch-up, the fence's read-back, dead-letter replays, ``policy list``, ``tail``);
+``windows_backwards`` reads back from them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -48,6 +52,44 @@ async def log_end_offsets(
         for tp, position in positions.items():
             consumer.seek(tp, position)
     return ends
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    partitions: Iterable[TopicPartition],
+    *,
+    ends: Mapping[TopicPartition, int] | None = None,
+    timeout_s: float | None = None,
+    fetch_ms: int = 500,
+    max_records: int | None = None,
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The records of ``partitions`` (assigned) from their positions up to their ends as seen
+    at the start (:func:`log_end_offsets`, or ``ends`` when given), as one list per partition
+    and fetch, each in offset order. Records written later are left for whoever reads on: a
+    partition read past its end is sought back to it. ``TimeoutError`` once ``timeout_s`` pass.
+
+    A partition is done once the consumer's position reaches its end, not once a record at
+    ``end - 1`` came: transaction markers and aborted records take offsets that a
+    ``read_committed`` consumer steps over without returning them.
+    """
+    tps = list(partitions)
+    if ends is None:
+        ends = await log_end_offsets(consumer, tps)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+    while behind:
+        if deadline is not None and time.monotonic() > deadline:
+            topics = ", ".join(sorted({tp.topic for tp in behind}))
+            raise TimeoutError(f"could not read {topics} to its end in {timeout_s}s")
+        fetched = await consumer.getmany(*behind, timeout_ms=fetch_ms, max_records=max_records)
+        for tp, records in fetched.items():
+            end = ends[tp]
+            if records and records[-1].offset >= end:
+                consumer.seek(tp, end)  # later records: not ours to take
+                records = [r for r in records if r.offset < end]
+            if records:
+                yield records
+        behind = [tp for tp in behind if await consumer.position(tp) < ends[tp]]
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.broker import free_port
-from streams.kafka.offsets import log_end_offsets, topic_partitions
+from streams.kafka.offsets import read_to_end, topic_partitions
 from tests.connectors.bridge.helpers import TOKEN, envelope
 from tests.support import Service, wait_for
 
@@ -168,19 +168,13 @@ async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 60.0) -> li
         tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await log_end_offsets(consumer, tps)
         out: list[Read] = []
-        deadline = time.monotonic() + timeout_s
-        while any([(await consumer.position(tp)) < end[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                out.extend(
-                    Read(m.partition, m.offset, m.timestamp, m.key, orjson.loads(m.value))
-                    for m in msgs
-                    if m.value is not None
-                )
+        async for msgs in read_to_end(consumer, tps, timeout_s=timeout_s):
+            out.extend(
+                Read(m.partition, m.offset, m.timestamp, m.key, orjson.loads(m.value))
+                for m in msgs
+                if m.value is not None
+            )
         out.sort(key=lambda r: (r.partition, r.offset))
         return out
     finally:

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.dead_letters import decide, summary
 from streams.domain.records import DEAD_LETTER_V1
+from streams.kafka.offsets import read_to_end
 from tests.support import REPO, produce, read_topic
 
 PREFIX = "synctrail."
@@ -82,12 +83,10 @@ async def raw_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, by
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
         out: list[tuple[bytes | None, bytes | None]] = []
         for tp in tps:
-            while (await consumer.position(tp)) < end[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                out.extend((m.key, m.value) for m in batch.get(tp, []))
+            async for batch in read_to_end(consumer, [tp], fetch_ms=1000):
+                out.extend((m.key, m.value) for m in batch)
         return out
     finally:
         await consumer.stop()

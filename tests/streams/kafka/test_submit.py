@@ -1,4 +1,5 @@
-"""The batcher against a scripted producer: what is handed over when, and how failures spread."""
+"""Records submitted one at a time (the bridge's way), against a scripted producer: what is
+handed over when, and how failures spread."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from connectors.bridge.batcher import Batcher, BatchFailed
+from streams.kafka.produce import BatchFailed, BatchingProducer
 from tests.support import wait_for
 
 
@@ -40,12 +41,21 @@ class _Meta:
     offset: int
 
 
+class _Client:
+    async def add_topic(self, topic: str) -> None:
+        pass
+
+
 @dataclass
 class _Producer:
     """Records every batch handed over; the test acknowledges each one by hand."""
 
     capacity: int = 100
     sent: list[_Sent] = field(default_factory=list)
+    client: _Client = field(default_factory=_Client)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
 
     def create_batch(self) -> _Builder:
         return _Builder(self.capacity)
@@ -56,13 +66,29 @@ class _Producer:
         return ack
 
 
-def _batcher(producer: _Producer) -> Batcher:
-    return Batcher(producer, "t.sync-events", [0])  # type: ignore[arg-type]
+class _Batcher:
+    """The bridge's use: one topic, records submitted one at a time."""
+
+    def __init__(self, producer: _Producer) -> None:
+        self.batches = BatchingProducer(producer)  # type: ignore[arg-type]
+        self.fail_all = self.batches.fail_all
+        self.drain = self.batches.drain
+        self.abort = self.batches.abort
+        self.oldest_unacknowledged = self.batches.oldest_unacknowledged
+
+    def submit(self, key: bytes, value: bytes) -> asyncio.Future[tuple[int, int]]:
+        return self.batches.submit("t.sync-events", key, value)
+
+
+async def _batcher(producer: _Producer) -> _Batcher:
+    batcher = _Batcher(producer)
+    assert await batcher.batches.partition_count("t.sync-events") == 1
+    return batcher
 
 
 async def test_records_arriving_during_a_round_trip_go_together_once_it_is_acknowledged() -> None:
     producer = _Producer()
-    batcher = _batcher(producer)
+    batcher = await _batcher(producer)
     first = batcher.submit(b"argocd/a", b"1")
     await wait_for(lambda: len(producer.sent) == 1, what="the first batch")
     later = []
@@ -81,7 +107,7 @@ async def test_records_arriving_during_a_round_trip_go_together_once_it_is_ackno
 
 async def test_a_full_batch_is_followed_by_another_in_order() -> None:
     producer = _Producer(capacity=2)
-    batcher = _batcher(producer)
+    batcher = await _batcher(producer)
     futures = [batcher.submit(b"argocd/a", str(i).encode()) for i in range(5)]
     for offset in (0, 2, 4):
         await wait_for(lambda: any(not s.ack.done() for s in producer.sent), what="a batch")
@@ -92,7 +118,7 @@ async def test_a_full_batch_is_followed_by_another_in_order() -> None:
 
 async def test_a_refused_batch_fails_its_own_records_only() -> None:
     producer = _Producer()
-    batcher = _batcher(producer)
+    batcher = await _batcher(producer)
     first = batcher.submit(b"argocd/a", b"1")
     await wait_for(lambda: len(producer.sent) == 1, what="the first batch")
     second = batcher.submit(b"argocd/a", b"2")
@@ -106,7 +132,7 @@ async def test_a_refused_batch_fails_its_own_records_only() -> None:
 
 async def test_fail_all_fails_every_waiting_record_at_once_and_hands_nothing_more_over() -> None:
     producer = _Producer()
-    batcher = _batcher(producer)
+    batcher = await _batcher(producer)
     submitted = time.monotonic()
     in_flight = batcher.submit(b"argocd/a", b"1")
     await wait_for(lambda: len(producer.sent) == 1, what="the first batch")
@@ -126,7 +152,7 @@ async def test_fail_all_fails_every_waiting_record_at_once_and_hands_nothing_mor
 
 async def test_abort_fails_the_batch_in_flight_and_stops_the_flusher() -> None:
     producer = _Producer()
-    batcher = _batcher(producer)
+    batcher = await _batcher(producer)
     in_flight = batcher.submit(b"argocd/a", b"1")
     await wait_for(lambda: len(producer.sent) == 1, what="the first batch")
     await batcher.abort()
