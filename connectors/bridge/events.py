@@ -11,9 +11,7 @@ import os
 import random
 from typing import Any
 
-# Same value as streams.domain.records.SYNC_EVENT_V1 (a test checks it); importing that module would
-# load Faust into the bridge for one string, and a large heap makes every GC pass slower.
-SYNC_EVENT_V1 = "synctrail.sync-event/v1"
+from streams.domain.records import SYNC_EVENT_V1
 
 _ids = random.Random(os.urandom(32))
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))

@@ -47,8 +47,7 @@ from packageurl import PackageURL
 
 from streams.domain.cloudevents import is_rfc3339, uuid5
 from streams.domain.images import parse_image
-
-JsonObject = dict[str, Any]
+from streams.domain.records import JsonObject
 
 SPEC_VERSION = "0.5.1"
 SERVICE_DEPLOYED = "dev.cdevents.service.deployed.0.3.0"

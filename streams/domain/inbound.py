@@ -32,6 +32,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from streams.domain.records import JsonObject
+
 # Kubernetes object names (RFC 1123 subdomain) and namespaces (RFC 1123 label). They become
 # Kafka keys (`<namespace>/<name>`), so nothing else may pass: no `/`, no upper case, no spaces.
 # `$(?!\n)`: Python's `$` (msgspec and jsonschema use `re.search`) also matches before a final
@@ -107,7 +109,6 @@ SchemaVersion = Annotated[
         extra={"problem": _schema_version_problem},
     ),
 ]
-JsonObject = dict[str, Any]
 
 
 class _Inbound(Struct, rename="camel", forbid_unknown_fields=False):

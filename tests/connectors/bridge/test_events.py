@@ -89,13 +89,6 @@ def test_received_at_is_rfc3339_utc_with_milliseconds() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", timestamps.now())
 
 
-def test_schema_id_matches_the_record_module() -> None:
-    from connectors.bridge.events import SYNC_EVENT_V1
-    from streams.domain.records import SYNC_EVENT_V1 as RECORDS_SYNC_EVENT_V1
-
-    assert SYNC_EVENT_V1 == RECORDS_SYNC_EVENT_V1
-
-
 def test_delivery_ids_are_uuid4_hex_and_unique() -> None:
     import uuid
 
