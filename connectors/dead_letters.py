@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 
 from streams.domain.records import DEAD_LETTER_V1, dumps, loads_or_none
-from streams.kafka.client import admin_args, consumer_args, producer_args
+from streams.kafka.client import admin_args, producer_args, reader_args
 from streams.kafka.offsets import log_end_offsets, read_to_end
 from streams.kafka.topics import ALL_TOPICS, DEAD_LETTERS
 from streams.settings import CommonSettings
@@ -130,15 +130,7 @@ async def replay(
     topic = DEAD_LETTERS.address(settings.topic_prefix)
     if not await _topic_exists(settings, topic):
         raise LookupError(f"topic {topic} does not exist (is SYNCTRAIL_TOPIC_PREFIX right?)")
-    consumer = AIOKafkaConsumer(
-        **consumer_args(
-            settings,
-            group_id=settings.dead_letter_replay_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",  # never what an aborted worker transaction wrote
-        )
-    )
+    consumer = AIOKafkaConsumer(**reader_args(settings, group_id=settings.dead_letter_replay_group))
     producer = AIOKafkaProducer(**producer_args(settings, acks="all"))
     await consumer.start()
     await producer.start()

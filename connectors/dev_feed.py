@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.domain.records import loads_or_none
 from streams.domain.render import revision_label
-from streams.kafka.client import Connection, connection
+from streams.kafka.client import Connection, reader_args
 from streams.kafka.offsets import topic_partitions
 from streams.kafka.topics import DEPLOYMENTS, METRICS
 
@@ -164,12 +164,7 @@ async def feed(
 ) -> None:
     """Print the readable lines of every new decision until cancelled."""
     names = {DEPLOYMENTS.address(prefix): DEPLOYMENTS.name, METRICS.address(prefix): METRICS.name}
-    consumer = AIOKafkaConsumer(
-        **connection(bootstrap),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",  # never what an aborted worker transaction wrote
-    )
+    consumer = AIOKafkaConsumer(**reader_args(bootstrap))
     await consumer.start()
     try:
         tps = []

@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from streams.kafka.client import Connection, connection
+from streams.kafka.client import Connection, reader_args
 from streams.kafka.offsets import log_end_offsets, read_to_end, topic_partitions
 from streams.kafka.topics import ALL_TOPICS
 from streams.settings import CommonSettings
@@ -68,12 +68,7 @@ async def tail(
     last: int = LAST_PER_PARTITION,
 ) -> int:
     """Print ``topic``'s records; returns the number printed (runs until cancelled if following)."""
-    consumer = AIOKafkaConsumer(
-        **connection(bootstrap),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",  # never what an aborted worker transaction wrote
-    )
+    consumer = AIOKafkaConsumer(**reader_args(bootstrap))
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)

@@ -73,7 +73,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import ConsumerT, TransportT
 
-from streams.kafka.client import Connection, connection
+from streams.kafka.client import Connection, connection, reader_args
 from streams.kafka.offsets import log_end_offsets, windows_backwards
 
 
@@ -110,12 +110,7 @@ async def committed_end_offsets(
     tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in partitions]
     if not tps:
         return {}
-    consumer = aiokafka.AIOKafkaConsumer(
-        **connection(bootstrap),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
+    consumer = aiokafka.AIOKafkaConsumer(**reader_args(bootstrap))
     await consumer.start()
     try:
         consumer.assign(tps)

@@ -24,7 +24,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from connectors.exporter.fold import Folder
 from connectors.exporter.settings import ExporterSettings
-from streams.kafka.client import consumer_args
+from connectors.http import start_http
+from streams.kafka.client import reader_args
 from streams.kafka.offsets import log_end_offsets, read_to_end, topic_partitions
 from streams.kafka.retry import until_kafka_answers
 from streams.kafka.setup import ensure_topics_for
@@ -70,13 +71,8 @@ class Exporter:
         s = self.settings
         await ensure_topics_for(s, topics=(METRICS, DEAD_LETTERS))
         consumer = AIOKafkaConsumer(
-            **consumer_args(
-                s,
-                group_id=None,  # manual assignment, nothing committed: every start replays
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                isolation_level="read_committed",  # never what an aborted transaction wrote
-            )
+            # manual assignment, nothing committed: every start replays
+            **reader_args(s, group_id=None)
         )
         await consumer.start()
         try:
@@ -191,13 +187,8 @@ def make_app(exporter: Exporter) -> web.Application:
 async def serve(settings: ExporterSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     exporter = Exporter(settings)
-    runner = web.AppRunner(make_app(exporter), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.exporter_host, settings.exporter_port)
-    await site.start()
-    log.info(
-        "exporter listening",
-        extra={"host": settings.exporter_host, "port": settings.exporter_port},
+    runner = await start_http(
+        make_app(exporter), settings.exporter_host, settings.exporter_port, "exporter"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ from connectors.slack.sending import (
 )
 from connectors.slack.settings import SlackSettings
 from connectors.slack.state import StateStore
-from streams.kafka.client import client_args
+from streams.kafka.client import client_args, reader_args
 from streams.kafka.retry import Stopped, until_kafka_answers
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import DEAD_LETTERS, NOTIFICATIONS, SLACK_STATE
@@ -211,11 +211,7 @@ class Connector:
     def _make_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            **client_args(s),
-            group_id=s.slack_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",  # never what an aborted worker transaction wrote
+            **reader_args(s, group_id=s.slack_group_id),
             session_timeout_ms=int(s.broker_session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(s.broker_session_timeout_s * 1000 / 3)),
             rebalance_timeout_ms=int(s.broker_rebalance_timeout_s * 1000),

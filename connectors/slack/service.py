@@ -7,8 +7,7 @@ import asyncio
 import logging
 import signal
 
-from aiohttp import web
-
+from connectors.http import start_http
 from connectors.slack.connector import Connector
 from connectors.slack.metrics import make_app
 from connectors.slack.settings import SlackSettings
@@ -21,15 +20,11 @@ async def serve(settings: SlackSettings, stop: asyncio.Event | None = None) -> i
     """Run the connector and its HTTP endpoints until ``stop`` (or SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
     connector = Connector(settings)
-    runner = web.AppRunner(
-        make_app(connector.metrics, lambda: connector.consuming), access_log=None
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.slack_metrics_host, settings.slack_metrics_port)
-    await site.start()
-    log.info(
-        "slack metrics listening",
-        extra={"host": settings.slack_metrics_host, "port": settings.slack_metrics_port},
+    runner = await start_http(
+        make_app(connector.metrics, lambda: connector.consuming),
+        settings.slack_metrics_host,
+        settings.slack_metrics_port,
+        "slack metrics",
     )
     try:
         return await connector.run(stop)

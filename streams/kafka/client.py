@@ -155,6 +155,21 @@ def consumer_args(settings: CommonSettings, **options: Any) -> dict[str, Any]:
     return {**client_args(settings), **options}
 
 
+#: How every synctrail reader consumes: it commits nothing by itself, starts from the earliest
+#: record where nothing is committed, and never sees what an aborted worker transaction wrote.
+READER_OPTIONS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "isolation_level": "read_committed",
+}
+
+
+def reader_args(target: Connection, **options: Any) -> dict[str, Any]:
+    """``AIOKafkaConsumer(**reader_args(target, group_id=..., ...))``: :func:`connection` of
+    ``target`` with :data:`READER_OPTIONS`, then the caller's own options."""
+    return {**connection(target), **READER_OPTIONS, **options}
+
+
 def admin_args(settings: CommonSettings, **options: Any) -> dict[str, Any]:
     """``AIOKafkaAdminClient(**admin_args(settings, request_timeout_ms=...))``."""
     return {**client_args(settings), **options}
