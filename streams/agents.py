@@ -4,7 +4,8 @@ Order of effects per batch, which is what makes at-least-once safe without trans
 1. decide every event against the state (earlier events and batches included);
 2. send every output record and wait until the broker has them all;
 3. write the new app states and wait until their changelog records are acknowledged;
-4. only then do the batch's offsets become committable (its events are acked).
+4. only then do the batch's offsets become committable (its events are acked), and they are
+   committed at once (not only on Faust's commit timer).
 A crash before 4 replays the batch: nothing is lost, and the outputs the broker already has are
 not written again (each carries a ``synctrail-source`` header; after an assignment the worker
 reads its output partitions back before deciding: :mod:`streams.replay`). Once 3 is done a
@@ -240,6 +241,8 @@ class Flusher:
         self.pending: dict[str, dict[str, Any]] = {}
         self._queue: asyncio.Queue[tuple[Batch, asyncio.Future[Any]]] = asyncio.Queue(depth)
         self._task: asyncio.Task[None] | None = None
+        self._commit_wanted = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
 
     def state(self, key: str) -> Mapping[str, Any] | None:
         """The newest state of ``key``: decided, or else stored."""
@@ -248,7 +251,9 @@ class Flusher:
 
     def start(self) -> None:
         """Start writing; call from the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._committer = loop.create_task(self._commit_acked())
 
     async def submit(self, batch: Batch) -> None:
         """Hand over a decided batch; returns once it is queued (see the class docstring)."""
@@ -268,10 +273,11 @@ class Flusher:
 
     async def stop(self) -> None:
         """Stop writing; batches not written stay unacked and are read again after a restart."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._committer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         while True:
@@ -302,6 +308,7 @@ class Flusher:
             message = event.message
             if message.ack(consumer):  # the last reference: the offset may be committed
                 on_message_out(message.tp, message.offset, message)
+        self._commit_wanted.set()
         done = datetime.now(UTC)
         metrics = topology.metrics
         for outcome, latency in batch.outcomes:
@@ -309,6 +316,23 @@ class Flusher:
             if latency is not None:
                 metrics.processing.observe(latency + (done - batch.now).total_seconds())
         metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+
+    async def _commit_acked(self) -> None:
+        """Commit the acked offsets as soon as a batch is written, one commit at a time (the
+        batches written meanwhile go into the next). Faust itself commits only on its timer
+        (``SYNCTRAIL_WORKER_COMMIT_INTERVAL_S``): on a backlog, seconds' worth of events that a
+        restarted worker would decide again."""
+        consumer = self.topology.app.consumer
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            try:
+                # False also when it only waited for a commit in flight (Faust's timer), which
+                # may have missed this batch: the second call commits it, or finds nothing
+                if not await consumer.commit():
+                    await consumer.commit()
+            except Exception:
+                log.exception("could not commit offsets; the next batch or the timer retries")
 
 
 def _exit_unwritten() -> None:

@@ -238,6 +238,7 @@ def _faust_app(settings: WorkerSettings) -> faust_fixes.App:
         producer_acks=-1,
         producer_max_batch_size=settings.kafka_producer_max_batch_bytes,
         broker_session_timeout=settings.broker_session_timeout_s,
+        broker_commit_interval=settings.worker_commit_interval_s,
         broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
         consumer_auto_offset_reset="earliest",

@@ -252,6 +252,13 @@ class WorkerSettings(CommonSettings):
     worker_batch_within_s: float = Field(
         0.01, gt=0, description="Longest wait to fill a batch, seconds."
     )
+    worker_commit_interval_s: float = Field(
+        2.8,
+        gt=0,
+        description="How often Faust commits the consumed offsets acknowledged since its last "
+        "commit (at_least_once). The worker also commits as soon as each batch's outputs and "
+        "states are acknowledged; this timer is the fallback.",
+    )
     worker_history: int = Field(10, ge=1, description="Deploys kept per app (last known-good).")
     worker_event_loop: EventLoopName = Field(
         "uvloop",

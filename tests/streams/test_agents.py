@@ -94,7 +94,14 @@ class Outputs:
 async def parts() -> AsyncIterator[SimpleNamespace]:
     """A started flusher over stand-ins that log what happens, in order."""
     log: list[str] = []
-    consumer = SimpleNamespace(acked=[])
+    commits: list[list[int]] = []
+    consumer = SimpleNamespace(acked=[], commits=commits)
+
+    async def commit() -> bool:  # Faust's Consumer.commit: what is acked so far
+        commits.append(list(consumer.acked))
+        return True
+
+    consumer.commit = commit
     topology = SimpleNamespace(
         apps=Apps(log),
         app=SimpleNamespace(
@@ -153,6 +160,18 @@ async def test_offsets_become_committable_only_once_the_state_is_acknowledged(pa
     parts.outputs.acknowledge(0)
     await flusher.drain()
     assert parts.consumer.acked == [7]
+
+
+async def test_a_written_batch_is_committed_without_waiting_for_the_commit_timer(parts):
+    flusher = parts.flusher
+    batch = batch_of(7, "argocd/guestbook", 1)
+    await flusher.submit(batch)
+    batch.events[0].message.ack(parts.consumer)  # the agent's take
+    assert parts.consumer.commits == []  # nothing durable yet: nothing asked for
+
+    parts.outputs.acknowledge(0)
+    await flusher.drain()
+    await wait_for(lambda: parts.consumer.commits == [[7]], what="a commit of offset 7")
 
 
 async def test_the_next_batch_is_handed_over_while_the_last_awaits_its_acknowledgement(parts):
