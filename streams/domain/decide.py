@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from streams.domain import records, timestamps
 from streams.domain.diff import canonical_sha256, diff_images, fingerprint
 from streams.domain.policy import find_violations
@@ -84,33 +86,22 @@ def app_key_of(event: Mapping[str, Any]) -> str:
 
 
 def validate_event(event: Any) -> JsonObject:
-    """Check the fields the decision reads; raise ``InvalidSyncEvent`` naming the first bad one."""
+    """Check a decoded record against :class:`records.SyncEvent`; raise ``InvalidSyncEvent``
+    naming the first bad field (msgspec's message, e.g. ``... - at `$.revisions[0]```).
+
+    The type checks every field but ``sync_result``, which is Argo CD's object as received;
+    the decision reads its ``resources``, so those are checked here. The event stays the dict
+    it is: the decision works on plain data, and converting costs about 1 µs.
+    """
     if not isinstance(event, dict):
         raise InvalidSyncEvent(f"expected a JSON object, got {type(event).__name__}")
-    if event.get("schema") != records.SYNC_EVENT_V1:
-        raise InvalidSyncEvent(
-            f"schema: expected {records.SYNC_EVENT_V1!r}, got {event.get('schema')!r}"
-        )
-    app_key_of(event)
-    if event.get("shape") not in ("envelope", "bare"):
-        raise InvalidSyncEvent("shape: expected 'envelope' or 'bare'")
-    sync_result = event.get("sync_result")
-    if sync_result is not None and not isinstance(sync_result, dict):
-        raise InvalidSyncEvent("sync_result: expected an object or null")
-    resources = (sync_result or {}).get("resources", [])
+    try:
+        msgspec.convert(event, records.SyncEvent)
+    except msgspec.ValidationError as exc:
+        raise InvalidSyncEvent(str(exc)) from None
+    resources = (event["sync_result"] or {}).get("resources", [])
     if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
         raise InvalidSyncEvent("sync_result.resources: expected a list of objects")
-    if not isinstance(event.get("revision", ""), str):
-        raise InvalidSyncEvent("revision: expected a string")
-    revisions = event.get("revisions", [])
-    if not isinstance(revisions, list) or not all(isinstance(r, str) for r in revisions):
-        raise InvalidSyncEvent("revisions: expected a list of strings")
-    operation = event.get("operation")
-    if operation is not None and not isinstance(operation, dict):
-        raise InvalidSyncEvent("operation: expected an object or null")
-    for name in ("delivery_id", "received_at", "body_sha256"):
-        if not isinstance(event.get(name), str):
-            raise InvalidSyncEvent(f"{name}: expected a string")
     return event
 
 
