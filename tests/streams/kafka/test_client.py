@@ -229,7 +229,14 @@ def test_connection_takes_settings_a_plaintext_bootstrap_or_built_arguments():
 # ------------------------------------------------------------------ every client uses them
 
 _CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AIOKafkaClient"}
-_BUILDERS = {"client_args", "producer_args", "consumer_args", "admin_args", "connection"}
+_BUILDERS = {
+    "client_args",
+    "producer_args",
+    "consumer_args",
+    "admin_args",
+    "connection",
+    "reader_args",
+}
 
 
 def _client_constructions() -> list[tuple[str, ast.Call]]:
