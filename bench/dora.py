@@ -2,15 +2,16 @@
 
 ``python -m bench.dora`` plays one app's facts as the worker would apply them (each fact
 recorded, then :func:`~streams.domain.dora.changes` asked what it changed), on a history already
-holding the default window of deployments:
+holding the default window of deployments (so each new one folds the oldest):
 
 - ``record_deployment_us``, ``record_health_us``: one fact applied;
 - ``changes_us``: what that fact changed, per deployment;
 - ``deployment_us``: record + changes of one deployment, the worker's cost per deployment;
 - ``keys_us``: the keys over all time of one app (the query, not the hot path);
 - ``history_bytes_<N>``: the JSON (``orjson.dumps``) of the history after ``N`` deployments
-  (1, 10 and 50, the default window), each with a git SHA, a 32-hex delivery id and a commit
-  date, every fifth followed by a Degraded and a Healthy transition.
+  (1, 10, 30 the default window, 50, and 200: the steady state, totals folded), each with a git
+  SHA, a 32-hex delivery id and a commit date, every fifth followed by a Degraded and a Healthy
+  transition.
 
 Each figure is the minimum over ``--rounds`` rounds (the least disturbed by other jobs on the
 cores), in microseconds per call. Output: ``BENCH <name> <value> <unit>`` lines.
@@ -30,7 +31,7 @@ import orjson
 from streams.domain import dora
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-SIZES = (1, 10, 50)
+SIZES = (1, 10, dora.DEFAULT_LIMIT, 50, 200)
 
 
 def _sha(n: int) -> str:

@@ -44,8 +44,9 @@ from typing import Any, NotRequired, TypedDict, cast
 
 from streams.domain import timestamps
 
-#: Deployments each app's history keeps before folding the oldest into the totals.
-DEFAULT_LIMIT = 50
+#: Deployments each app's history keeps before folding the oldest into the totals: a month of
+#: an app deploying daily (DORA's elite threshold) stays exact; see docs/dora.md for the bound.
+DEFAULT_LIMIT = 30
 #: A Degraded transition or a rollback this long after a deployment finished still fails it.
 DEFAULT_FAILURE_WINDOW_S = 3600.0
 #: Health transitions kept per app at most (a flapping app must not grow its state unbounded).
@@ -90,11 +91,13 @@ class NoDeployments(LookupError):
 # --- the stored shape ----------------------------------------------------------------------
 
 
-#: A kept deployment is a JSON list ``[n, at, flags, id, revisions, lead]`` (a list, not an object:
+#: A kept deployment is a JSON list ``[at, n, flags, id, revisions, lead]`` (a list, not an object:
 #: it is stored and rewritten with the app's state at every fact, so its size is broker work):
 #:
-#: * ``n``: the fact's arrival number in this history, ordering facts with the same time;
-#: * ``at``: the operation's finish (its receipt for a bare body), epoch seconds;
+#: * ``at``: the operation's finish (its receipt for a bare body), epoch seconds (an int when
+#:   whole);
+#: * ``n``: the fact's arrival number in this history, ordering facts with the same time (so
+#:   that lists of facts compare, and sort, in the order of facts);
 #: * ``flags``: :data:`FAILED` (its phase is not Succeeded), :data:`ROLLBACK`, :data:`REPORTED_DEGRADED`
 #:   (the health reported with it was Degraded): all the rules read of the phase and the health;
 #: * ``id``: the delivery id (applying the same deployment twice is a no-op), or its
@@ -103,9 +106,9 @@ class NoDeployments(LookupError):
 #: * ``lead``: the lead times (s) of the revisions it deployed first: ``{revision: seconds}``
 #:   while its events may still be reported, then only the seconds, ``[seconds, ...]``.
 Deployment = list[Any]
-#: A kept health transition is ``[n, at, degraded]``: ``degraded`` is 1 for Degraded, 0 for Healthy.
+#: A kept health transition is ``[at, n, degraded]``: ``degraded`` is 1 for Degraded, 0 for Healthy.
 Transition = list[Any]
-N, AT, FLAGS, ID, REVISIONS, LEAD = range(6)
+AT, N, FLAGS, ID, REVISIONS, LEAD = range(6)
 IS_DEGRADED = 2  # the index of a transition's health
 FAILED, ROLLBACK, REPORTED_DEGRADED = 1, 2, 4
 
@@ -130,8 +133,8 @@ def _compact(deployment: Deployment) -> Deployment:
     lead = deployment[LEAD]
     if not isinstance(lead, dict):
         return deployment
-    n, at, flags, id_, revisions, _ = deployment
-    return [n, at, flags, digest(id_), revisions, list(lead.values())]
+    at, n, flags, id_, revisions, _ = deployment
+    return [at, n, flags, digest(id_), revisions, list(lead.values())]
 
 
 class Stats(TypedDict):
@@ -272,18 +275,23 @@ def _copy(history: Mapping[str, Any] | None) -> History:
     return copied
 
 
-def _at(fact: Deployment | Transition) -> float:
-    return cast(float, fact[AT])
+def _key(fact: Deployment | Transition) -> list[Any]:
+    """The order of facts: by time, then (at the same time) by arrival: ``[at, n]``.
 
-
-def _key(fact: Deployment | Transition) -> tuple[float, int]:
-    """The order of facts: by time, then (at the same time) by arrival."""
-    return (fact[AT], fact[N])
+    Every fact starts so, and no two share an arrival number, so facts compare (and bisect)
+    in this order as they are, without a key function.
+    """
+    return fact[:2]
 
 
 def _split(health: Sequence[Transition], fact: Deployment | Transition) -> int:
     """The index of the first transition after ``fact`` (transitions are kept in key order)."""
-    return bisect.bisect_right(health, _key(fact), key=_key)
+    return bisect.bisect_right(health, fact[:2])
+
+
+def _after(facts: Sequence[Deployment | Transition], at: float) -> int:
+    """The index of the first fact of ``facts`` later than ``at``."""
+    return bisect.bisect_right(facts, [at, math.inf])
 
 
 def _epoch(when: datetime) -> float:
@@ -341,9 +349,10 @@ def record_deployment(
     """
     if limit < 2:
         raise ValueError("limit: at least 2 (a folded deployment needs its successor)")
-    short = digest(delivery_id)
-    if history and any(d[ID] in (delivery_id, short) for d in history["deployments"]):
-        return _copy(history)
+    if history and history["deployments"]:
+        ids = [d[ID] for d in history["deployments"]]
+        if delivery_id in ids or digest(delivery_id) in ids:
+            return _copy(history)
     new = _copy(history)
     at = _stamp(finished_at)
     runs = revisions_of(revision, revisions)
@@ -360,10 +369,10 @@ def record_deployment(
         | (ROLLBACK if rollback else 0)
         | (REPORTED_DEGRADED if health == DEGRADED else 0)
     )
-    entry: Deployment = [new["n"], at, flags, delivery_id, digests, lead]
+    entry: Deployment = [at, new["n"], flags, delivery_id, digests, lead]
     deployments = new["deployments"]
     previous = deployments[-1] if deployments else None
-    where = bisect.bisect_right(deployments, at, key=_at)
+    where = _after(deployments, at)
     if deployments and where == len(deployments) and "settled" in new:
         # the newest deployment gets its successor: its events become final
         newest = deployments[-1]
@@ -389,9 +398,8 @@ def record_deployment(
 
 def _deployed_before(deployments: Sequence[Deployment], revision: str, at: float) -> bool:
     """A succeeded deployment kept, finished by ``at``, ran the revision (digest)."""
-    return any(
-        not d[FLAGS] & FAILED and d[AT] <= at and revision in d[REVISIONS] for d in deployments
-    )
+    ran = [d for d in deployments if revision in d[REVISIONS]]
+    return any(not d[FLAGS] & FAILED and d[AT] <= at for d in ran)
 
 
 def _compact_settled(history: History, entry: Deployment, previous: Deployment | None) -> None:
@@ -402,9 +410,9 @@ def _compact_settled(history: History, entry: Deployment, previous: Deployment |
     """
     deployments = history["deployments"]
     live = (entry[N], deployments[-1][N], previous[N] if previous is not None else 0)
-    for i, d in enumerate(deployments):
-        if isinstance(d[LEAD], dict) and d[N] not in live:
-            deployments[i] = _compact(d)
+    settled = [i for i, d in enumerate(deployments) if type(d[LEAD]) is dict and d[N] not in live]
+    for i in settled:
+        deployments[i] = _compact(deployments[i])
 
 
 def record_health(
@@ -434,14 +442,14 @@ def record_health(
     transitions = new["health"]
     if any(t[AT] == at and t[IS_DEGRADED] == degraded for t in transitions):
         return new
-    where = bisect.bisect_right(transitions, at, key=_at)
+    where = _after(transitions, at)
     deployments = new["deployments"]
-    since = deployments[bisect.bisect_right(deployments, at, key=_at) - 1][AT]  # it follows
+    since = deployments[_after(deployments, at) - 1][AT]  # it follows
     before = transitions[where - 1] if where else None
     if before is not None and before[IS_DEGRADED] == degraded and before[AT] > since:
         return new
     new["n"] = new.get("n", 0) + 1
-    transitions.insert(where, [new["n"], at, degraded])
+    transitions.insert(where, [at, new["n"], degraded])
     _trim_health(new, health_limit)
     if at < new["deployments"][-1][AT]:  # late: it falls among settled events
         new["settled"] = _settle(new, failure_window_s)
@@ -489,7 +497,7 @@ def verdict(
     """
     at = deployment[AT]
     end = at + failure_window_s
-    next_key = _key(following) if following is not None else (math.inf, 0)
+    next_key = _key(following) if following is not None else [math.inf, 0]
     failed_operation = bool(deployment[FLAGS] & FAILED)
     rolled_back = (
         following is not None and bool(following[FLAGS] & ROLLBACK) and following[AT] < end
@@ -543,7 +551,6 @@ def _episodes(
     episode and, rolled back, begin the next). Transitions before the first deployment are not
     walked. Returns the closed episodes and the start of the one still open.
     """
-    keys = [_key(d) for d in deployments]
     events: list[tuple[int, float, int]] = []  # (deployment, time, 0 = recovery / 1 = failure)
     for i, (d, v) in enumerate(zip(deployments, verdicts, strict=True)):
         if v.recovers:
@@ -551,7 +558,7 @@ def _episodes(
         if v.failure_start is not None:
             events.append((i, v.failure_start, 1))
     for t in health:
-        group = bisect.bisect_right(keys, _key(t)) - 1
+        group = bisect.bisect_right(deployments, _key(t)) - 1
         if not t[IS_DEGRADED] and group >= 0:
             events.append((group, t[AT], 0))
     closed: list[Recovery] = []
@@ -1041,7 +1048,7 @@ def changes(
     newest deployment) changes the keys but may go unreported. Only the newest deployments'
     events are walked (from the :class:`Settled` checkpoint), not the whole history.
     """
-    old = _copy(before)
+    old = cast(History, before) if before else new_history()
     new = cast(History, after)
     deployments = new["deployments"]
     if not deployments:
