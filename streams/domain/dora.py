@@ -32,7 +32,7 @@ precision) in the stored history.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import bisect
 import hashlib
 import math
@@ -119,7 +119,7 @@ def digest(text: str) -> str:
     Two different texts of one app share a digest with a chance of about 2**-48 per pair.
     """
     raw = hashlib.blake2b(text.encode(), digest_size=6).digest()
-    return base64.urlsafe_b64encode(raw).decode()
+    return binascii.b2a_base64(raw, newline=False).decode()  # base64: JSON needs no escapes
 
 
 def lead_times(deployment: Deployment) -> Iterable[float]:
@@ -460,8 +460,10 @@ def _trim_health(history: History, health_limit: int = HEALTH_LIMIT) -> None:
     if not history["deployments"]:
         history["health"] = []
         return
-    kept = history["health"][_split(history["health"], history["deployments"][0]) :]
-    history["health"] = kept[-health_limit:]
+    health = history["health"]
+    cut = max(_split(health, history["deployments"][0]), len(health) - health_limit)
+    if cut > 0:  # most facts trim nothing: no copy then
+        history["health"] = health[cut:]
 
 
 # --- deciding failures and recoveries ------------------------------------------------------
@@ -551,6 +553,8 @@ def _episodes(
     episode and, rolled back, begin the next). Transitions before the first deployment are not
     walked. Returns the closed episodes and the start of the one still open.
     """
+    if open_since is None and all(v.failure_start is None for v in verdicts):
+        return [], None  # no failure to open an episode: most facts of a healthy app
     events: list[tuple[int, float, int]] = []  # (deployment, time, 0 = recovery / 1 = failure)
     for i, (d, v) in enumerate(zip(deployments, verdicts, strict=True)):
         if v.recovers:
@@ -1104,10 +1108,10 @@ def _walk_start(
     old_newest = old["deployments"][-1]
     settled = old.get("settled") or _settle(old, failure_window_s)
     was = verdict(old_newest, None, old["health"], failure_window_s)
-    walked = old["health"][_split(old["health"], old_newest) :]
-    closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
     reported = settled["episodes"]
     if _newest_is_final(old, was, failure_window_s):
+        walked = old["health"][_split(old["health"], old_newest) :]
+        closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
         reported += len(closed)
     ids = (i for i in range(len(deployments) - 1, -1, -1))
     first = next((i for i in ids if deployments[i][N] == old_newest[N]), -1)
