@@ -236,20 +236,6 @@ def folded_of(history: Mapping[str, Any]) -> Folded:
     }
 
 
-def _stored_folded(folded: Folded) -> list[Any]:
-    lead, recovery = folded["lead"], folded["recovery"]
-    return [
-        folded["deployments"],
-        folded["succeeded"],
-        folded["failed_deployments"],
-        folded["first_at"],
-        folded["last_at"],
-        folded["open_since"],
-        [lead["count"], lead["sum"], lead["max"], lead["buckets"]],
-        [recovery["count"], recovery["sum"], recovery["max"], recovery["buckets"]],
-    ]
-
-
 def _copy(history: Mapping[str, Any] | None) -> History:
     """A copy of ``history`` to change without touching the original (``None``: a new one).
 
@@ -614,29 +600,47 @@ def _sum_into(total: Stats, part: Stats) -> None:
     total["buckets"] = [a + b for a, b in zip(total["buckets"], part["buckets"], strict=True)]
 
 
+def _with(stored: list[Any], values: Iterable[float]) -> list[Any]:
+    """Stored stats ``[count, sum, max, buckets]`` with ``values`` added (a new list)."""
+    stats: Stats = {"count": stored[0], "sum": stored[1], "max": stored[2], "buckets": stored[3]}
+    stats["buckets"] = list(stats["buckets"])
+    for value in values:
+        _add(stats, value)
+    return [stats["count"], stats["sum"], stats["max"], stats["buckets"]]
+
+
+_NO_STATS: list[Any] = [0, 0.0, None, [0] * (len(BUCKETS) + 1)]  # never changed in place
+
+
 def _fold_oldest(history: History, failure_window_s: float) -> None:
-    """Fold the oldest deployment into the totals; its successor is the new oldest."""
-    deployments = history["deployments"]
+    """Fold the oldest deployment into the totals; its successor is the new oldest.
+
+    Works on the stored totals (:func:`folded_of` documents them) without decoding them: a
+    deployment leaves the window at every fact of a busy app.
+    """
+    deployments, health = history["deployments"], history["health"]
     oldest, successor = deployments[0], deployments[1]
-    v = verdict(oldest, successor, history["health"], failure_window_s)
-    folded = folded_of(history)
-    before = history["health"][: _split(history["health"], successor)]
-    closed, folded["open_since"] = _episodes([oldest], [v], before, folded["open_since"])
-    for episode in closed:
-        _add(folded["recovery"], episode.seconds)
-    for seconds in lead_times(oldest):
-        _add(folded["lead"], seconds)
-    folded["deployments"] += 1
-    folded["failed" if oldest[FLAGS] & FAILED else "succeeded"] += 1
-    folded["failed_deployments"] += v.change_failure
-    first = folded["first_at"]
-    folded["first_at"] = oldest[AT] if first is None else min(first, oldest[AT])
-    last = folded["last_at"]
-    folded["last_at"] = oldest[AT] if last is None else max(last, oldest[AT])
-    history["folded"] = _stored_folded(folded)
+    v = verdict(oldest, successor, health, failure_window_s)
+    stored = history["folded"] or [0, 0, 0, None, None, None, _NO_STATS, _NO_STATS]
+    n, succeeded, failed_deployments, first, last, open_since, lead, recovery = stored
+    cut = _split(health, successor)
+    closed, open_since = _episodes([oldest], [v], health[:cut], open_since)
+    leads = list(lead_times(oldest))
+    at = oldest[AT]
+    history["folded"] = [
+        n + 1,
+        succeeded + (not oldest[FLAGS] & FAILED),
+        failed_deployments + v.change_failure,
+        at if first is None else min(first, at),
+        at if last is None else max(last, at),
+        open_since,
+        _with(lead, leads) if leads else lead,
+        _with(recovery, [e.seconds for e in closed]) if closed else recovery,
+    ]
     history["window_s"] = failure_window_s
     del deployments[0]
-    history["health"] = history["health"][_split(history["health"], successor) :]
+    if cut:
+        history["health"] = health[cut:]
 
 
 # --- the keys ------------------------------------------------------------------------------
