@@ -40,7 +40,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any, NamedTuple, NotRequired, TypedDict, cast
 
 from streams.domain import timestamps
 
@@ -455,9 +455,9 @@ def _trim_health(history: History, health_limit: int = HEALTH_LIMIT) -> None:
 # --- deciding failures and recoveries ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the rules say about one deployment, given what followed it."""
+class Verdict(NamedTuple):
+    """What the rules say about one deployment, given what followed it (a tuple: made at
+    every fact, several times)."""
 
     failed_operation: bool  # its phase is not Succeeded
     rolled_back: bool  # the next deployment is a rollback, within the window
@@ -514,8 +514,7 @@ def verdict(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Recovery:
+class Recovery(NamedTuple):
     """One failure episode that ended: when it began, how long it lasted, which fact ended it."""
 
     started: float
@@ -1068,7 +1067,8 @@ def changes(
     last = len(deployments) - 1
     # in time order only the previous newest can change its verdict, and only later ones are
     # new; a late deployment, inserted before the previous newest, is looked at too
-    late = [i for i in range(first) if deployments[i][N] > seen] if first else []
+    in_order = not first or deployments[-1][N] > seen or new.get("n", 0) == seen
+    late = [] if in_order else [i for i in range(first) if deployments[i][N] > seen]
     for i in [*late, *range(first, last + 1)]:
         d = deployments[i]
         if i >= first:
