@@ -1,16 +1,19 @@
 """The four DORA keys of an app or a project, from its announced deployments (pure).
 
 docs/dora.md states every rule; this module is their code. An app's **DORA history** is plain
-JSON that fits in the app's state (so it survives restarts and rebalances with it):
+JSON that fits in the app's state (so it survives restarts and rebalances with it). The state
+is rewritten at every fact, so the history is compact (lists, not objects; digests of revisions):
 
 * ``deployments``: the most recent announced deployment operations, oldest first, at most
-  ``limit`` of them (:class:`Deployment`: finish time, phase, revisions, rollback flag, the health
-  reported with it, and the lead time of each revision it deployed first);
+  ``limit`` of them (:data:`Deployment`: finish time, arrival number, flags for a failed phase,
+  a rollback and a Degraded health reported with it, delivery id, revision digests, and the lead
+  time of each revision it deployed first);
 * ``health``: the Degraded and Healthy transitions observed since the oldest of those
-  deployments (:class:`Transition`);
-* ``folded``: running totals of the deployments that left the window (:class:`Folded`): exact
-  counts, count/sum/max and bucket counts of their lead and recovery times, and the start of a
-  failure that had not recovered when its deployment left.
+  deployments (:data:`Transition`);
+* ``folded``: running totals of the deployments that left the window (:func:`folded_of`
+  decodes them into :class:`Folded`): exact counts, count/sum/max and bucket counts of their
+  lead and recovery times, and the start of a failure that had not recovered when its
+  deployment left.
 
 :func:`record_deployment` and :func:`record_health` apply one fact and return a new history
 (never modifying their argument); applying the same fact twice changes nothing. Facts are
@@ -26,8 +29,8 @@ folded totals, exactly for counts, rates, means and maxima; its medians and 90th
 then estimated from bucket counts (``Summary.estimated``). A range that starts or ends inside
 the folded part can only be answered from the retained deployments: ``Keys.complete`` is false.
 
-Times are aware :class:`~datetime.datetime` in the API and epoch seconds (floats, millisecond
-precision) in the stored history.
+Times are aware :class:`~datetime.datetime` in the API and epoch seconds (millisecond
+precision, an int when whole) in the stored history.
 """
 
 from __future__ import annotations
