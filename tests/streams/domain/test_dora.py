@@ -461,6 +461,29 @@ def test_the_history_is_plain_json() -> None:
     assert orjson.loads(orjson.dumps(app.history)) == app.history
 
 
+def test_a_settled_deployment_keeps_a_digest_of_its_id_and_is_still_recognised() -> None:
+    app = App().deploy(0, "a", commits={"a": at(-5)}).deploy(10).deploy(20).deploy(30)
+    oldest = app.history["deployments"][0]
+    assert oldest[dora.ID] == dora.digest("d1") and oldest[dora.LEAD] == [300.0]
+    again = record_deployment(
+        app.history, delivery_id="d1", finished_at=at(40), phase="Failed", revision="zzz"
+    )
+    assert again == app.history
+    # the new one, the newest and the newest before it keep their ids for the events
+    assert [d[dora.ID] for d in app.history["deployments"][-2:]] == ["d3", "d4"]
+
+
+def test_a_kept_deployment_with_a_git_sha_stays_small() -> None:
+    sha = "c80b448e6a3c4f1f8a4f3b4a2a9d0e1f2b3c4d5e"
+    app = App(limit=30)
+    for n in range(40):
+        app.deploy(10 * n, f"{sha[:-2]}{n:02d}", commits={f"{sha[:-2]}{n:02d}": at(10 * n - 60)})
+    settled = app.history["deployments"][:-3]
+    assert len(app.history["deployments"]) == 30
+    assert max(len(orjson.dumps(d)) for d in settled) <= 50
+    assert len(orjson.dumps(app.history)) < 2000
+
+
 def test_a_deployment_arriving_late_is_kept_in_time_order() -> None:
     app = App().deploy(10).deploy(0)
     assert [d[dora.AT] for d in app.history["deployments"]] == [
