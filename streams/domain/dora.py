@@ -1,16 +1,19 @@
 """The four DORA keys of an app or a project, from its announced deployments (pure).
 
 docs/dora.md states every rule; this module is their code. An app's **DORA history** is plain
-JSON that fits in the app's state (so it survives restarts and rebalances with it):
+JSON that fits in the app's state (so it survives restarts and rebalances with it). The state
+is rewritten at every fact, so the history is compact (lists, not objects; digests of revisions):
 
 * ``deployments``: the most recent announced deployment operations, oldest first, at most
-  ``limit`` of them (:class:`Deployment`: finish time, phase, revisions, rollback flag, the health
-  reported with it, and the lead time of each revision it deployed first);
+  ``limit`` of them (:data:`Deployment`: finish time, arrival number, flags for a failed phase,
+  a rollback and a Degraded health reported with it, delivery id, revision digests, and the lead
+  time of each revision it deployed first);
 * ``health``: the Degraded and Healthy transitions observed since the oldest of those
-  deployments (:class:`Transition`);
-* ``folded``: running totals of the deployments that left the window (:class:`Folded`): exact
-  counts, count/sum/max and bucket counts of their lead and recovery times, and the start of a
-  failure that had not recovered when its deployment left.
+  deployments (:data:`Transition`);
+* ``folded``: running totals of the deployments that left the window (:func:`folded_of`
+  decodes them into :class:`Folded`): exact counts, count/sum/max and bucket counts of their
+  lead and recovery times, and the start of a failure that had not recovered when its
+  deployment left.
 
 :func:`record_deployment` and :func:`record_health` apply one fact and return a new history
 (never modifying their argument); applying the same fact twice changes nothing. Facts are
@@ -26,24 +29,27 @@ folded totals, exactly for counts, rates, means and maxima; its medians and 90th
 then estimated from bucket counts (``Summary.estimated``). A range that starts or ends inside
 the folded part can only be answered from the retained deployments: ``Keys.complete`` is false.
 
-Times are aware :class:`~datetime.datetime` in the API and epoch seconds (floats, millisecond
-precision) in the stored history.
+Times are aware :class:`~datetime.datetime` in the API and epoch seconds (millisecond
+precision, an int when whole) in the stored history.
 """
 
 from __future__ import annotations
 
+import binascii
 import bisect
+import hashlib
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any, NamedTuple, NotRequired, TypedDict, cast
 
 from streams.domain import timestamps
 
-#: Deployments each app's history keeps before folding the oldest into the totals.
-DEFAULT_LIMIT = 50
+#: Deployments each app's history keeps before folding the oldest into the totals: a month of
+#: an app deploying daily (DORA's elite threshold) stays exact; see docs/dora.md for the bound.
+DEFAULT_LIMIT = 30
 #: A Degraded transition or a rollback this long after a deployment finished still fails it.
 DEFAULT_FAILURE_WINDOW_S = 3600.0
 #: Health transitions kept per app at most (a flapping app must not grow its state unbounded).
@@ -88,25 +94,50 @@ class NoDeployments(LookupError):
 # --- the stored shape ----------------------------------------------------------------------
 
 
-class Deployment(TypedDict):
-    """One announced deployment operation, as the history stores it."""
+#: A kept deployment is a JSON list ``[at, n, flags, id, revisions, lead]`` (a list, not an object:
+#: it is stored and rewritten with the app's state at every fact, so its size is broker work):
+#:
+#: * ``at``: the operation's finish (its receipt for a bare body), epoch seconds (an int when
+#:   whole);
+#: * ``n``: the fact's arrival number in this history, ordering facts with the same time (so
+#:   that lists of facts compare, and sort, in the order of facts);
+#: * ``flags``: :data:`FAILED` (its phase is not Succeeded), :data:`ROLLBACK`, :data:`REPORTED_DEGRADED`
+#:   (the health reported with it was Degraded): all the rules read of the phase and the health;
+#: * ``id``: the delivery id (applying the same deployment twice is a no-op), or its
+#:   :func:`digest` once no event can name it any more (see :func:`_compact`);
+#: * ``revisions``: the :func:`digest` of each revision it runs (only compared, never shown);
+#: * ``lead``: the lead times (s) of the revisions it deployed first: ``{revision: seconds}``
+#:   while its events may still be reported, then only the seconds, ``[seconds, ...]``.
+Deployment = list[Any]
+#: A kept health transition is ``[at, n, degraded]``: ``degraded`` is 1 for Degraded, 0 for Healthy.
+Transition = list[Any]
+AT, N, FLAGS, ID, REVISIONS, LEAD = range(6)
+IS_DEGRADED = 2  # the index of a transition's health
+FAILED, ROLLBACK, REPORTED_DEGRADED = 1, 2, 4
 
-    id: str  # the delivery id: applying the same deployment twice is a no-op
-    n: int  # the fact's arrival number in this history: orders facts with the same time
-    at: float  # the operation's finish (its receipt for a bare body), epoch seconds
-    phase: str  # Succeeded, Failed, Error, ...
-    revisions: list[str]  # the revision, or a multi-source app's revisions
-    rollback: bool
-    health: str | None  # the app's health reported with the deployment
-    lead: dict[str, float]  # revision -> lead time (s), for the revisions it deployed first
+
+def digest(text: str) -> str:
+    """A short stable digest of a delivery id or a revision: 48 bits of BLAKE2b, 8 characters.
+
+    Two different texts of one app share a digest with a chance of about 2**-48 per pair.
+    """
+    raw = hashlib.blake2b(text.encode(), digest_size=6).digest()
+    return binascii.b2a_base64(raw, newline=False).decode()  # base64: JSON needs no escapes
 
 
-class Transition(TypedDict):
-    """A health transition observed after a deployment."""
+def lead_times(deployment: Deployment) -> Iterable[float]:
+    """The lead times (s) a kept deployment holds, whatever its form."""
+    lead = deployment[LEAD]
+    return lead.values() if isinstance(lead, dict) else lead
 
-    health: str
-    n: int  # arrival number, as for deployments
-    at: float
+
+def _compact(deployment: Deployment) -> Deployment:
+    """``deployment`` once no event can name it: its id digested, its lead times without names."""
+    lead = deployment[LEAD]
+    if not isinstance(lead, dict):
+        return deployment
+    at, n, flags, id_, revisions, _ = deployment
+    return [at, n, flags, digest(id_), revisions, list(lead.values())]
 
 
 class Stats(TypedDict):
@@ -151,7 +182,7 @@ class History(TypedDict):
     v: int
     deployments: list[Deployment]
     health: list[Transition]
-    folded: Folded
+    folded: list[Any] | None  # the Folded totals as a list (:func:`folded_of`), None: none yet
     window_s: NotRequired[float]  # the failure window the folded totals were decided with
     latest: NotRequired[float]  # the time of the latest fact applied, any health included
     n: NotRequired[int]  # facts stored so far: the next one's arrival number is n + 1
@@ -165,10 +196,20 @@ def _empty_stats() -> Stats:
 def new_history() -> History:
     """An empty history (an app with no deployment yet)."""
     return {
-        "v": 1,
+        "v": 2,
         "deployments": [],
         "health": [],
-        "folded": {
+        "folded": None,
+    }
+
+
+def folded_of(history: Mapping[str, Any]) -> Folded:
+    """The folded totals of ``history`` (stored as ``[deployments, succeeded, failed_deployments,
+    first_at, last_at, open_since, lead, recovery]``, each stats ``[count, sum, max, buckets]``;
+    ``None`` before the first fold). A new dict, free to change."""
+    stored = history.get("folded")
+    if not stored:
+        return {
             "deployments": 0,
             "succeeded": 0,
             "failed": 0,
@@ -178,16 +219,23 @@ def new_history() -> History:
             "lead": _empty_stats(),
             "recovery": _empty_stats(),
             "open_since": None,
-        },
-    }
-
-
-def _copy_stats(stats: Mapping[str, Any]) -> Stats:
+        }
+    n, succeeded, failed_deployments, first_at, last_at, open_since, lead, recovery = stored
     return {
-        "count": stats["count"],
-        "sum": stats["sum"],
-        "max": stats["max"],
-        "buckets": list(stats["buckets"]),
+        "deployments": n,
+        "succeeded": succeeded,
+        "failed": n - succeeded,
+        "failed_deployments": failed_deployments,
+        "first_at": first_at,
+        "last_at": last_at,
+        "lead": {"count": lead[0], "sum": lead[1], "max": lead[2], "buckets": list(lead[3])},
+        "recovery": {
+            "count": recovery[0],
+            "sum": recovery[1],
+            "max": recovery[2],
+            "buckets": list(recovery[3]),
+        },
+        "open_since": open_since,
     }
 
 
@@ -216,24 +264,35 @@ def _copy(history: Mapping[str, Any] | None) -> History:
     return copied
 
 
-def _at(fact: Deployment | Transition) -> float:
-    return fact["at"]
+def _key(fact: Deployment | Transition) -> list[Any]:
+    """The order of facts: by time, then (at the same time) by arrival: ``[at, n]``.
 
-
-def _key(fact: Deployment | Transition) -> tuple[float, int]:
-    """The order of facts: by time, then (at the same time) by arrival."""
-    return (fact["at"], fact["n"])
+    Every fact starts so, and no two share an arrival number, so facts compare (and bisect)
+    in this order as they are, without a key function.
+    """
+    return fact[:2]
 
 
 def _split(health: Sequence[Transition], fact: Deployment | Transition) -> int:
     """The index of the first transition after ``fact`` (transitions are kept in key order)."""
-    return bisect.bisect_right(health, _key(fact), key=_key)
+    return bisect.bisect_right(health, fact[:2])
+
+
+def _after(facts: Sequence[Deployment | Transition], at: float) -> int:
+    """The index of the first fact of ``facts`` later than ``at``."""
+    return bisect.bisect_right(facts, [at, math.inf])
 
 
 def _epoch(when: datetime) -> float:
     if when.tzinfo is None:
         raise ValueError(f"naive datetime {when!r}: give a time zone")
     return round(when.timestamp(), 3)
+
+
+def _stamp(when: datetime) -> float:
+    """A stored time: epoch seconds, an int when whole (Argo CD's times are: 2 bytes less)."""
+    at = _epoch(when)
+    return int(at) if at.is_integer() else at
 
 
 def _iso(epoch: float) -> str:
@@ -279,36 +338,30 @@ def record_deployment(
     """
     if limit < 2:
         raise ValueError("limit: at least 2 (a folded deployment needs its successor)")
-    if history and any(d["id"] == delivery_id for d in history["deployments"]):
-        return _copy(history)
+    if history and history["deployments"]:
+        ids = [d[ID] for d in history["deployments"]]
+        if delivery_id in ids or digest(delivery_id) in ids:
+            return _copy(history)
     new = _copy(history)
-    at = _epoch(finished_at)
+    at = _stamp(finished_at)
     runs = revisions_of(revision, revisions)
+    digests = [digest(r) for r in runs]
     lead: dict[str, float] = {}
     if phase == SUCCEEDED and not rollback and commits:
-        deployed_before = {
-            r
-            for d in new["deployments"]
-            if d["phase"] == SUCCEEDED and d["at"] <= at
-            for r in d["revisions"]
-        }
-        for r in runs:
+        for r, rd in zip(runs, digests, strict=True):
             committed = commits.get(r)
-            if committed is not None and r not in deployed_before:
+            if committed is not None and not _deployed_before(new["deployments"], rd, at):
                 lead[r] = max(0.0, round(at - _epoch(committed), 3))
     new["n"] = new.get("n", 0) + 1
-    entry: Deployment = {
-        "id": delivery_id,
-        "n": new["n"],
-        "at": at,
-        "phase": phase,
-        "revisions": runs,
-        "rollback": rollback,
-        "health": health,
-        "lead": lead,
-    }
+    flags = (
+        (FAILED if phase != SUCCEEDED else 0)
+        | (ROLLBACK if rollback else 0)
+        | (REPORTED_DEGRADED if health == DEGRADED else 0)
+    )
+    entry: Deployment = [at, new["n"], flags, delivery_id, digests, lead]
     deployments = new["deployments"]
-    where = bisect.bisect_right(deployments, at, key=_at)
+    previous = deployments[-1] if deployments else None
+    where = _after(deployments, at)
     if deployments and where == len(deployments) and "settled" in new:
         # the newest deployment gets its successor: its events become final
         newest = deployments[-1]
@@ -326,9 +379,29 @@ def record_deployment(
         new["settled"] = _settle(new, failure_window_s)
     while len(new["deployments"]) > limit:
         _fold_oldest(new, failure_window_s)
+    _compact_settled(new, entry, previous)
     _trim_health(new)
     new["latest"] = max(at, new.get("latest", at))
     return new
+
+
+def _deployed_before(deployments: Sequence[Deployment], revision: str, at: float) -> bool:
+    """A succeeded deployment kept, finished by ``at``, ran the revision (digest)."""
+    ran = [d for d in deployments if revision in d[REVISIONS]]
+    return any(not d[FLAGS] & FAILED and d[AT] <= at for d in ran)
+
+
+def _compact_settled(history: History, entry: Deployment, previous: Deployment | None) -> None:
+    """Compact every deployment :func:`changes` cannot name any more.
+
+    Its events name the new deployment, the newest and the newest before this one (whose
+    failure the new one may reveal, a rollback); every other kept deployment is settled.
+    """
+    deployments = history["deployments"]
+    live = (entry[N], deployments[-1][N], previous[N] if previous is not None else 0)
+    settled = [i for i, d in enumerate(deployments) if type(d[LEAD]) is dict and d[N] not in live]
+    for i in settled:
+        deployments[i] = _compact(deployments[i])
 
 
 def record_health(
@@ -350,23 +423,24 @@ def record_health(
     new = _copy(history)
     if not new["deployments"]:
         return new
-    at = _epoch(observed_at)
+    at = _stamp(observed_at)
     new["latest"] = max(at, new.get("latest", at))
-    if health not in (DEGRADED, HEALTHY) or at < new["deployments"][0]["at"]:
+    if health not in (DEGRADED, HEALTHY) or at < new["deployments"][0][AT]:
         return new
+    degraded = int(health == DEGRADED)
     transitions = new["health"]
-    if any(t["at"] == at and t["health"] == health for t in transitions):
+    if any(t[AT] == at and t[IS_DEGRADED] == degraded for t in transitions):
         return new
-    where = bisect.bisect_right(transitions, at, key=_at)
+    where = _after(transitions, at)
     deployments = new["deployments"]
-    since = deployments[bisect.bisect_right(deployments, at, key=_at) - 1]["at"]  # it follows
+    since = deployments[_after(deployments, at) - 1][AT]  # it follows
     before = transitions[where - 1] if where else None
-    if before is not None and before["health"] == health and before["at"] > since:
+    if before is not None and before[IS_DEGRADED] == degraded and before[AT] > since:
         return new
     new["n"] = new.get("n", 0) + 1
-    transitions.insert(where, {"health": health, "n": new["n"], "at": at})
+    transitions.insert(where, [at, new["n"], degraded])
     _trim_health(new, health_limit)
-    if at < new["deployments"][-1]["at"]:  # late: it falls among settled events
+    if at < new["deployments"][-1][AT]:  # late: it falls among settled events
         new["settled"] = _settle(new, failure_window_s)
     return new
 
@@ -375,16 +449,18 @@ def _trim_health(history: History, health_limit: int = HEALTH_LIMIT) -> None:
     if not history["deployments"]:
         history["health"] = []
         return
-    kept = history["health"][_split(history["health"], history["deployments"][0]) :]
-    history["health"] = kept[-health_limit:]
+    health = history["health"]
+    cut = max(_split(health, history["deployments"][0]), len(health) - health_limit)
+    if cut > 0:  # most facts trim nothing: no copy then
+        history["health"] = health[cut:]
 
 
 # --- deciding failures and recoveries ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the rules say about one deployment, given what followed it."""
+class Verdict(NamedTuple):
+    """What the rules say about one deployment, given what followed it (a tuple: made at
+    every fact, several times)."""
 
     failed_operation: bool  # its phase is not Succeeded
     rolled_back: bool  # the next deployment is a rollback, within the window
@@ -410,19 +486,21 @@ def verdict(
     order. A transition is inside the deployment's window when it came after the deployment and before the
     following one (by time, then arrival: :func:`_key`) and ``t < at + failure_window_s``.
     """
-    at = deployment["at"]
+    at = deployment[AT]
     end = at + failure_window_s
-    next_key = _key(following) if following is not None else (math.inf, 0)
-    failed_operation = deployment["phase"] != SUCCEEDED
-    rolled_back = following is not None and following["rollback"] and following["at"] < end
-    degraded_at: float | None = at if deployment["health"] == DEGRADED else None
+    next_key = _key(following) if following is not None else [math.inf, 0]
+    failed_operation = bool(deployment[FLAGS] & FAILED)
+    rolled_back = (
+        following is not None and bool(following[FLAGS] & ROLLBACK) and following[AT] < end
+    )
+    degraded_at: float | None = at if deployment[FLAGS] & REPORTED_DEGRADED else None
     if degraded_at is None:
         for i in range(_split(health, deployment), len(health)):
             t = health[i]
-            if _key(t) >= next_key or t["at"] >= end:
+            if _key(t) >= next_key or t[AT] >= end:
                 break
-            if t["health"] == DEGRADED:
-                degraded_at = t["at"]
+            if t[IS_DEGRADED]:
+                degraded_at = t[AT]
                 break
     # the failure begins at the failed operation's finish, else at the Degraded transition,
     # else (rolled back while never Degraded) at the finish of the change rolled back; a later
@@ -439,8 +517,7 @@ def verdict(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Recovery:
+class Recovery(NamedTuple):
     """One failure episode that ended: when it began, how long it lasted, which fact ended it."""
 
     started: float
@@ -464,23 +541,24 @@ def _episodes(
     episode and, rolled back, begin the next). Transitions before the first deployment are not
     walked. Returns the closed episodes and the start of the one still open.
     """
-    keys = [_key(d) for d in deployments]
+    if open_since is None and all(v.failure_start is None for v in verdicts):
+        return [], None  # no failure to open an episode: most facts of a healthy app
     events: list[tuple[int, float, int]] = []  # (deployment, time, 0 = recovery / 1 = failure)
     for i, (d, v) in enumerate(zip(deployments, verdicts, strict=True)):
         if v.recovers:
-            events.append((i, d["at"], 0))
+            events.append((i, d[AT], 0))
         if v.failure_start is not None:
             events.append((i, v.failure_start, 1))
     for t in health:
-        group = bisect.bisect_right(keys, _key(t)) - 1
-        if t["health"] == HEALTHY and group >= 0:
-            events.append((group, t["at"], 0))
+        group = bisect.bisect_right(deployments, _key(t)) - 1
+        if not t[IS_DEGRADED] and group >= 0:
+            events.append((group, t[AT], 0))
     closed: list[Recovery] = []
     for group, time, kind in sorted(events):
         if kind == 1 and open_since is None:
             open_since = time
         elif kind == 0 and open_since is not None:
-            closed.append(Recovery(open_since, round(time - open_since, 3), group))
+            closed.append(Recovery(open_since, float(round(time - open_since, 3)), group))
             open_since = None
     return closed, open_since
 
@@ -497,7 +575,7 @@ def _verdicts(history: History, failure_window_s: float, start: int = 0) -> list
 
 def _settle(history: History, failure_window_s: float) -> Settled:
     """The :class:`Settled` checkpoint of ``history``, walked from its folded totals."""
-    deployments, folded = history["deployments"], history["folded"]
+    deployments, folded = history["deployments"], folded_of(history)
     if len(deployments) < 2:
         return {"open_since": folded["open_since"], "episodes": folded["recovery"]["count"]}
     closed, open_since = _episodes(
@@ -524,33 +602,47 @@ def _sum_into(total: Stats, part: Stats) -> None:
     total["buckets"] = [a + b for a, b in zip(total["buckets"], part["buckets"], strict=True)]
 
 
+def _with(stored: list[Any], values: Iterable[float]) -> list[Any]:
+    """Stored stats ``[count, sum, max, buckets]`` with ``values`` added (a new list)."""
+    stats: Stats = {"count": stored[0], "sum": stored[1], "max": stored[2], "buckets": stored[3]}
+    stats["buckets"] = list(stats["buckets"])
+    for value in values:
+        _add(stats, value)
+    return [stats["count"], stats["sum"], stats["max"], stats["buckets"]]
+
+
+_NO_STATS: list[Any] = [0, 0.0, None, [0] * (len(BUCKETS) + 1)]  # never changed in place
+
+
 def _fold_oldest(history: History, failure_window_s: float) -> None:
-    """Fold the oldest deployment into the totals; its successor is the new oldest."""
-    deployments = history["deployments"]
+    """Fold the oldest deployment into the totals; its successor is the new oldest.
+
+    Works on the stored totals (:func:`folded_of` documents them) without decoding them: a
+    deployment leaves the window at every fact of a busy app.
+    """
+    deployments, health = history["deployments"], history["health"]
     oldest, successor = deployments[0], deployments[1]
-    v = verdict(oldest, successor, history["health"], failure_window_s)
-    folded: Folded = {  # a copy: the history's copy may share its totals with the original
-        **history["folded"],
-        "lead": _copy_stats(history["folded"]["lead"]),
-        "recovery": _copy_stats(history["folded"]["recovery"]),
-    }
-    history["folded"] = folded
-    before = history["health"][: _split(history["health"], successor)]
-    closed, folded["open_since"] = _episodes([oldest], [v], before, folded["open_since"])
-    for episode in closed:
-        _add(folded["recovery"], episode.seconds)
-    for seconds in oldest["lead"].values():
-        _add(folded["lead"], seconds)
-    folded["deployments"] += 1
-    folded["succeeded" if oldest["phase"] == SUCCEEDED else "failed"] += 1
-    folded["failed_deployments"] += v.change_failure
-    first = folded["first_at"]
-    folded["first_at"] = oldest["at"] if first is None else min(first, oldest["at"])
-    last = folded["last_at"]
-    folded["last_at"] = oldest["at"] if last is None else max(last, oldest["at"])
+    v = verdict(oldest, successor, health, failure_window_s)
+    stored = history["folded"] or [0, 0, 0, None, None, None, _NO_STATS, _NO_STATS]
+    n, succeeded, failed_deployments, first, last, open_since, lead, recovery = stored
+    cut = _split(health, successor)
+    closed, open_since = _episodes([oldest], [v], health[:cut], open_since)
+    leads = list(lead_times(oldest))
+    at = oldest[AT]
+    history["folded"] = [
+        n + 1,
+        succeeded + (not oldest[FLAGS] & FAILED),
+        failed_deployments + v.change_failure,
+        at if first is None else min(first, at),
+        at if last is None else max(last, at),
+        open_since,
+        _with(lead, leads) if leads else lead,
+        _with(recovery, [e.seconds for e in closed]) if closed else recovery,
+    ]
     history["window_s"] = failure_window_s
     del deployments[0]
-    history["health"] = history["health"][_split(history["health"], successor) :]
+    if cut:
+        history["health"] = health[cut:]
 
 
 # --- the keys ------------------------------------------------------------------------------
@@ -806,9 +898,10 @@ def partial(
         "complete": True,
     }
     for history in (cast(History, h) for h in histories if h):
-        deployments, folded = history["deployments"], history["folded"]
+        deployments = history["deployments"]
         if not deployments:
             continue
+        folded = folded_of(history)
         part["apps"] += 1
         covered = _covers(folded, start, end)
         if covered is False:
@@ -821,17 +914,17 @@ def partial(
             _sum_into(part["folded_lead"], folded["lead"])
         verdicts = _verdicts(history, failure_window_s)
         for d, v in zip(deployments, verdicts, strict=True):
-            if inside(d["at"]):
+            if inside(d[AT]):
                 part["deployments"] += 1
-                part["succeeded"] += d["phase"] == SUCCEEDED
+                part["succeeded"] += not d[FLAGS] & FAILED
                 part["failed_deployments"] += v.change_failure
-                part["lead"] += d["lead"].values()
+                part["lead"] += lead_times(d)
         closed, open_since = _episodes(
             deployments, verdicts, history["health"], folded["open_since"]
         )
         part["recovery"] += [e.seconds for e in closed if inside(e.started)]
         part["unrecovered_failures"] += open_since is not None and inside(open_since)
-        earliest = folded["first_at"] if folded["first_at"] is not None else deployments[0]["at"]
+        earliest = folded["first_at"] if folded["first_at"] is not None else deployments[0][AT]
         first = part["first_at"]
         part["first_at"] = earliest if first is None else min(first, earliest)
     return part
@@ -940,7 +1033,7 @@ def _newest_is_final(history: History, newest: Verdict, failure_window_s: float)
     recovery by the newest deployment, while a Degraded transition may still come inside its
     window: until a fact at least ``failure_window_s`` after it is known.
     """
-    at = history["deployments"][-1]["at"]
+    at = history["deployments"][-1][AT]
     return not newest.recovers or history.get("latest", at) >= at + failure_window_s
 
 
@@ -965,7 +1058,7 @@ def changes(
     newest deployment) changes the keys but may go unreported. Only the newest deployments'
     events are walked (from the :class:`Settled` checkpoint), not the whole history.
     """
-    old = _copy(before)
+    old = cast(History, before) if before else new_history()
     new = cast(History, after)
     deployments = new["deployments"]
     if not deployments:
@@ -977,20 +1070,21 @@ def changes(
     last = len(deployments) - 1
     # in time order only the previous newest can change its verdict, and only later ones are
     # new; a late deployment, inserted before the previous newest, is looked at too
-    late = [i for i in range(first) if deployments[i]["n"] > seen] if first else []
+    in_order = not first or deployments[-1][N] > seen or new.get("n", 0) == seen
+    late = [] if in_order else [i for i in range(first) if deployments[i][N] > seen]
     for i in [*late, *range(first, last + 1)]:
         d = deployments[i]
         if i >= first:
             v = verdicts[i - first]
         else:
             v = verdict(d, deployments[i + 1], new["health"], failure_window_s)
-        is_new = d["n"] > seen
+        is_new = d[N] > seen
         before_v = None if is_new else was
         if v.failure_start is not None and (before_v is None or before_v.failure_start is None):
             found.append(
                 {
                     "kind": CHANGE_FAILURE,
-                    "deployment": d["id"],
+                    "deployment": d[ID],
                     "at": _iso(v.failure_start),
                     "reason": _reason(v),
                 }
@@ -999,12 +1093,12 @@ def changes(
             found += [
                 {
                     "kind": LEAD_TIME,
-                    "deployment": d["id"],
+                    "deployment": d[ID],
                     "revision": revision,
-                    "at": _iso(d["at"]),
+                    "at": _iso(d[AT]),
                     "seconds": seconds,
                 }
-                for revision, seconds in sorted(d["lead"].items())
+                for revision, seconds in sorted(cast(dict[str, float], d[LEAD]).items())
             ]
     return found + _final_recoveries(new, verdicts, settled, reported, first, failure_window_s)
 
@@ -1017,17 +1111,17 @@ def _walk_start(
     ``new`` (0 and nothing reported for an app's first fact)."""
     deployments = new["deployments"]
     if not old["deployments"]:
-        return None, Settled(open_since=new["folded"]["open_since"], episodes=0), 0, 0
+        return None, Settled(open_since=folded_of(new)["open_since"], episodes=0), 0, 0
     old_newest = old["deployments"][-1]
     settled = old.get("settled") or _settle(old, failure_window_s)
     was = verdict(old_newest, None, old["health"], failure_window_s)
-    walked = old["health"][_split(old["health"], old_newest) :]
-    closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
     reported = settled["episodes"]
     if _newest_is_final(old, was, failure_window_s):
+        walked = old["health"][_split(old["health"], old_newest) :]
+        closed, _ = _episodes([old_newest], [was], walked, settled["open_since"])
         reported += len(closed)
     ids = (i for i in range(len(deployments) - 1, -1, -1))
-    first = next((i for i in ids if deployments[i]["id"] == old_newest["id"]), -1)
+    first = next((i for i in ids if deployments[i][N] == old_newest[N]), -1)
     if first < 0:
         raise ValueError("after: does not hold before's newest deployment")
     return was, settled, reported, first

@@ -266,7 +266,7 @@ def test_multi_source_gives_one_lead_time_per_newly_deployed_revision() -> None:
     commits = {"a1": at(-60), "b1": at(-30), "b2": at(20)}
     app = App().deploy(0, revisions=["a1", "b1"], commits=commits)
     app.deploy(30, revisions=["a1", "b2"], commits=commits)  # only b2 is new
-    lead = [d["lead"] for d in app.history["deployments"]]
+    lead = [d[dora.LEAD] for d in app.history["deployments"]]
     assert lead == [{"a1": 3600.0, "b1": 1800.0}, {"b2": 600.0}]
     assert app.keys().lead_time_seconds.count == 3
 
@@ -461,9 +461,32 @@ def test_the_history_is_plain_json() -> None:
     assert orjson.loads(orjson.dumps(app.history)) == app.history
 
 
+def test_a_settled_deployment_keeps_a_digest_of_its_id_and_is_still_recognised() -> None:
+    app = App().deploy(0, "a", commits={"a": at(-5)}).deploy(10).deploy(20).deploy(30)
+    oldest = app.history["deployments"][0]
+    assert oldest[dora.ID] == dora.digest("d1") and oldest[dora.LEAD] == [300.0]
+    again = record_deployment(
+        app.history, delivery_id="d1", finished_at=at(40), phase="Failed", revision="zzz"
+    )
+    assert again == app.history
+    # the new one, the newest and the newest before it keep their ids for the events
+    assert [d[dora.ID] for d in app.history["deployments"][-2:]] == ["d3", "d4"]
+
+
+def test_a_kept_deployment_with_a_git_sha_stays_small() -> None:
+    sha = "c80b448e6a3c4f1f8a4f3b4a2a9d0e1f2b3c4d5e"
+    app = App(limit=30)
+    for n in range(40):
+        app.deploy(10 * n, f"{sha[:-2]}{n:02d}", commits={f"{sha[:-2]}{n:02d}": at(10 * n - 60)})
+    settled = app.history["deployments"][:-3]
+    assert len(app.history["deployments"]) == 30
+    assert max(len(orjson.dumps(d)) for d in settled) <= 50
+    assert len(orjson.dumps(app.history)) < 2000
+
+
 def test_a_deployment_arriving_late_is_kept_in_time_order() -> None:
     app = App().deploy(10).deploy(0)
-    assert [d["at"] for d in app.history["deployments"]] == [
+    assert [d[dora.AT] for d in app.history["deployments"]] == [
         at(0).timestamp(),
         at(10).timestamp(),
     ]
@@ -478,7 +501,7 @@ def test_a_bounded_history_keeps_all_time_counts_exact() -> None:
 
     small, large = run(App(limit=2)), run(App())
     assert len(small.history["deployments"]) == 2
-    assert small.history["folded"]["deployments"] == 6
+    assert dora.folded_of(small.history)["deployments"] == 6
     a, b = small.keys(), large.keys()
     assert (a.deployments, a.succeeded, a.failed_deployments, a.deployments_per_day) == (
         b.deployments,
@@ -506,11 +529,11 @@ def test_a_range_cutting_into_the_folded_deployments_is_incomplete() -> None:
 def test_a_failure_open_when_its_deployment_is_folded_is_recovered_later() -> None:
     app = App(limit=2).deploy(0, phase="Failed").deploy(10, phase="Failed")
     app.deploy(20, phase="Failed")
-    assert app.history["folded"]["open_since"] == at(0).timestamp()
+    assert dora.folded_of(app.history)["open_since"] == at(0).timestamp()
     assert app.keys().unrecovered_failures == 1
     app.deploy(25).deploy(30).deploy(35)
-    assert app.history["folded"]["open_since"] is None
-    assert app.history["folded"]["recovery"]["count"] == 1
+    assert dora.folded_of(app.history)["open_since"] is None
+    assert dora.folded_of(app.history)["recovery"]["count"] == 1
     k = app.keys()
     assert k.recovery_time_seconds.count == 1 and k.recovery_time_seconds.max == 25 * 60
     assert k.unrecovered_failures == 0
@@ -552,7 +575,7 @@ def test_deployment_args_read_a_deployment_record() -> None:
     bare = {**record, "operation": {"phase": "Succeeded", "finished_at": None}}
     assert deployment_args(bare)["finished_at"] == at(5) + timedelta(seconds=1.2)
     history = record_deployment(None, **args)
-    assert history["deployments"][0]["revisions"] == ["r1", "r2"]
+    assert history["deployments"][0][dora.REVISIONS] == [dora.digest("r1"), dora.digest("r2")]
 
 
 def test_commits_of_reads_the_envelope_commit_object() -> None:
@@ -814,7 +837,7 @@ def test_the_worked_example_of_the_docs() -> None:
 
 def test_late_facts_keep_the_checkpoint_where_a_full_walk_stands() -> None:
     app = App().deploy(0, phase="Failed").deploy(30).deploy(20, "late").health(25, "Healthy")
-    assert [d["id"] for d in app.history["deployments"]] == ["d1", "d3", "d2"]
+    assert [d[dora.N] for d in app.history["deployments"]] == [1, 3, 2]  # d1, d3, d2
     assert app.history["settled"] == dora._settle(app.history, HOUR)
     k = app.keys()
     assert k.recovery_time_seconds.max == 20 * 60  # the late deployment at 20 recovered it
