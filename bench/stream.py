@@ -517,8 +517,11 @@ class Bench:
             f"worker {worker_cpu:.1f}s CPU, broker {broker_cpu:.1f}s CPU"
         )
         read = await deployments.read_new(start, len(items))
-        lost = len(items) - len(read.values)
+        # by delivery id: a deployment written twice is a duplicate, not an event found twice
+        ids = [orjson.loads(value)["delivery_id"] for value in read.values]
+        lost = len(items) - len(set(ids))
         self.figure(f"{label}_lost_events", lost, "events")
+        self.figure(f"{label}_duplicate_deployments", len(ids) - len(set(ids)), "records")
         if lost:
             say(f"LOST EVENTS: {await self.missing(deployments, start, items)}")
         self.figure(f"{label}_cpu_us_per_event", worker_cpu / len(read.values) * 1e6, "us")

@@ -65,6 +65,9 @@ def test_stream_bench_runs_on_apache_kafka_with_both_guarantees() -> None:
         assert figures[f"{run}.stream_ratio"][0] == pytest.approx(ratio, rel=0.01, abs=0.01)
         assert figures[f"{run}.stream_lost_events"] == (0.0, "events")
         assert figures[f"{run}.e2e_lost_events"] == (0.0, "events")
+        # reported, not asserted: a rare duplicate after the preload worker's SIGTERM on Apache
+        # Kafka is an open bug (see the issue notes); lost events stay asserted above
+        assert figures[f"{run}.stream_duplicate_deployments"][1] == "records"
     assert not [name for name in figures if name.startswith("embedded.")]
 
 
