@@ -149,7 +149,23 @@ class _Exited(Exception):
     """The broker process exited while we waited for it (not an OSError: not retried)."""
 
 
-class EmbeddedBroker:
+class Stallable:
+    """pause/resume of a broker child process held in ``self._process`` (both test brokers)."""
+
+    _process: subprocess.Popen[bytes] | None
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker stalls (its sockets stay open, nothing answers)."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+
+class EmbeddedBroker(Stallable):
     """A Tansu broker child process on loopback.
 
     ``start()`` returns once the broker answers metadata requests and the topics exist;
@@ -263,16 +279,6 @@ class EmbeddedBroker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    def pause(self) -> None:
-        """SIGSTOP: the broker stalls (its sockets stay open, nothing answers)."""
-        if self._process is not None:
-            os.kill(self._process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        if self._process is not None:
-            os.kill(self._process.pid, signal.SIGCONT)
 
     def __enter__(self) -> EmbeddedBroker:
         self.start_sync()

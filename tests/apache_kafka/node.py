@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -44,6 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from connectors.broker import (
+    Stallable,
     die_with_parent,
     free_port,
     log_tail,
@@ -155,7 +155,7 @@ def _pem_one_line(path: Path) -> str:
 
 
 @dataclass
-class KafkaNode:
+class KafkaNode(Stallable):
     """One KRaft node (broker and controller in one JVM) on loopback.
 
     ``voters`` names every controller of the cluster (``{node_id: port}``); a lone node is its
@@ -396,16 +396,6 @@ class KafkaNode:
         proc, self._process = self._process, None
         terminate(proc, None)
         self._close_log()
-
-    def pause(self) -> None:
-        """SIGSTOP: the node stalls (sockets stay open, nothing answers)."""
-        if self._process is not None:
-            os.kill(self._process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        if self._process is not None:
-            os.kill(self._process.pid, signal.SIGCONT)
 
     def _close_log(self) -> None:
         if self._log_file is not None:
