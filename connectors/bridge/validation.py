@@ -163,16 +163,6 @@ _convert = msgspec.convert
 _ValidationError = msgspec.ValidationError
 
 
-def _envelope_ok(body: dict[str, Any]) -> bool:
-    """True if ``body`` converts to an :class:`Envelope`: what :func:`check_envelope` accepts
-    (a property test holds it against :func:`envelope_problems`)."""
-    try:
-        _convert(body, Envelope)
-    except _ValidationError:
-        return False
-    return True
-
-
 def looks_like_bare_sync_result(body: dict[str, Any]) -> bool:
     """True for a body that has syncResult keys at the top and no envelope keys."""
     return (
