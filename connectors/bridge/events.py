@@ -90,6 +90,19 @@ def envelope_event(
         "revisions": body.get("revisions", fallback.get("revisions", [])),
         "sync_result": sync_result,
         "body_sha256": hashlib.sha256(raw).hexdigest(),
+        "observed_at": body.get("observedAt"),
+        "commit": _commit(body.get("commit")),
+    }
+
+
+def _commit(commit: dict[str, Any] | None) -> dict[str, Any] | None:
+    if commit is None:
+        return None
+    return {
+        "revision": commit["revision"],
+        "date": commit["date"],
+        "author": commit.get("author"),
+        "message": commit.get("message"),
     }
 
 
@@ -117,6 +130,8 @@ def bare_event(
         "revisions": body.get("revisions", []),
         "sync_result": body,
         "body_sha256": hashlib.sha256(raw).hexdigest(),
+        "observed_at": None,
+        "commit": None,
     }
 
 

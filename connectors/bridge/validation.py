@@ -400,9 +400,11 @@ class _Walk:
                 and (t.le is None or value <= t.le)
                 and (t.lt is None or value < t.lt)
             )
-        if ok:
-            return
+        # A problem function also names what the constraints let through and the types still
+        # refuse (a timestamp's calendar: `__post_init__`); it answers None for a good value.
         message = problem(value) if problem is not None else None
+        if ok and message is None:
+            return
         self.add(path, message or f"{value!r} does not meet the constraints of {_noun(t)}s")
 
 

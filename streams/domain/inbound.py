@@ -32,6 +32,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from streams.domain import timestamps
 from streams.domain.records import JsonObject
 
 # Kubernetes object names (RFC 1123 subdomain) and namespaces (RFC 1123 label). They become
@@ -77,6 +78,25 @@ def name_problem(value: str) -> str | None:
     return None
 
 
+# RFC 3339 date-time (section 5.6) with its offset, as Argo CD and Go's time.RFC3339 write it:
+# `2026-07-06T09:13:42Z`, `2026-07-06T09:13:42.123+02:00`. The pattern checks the syntax and the
+# ranges of the parts (msgspec and the JSON Schema check it); `timestamps.parse` the calendar
+# (`2026-02-30T...` matches the pattern and is refused by the types' `__post_init__`).
+RFC3339_PATTERN = (
+    r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(?:\.\d+)?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$(?!\n)"
+)
+_RFC3339_RE = re.compile(RFC3339_PATTERN)
+
+
+def timestamp_problem(value: str) -> str | None:
+    """Why ``value`` is not an RFC 3339 timestamp (date, time and offset), or ``None`` if it is:
+    the pattern's syntax, then :func:`streams.domain.timestamps.parse` for the calendar."""
+    if _RFC3339_RE.search(value) is None or timestamps.parse(value) is None:
+        return f"{value!r} is not an RFC 3339 timestamp (e.g. 2026-07-06T09:13:42Z)"
+    return None
+
+
 def _schema_version_problem(value: Any) -> str:
     return f"unsupported version {value!r} (this bridge reads {SCHEMA_VERSION})"
 
@@ -100,6 +120,15 @@ AppNamespace = Annotated[
             "bridge's SYNCTRAIL_DEFAULT_APP_NAMESPACE."
         ),
         extra={"problem": _app_namespace_problem},
+    ),
+]
+Timestamp = Annotated[
+    str,
+    Meta(
+        pattern=RFC3339_PATTERN,
+        description="An RFC 3339 timestamp with its offset, e.g. 2026-07-06T09:13:42Z.",
+        extra_json_schema={"format": "date-time"},
+        extra={"problem": timestamp_problem},
     ),
 ]
 SchemaVersion = Annotated[
@@ -180,11 +209,35 @@ class Operation(_Inbound, kw_only=True):
     retry_count: int = 0
 
 
+class Commit(_Inbound, kw_only=True):
+    """
+    The git commit the operation deployed, as Argo CD's `repo.GetCommitMetadata` tells it (the
+    shipped template fills it for single-source git apps only); `message` is truncated.
+    """
+
+    noun: ClassVar[str] = "commit object"
+
+    revision: str
+    date: Timestamp
+    author: str | UnsetType = UNSET
+    message: str | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _check_calendar(self.date)
+
+
+def _check_calendar(value: str) -> None:
+    # The pattern (checked before this runs) leaves only the calendar: 2026-02-30 matches it.
+    if timestamps.parse(value) is None:
+        raise ValueError(timestamp_problem(value))
+
+
 class Envelope(_Inbound, kw_only=True):
     """
     The synctrail envelope, POST /v1/sync: one Argo CD sync operation of one app. "" in
     `app.project`, `app.uid`, `operation.finishedAt`, `health` and `syncStatus` means unknown
     (stored as null); `revision` and `revisions` are taken from `syncResult` when left out.
+    `observedAt` (when the notification was rendered) and `commit` may be left out.
     """
 
     schema_version: SchemaVersion = 1
@@ -196,6 +249,12 @@ class Envelope(_Inbound, kw_only=True):
     revision: str | UnsetType = UNSET
     revisions: list[str] | UnsetType = UNSET
     sync_result: SyncResult | None = None
+    observed_at: Timestamp | UnsetType = UNSET
+    commit: Commit | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.observed_at is not UNSET:
+            _check_calendar(self.observed_at)
 
 
 # Keys that only a bare syncResult has at its top level: they tell a bare body sent to the

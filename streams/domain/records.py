@@ -86,6 +86,13 @@ class Operation(Part, kw_only=True):
     retry_count: Count
 
 
+class SyncEventCommit(Part, kw_only=True):
+    revision: str
+    date: Annotated[str, Meta(description="RFC 3339, as the envelope had it (the commit's time).")]
+    author: str | None = None
+    message: Annotated[str | None, Meta(description="Truncated by the template.")] = None
+
+
 class SyncEvent(Record, kw_only=True, tag=SYNC_EVENT_V1):
     """``<prefix>sync-events``: one accepted webhook delivery, as the bridge received it."""
 
@@ -103,6 +110,21 @@ class SyncEvent(Record, kw_only=True, tag=SYNC_EVENT_V1):
         JsonObject | None, Meta(description="Argo CD's syncResult exactly as received.")
     ]
     body_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    observed_at: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "The envelope's observedAt (RFC 3339 as received): when Argo CD rendered the "
+                "notification; null when the body had none (bare bodies always)."
+            )
+        ),
+    ] = None
+    commit: Annotated[
+        SyncEventCommit | None,
+        Meta(
+            description="The envelope's commit; null when the body had none (bare bodies always)."
+        ),
+    ] = None
 
 
 class PolicyRule(Record, kw_only=True, tag=POLICY_RULE_V1):

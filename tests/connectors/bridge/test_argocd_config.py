@@ -1,4 +1,4 @@
-"""The shipped argocd-notifications-cm: both shapes, routes the bridge serves, every completed sync."""
+"""The shipped argocd-notifications-cm: both shapes, routes, every completed sync, health, commit."""
 
 from __future__ import annotations
 
@@ -50,4 +50,53 @@ def test_the_service_sends_a_bearer_token_from_the_secret_and_every_app_is_subsc
     assert headers["Authorization"] == "Bearer $synctrail-token"
     assert headers["Content-Type"] == "application/json"
     subscriptions = yaml.safe_load(data["subscriptions"])
-    assert subscriptions == [{"recipients": ["synctrail"], "triggers": ["on-synctrail"]}]
+    assert subscriptions == [
+        {"recipients": ["synctrail"], "triggers": ["on-synctrail", "on-synctrail-health"]}
+    ]
+
+
+def test_the_health_trigger_sends_the_envelope_on_degraded_and_healthy_once_per_operation() -> None:
+    rules = yaml.safe_load(_data()["trigger.on-synctrail-health"])
+    statuses = []
+    for rule in rules:
+        assert rule["send"] == ["synctrail-envelope"]
+        # only after a completed operation, whose start identifies it (as on-synctrail's)
+        assert rule["when"].startswith("app.status.operationState != nil and ")
+        assert "phase in ['Succeeded', 'Error', 'Failed']" in rule["when"]
+        # keyed on the operation and the health status; a list, so nil parts cannot fail it
+        assert rule["oncePer"] == (
+            "[app.status.operationState?.startedAt, app.status.health?.status]"
+        )
+        statuses += [s for s in ("Degraded", "Healthy") if f"== '{s}'" in rule["when"]]
+    assert statuses == ["Degraded", "Healthy"]
+    # the engine keys a condition on its position and on a hash of `when`: they must differ
+    assert len({rule["when"] for rule in rules}) == len(rules)
+
+
+def _envelope_body() -> str:
+    template = yaml.safe_load(_data()["template.synctrail-envelope"])
+    return str(template["webhook"]["synctrail"]["body"])
+
+
+def test_the_envelope_says_when_it_was_rendered_in_rfc3339() -> None:
+    body = _envelope_body()
+    assert (
+        '"observedAt": {{toJson ((call .time.Now).UTC.Format "2006-01-02T15:04:05.000Z07:00")}},'
+        in body
+    )
+
+
+def test_the_commit_is_looked_up_only_for_single_source_git_apps_with_a_revision() -> None:
+    body = _envelope_body()
+    guard = body.index("{{- with .app.spec.source }}")
+    call = body.index("call $.repo.GetCommitMetadata")
+    assert body.count("GetCommitMetadata") == 1
+    # the call sits inside: a source, no chart, no sources, a non-empty syncResult.revision
+    assert guard < body.index("if and (empty .chart) (empty $.app.spec.sources)") < call
+    assert guard < body.index("{{ with .syncResult }}{{ with .revision }}") < call
+    block = body[guard : body.index("end }}{{ end }}{{ end }}{{ end }}{{ end }}", call)]
+    assert block.count("{{- with") + block.count("{{ with") + block.count("{{ if") == 5
+    for field in ('"revision": ', '"date": ', '"author": ', '"message": '):
+        assert field in block
+    assert "(trunc 200 $commit.Message)" in block
+    assert '$commit.Date.UTC.Format "2006-01-02T15:04:05Z07:00"' in block

@@ -14,6 +14,7 @@ from streams.domain import timestamps
 from streams.domain.records import SyncEvent, dumps
 from tests.connectors.bridge.helpers import valid_fixtures
 from tests.contracts import validate_record
+from tests.support import REPO
 
 FIELDS = {"schema", *(f.encode_name for f in msgspec.structs.fields(SyncEvent))}
 
@@ -99,3 +100,53 @@ def test_delivery_ids_are_uuid4_hex_and_unique() -> None:
     for value in ids[:200]:
         parsed = uuid.UUID(value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
+
+
+HEALTH_EXAMPLES = REPO / "examples" / "payloads" / "health"
+
+
+def test_an_envelope_with_observed_at_and_commit_gives_them_to_the_record() -> None:
+    raw = (HEALTH_EXAMPLES / "02-guestbook-rev-d-degraded.json").read_bytes()
+    event = build({"raw": raw, "shape": "envelope"})
+    assert set(event) == FIELDS
+    validate_record(orjson.loads(orjson.dumps(event)))
+    assert event["health"] == "Degraded"
+    assert event["observed_at"] == "2026-07-10T11:42:51.604Z"
+    assert event["commit"] == {
+        "revision": "2c1f426be077299e6697edfbd9e6160fbab844de",
+        "date": "2026-07-10T11:21:37Z",
+        "author": "Ana Lima <ana.lima@acme.example>",
+        "message": "guestbook-ui v1.5.0: drop the redis sidecar\n\n"
+        "The session store moved to the shared cache.",
+    }
+    decoded = msgspec.json.decode(orjson.dumps(event), type=SyncEvent)
+    assert decoded.commit is not None and decoded.commit.date == "2026-07-10T11:21:37Z"
+
+
+def test_a_commit_without_author_and_message_has_them_null() -> None:
+    body = orjson.loads((HEALTH_EXAMPLES / "01-guestbook-rev-d-commit.json").read_bytes())
+    body["commit"] = {"revision": "abc", "date": "2026-07-10T11:21:37Z"}
+    raw = orjson.dumps(body)
+    event = build({"raw": raw, "shape": "envelope"})
+    assert event["commit"] == {
+        "revision": "abc",
+        "date": "2026-07-10T11:21:37Z",
+        "author": None,
+        "message": None,
+    }
+    validate_record(orjson.loads(orjson.dumps(event)))
+
+
+@pytest.mark.parametrize("entry", valid_fixtures(), ids=lambda e: e["file"])
+def test_bodies_without_observed_at_and_commit_give_nulls(entry: dict) -> None:
+    # none of the shared fixtures has them; bare bodies never can
+    event = build(entry)
+    assert event["observed_at"] is None and event["commit"] is None
+
+
+def test_a_sync_event_written_before_observed_at_and_commit_still_decodes() -> None:
+    entry = next(e for e in valid_fixtures() if e["shape"] == "envelope")
+    old = build(entry)
+    del old["observed_at"], old["commit"]
+    decoded = msgspec.json.decode(orjson.dumps(old), type=SyncEvent)
+    assert decoded.observed_at is None and decoded.commit is None

@@ -334,3 +334,31 @@ def test_an_accepted_body_is_its_contract_record_keyed_by_the_qualified_app(entr
     assert accepted.key == entry["app"] == f"{record['app']['namespace']}/{record['app']['name']}"
     assert accepted.delivery_id == record["delivery_id"]
     assert record["body_sha256"] == hashlib.sha256(entry["raw"]).hexdigest()
+
+
+HEALTH_EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "payloads" / "health"
+
+
+async def test_observed_at_and_commit_reach_the_record_and_a_bad_one_is_refused(
+    broker: EmbeddedBroker, topics: str, tmp_path: Path
+) -> None:
+    degraded = (HEALTH_EXAMPLES / "02-guestbook-rev-d-degraded.json").read_bytes()
+    bad = orjson.loads(degraded)
+    bad["commit"]["date"] = "2026-07-10 11:21:37"
+    async with running_bridge(bridge_settings(broker.bootstrap, topics, tmp_path)) as (client, _):
+        resp = await client.post("/v1/sync", data=orjson.dumps(bad), headers=AUTH)
+        assert resp.status == 400
+        assert (await resp.json())["problems"] == [
+            "commit.date: '2026-07-10 11:21:37' is not an RFC 3339 timestamp "
+            "(e.g. 2026-07-06T09:13:42Z)"
+        ]
+        for raw in (degraded, fixture_bytes("10-guestbook-rev-d.json")):
+            resp = await client.post("/v1/sync", data=raw, headers=AUTH)
+            assert resp.status == 202, await resp.text()
+    with_them, without = await wait_for_records(broker.bootstrap, _topic(topics), 2)
+    for record in (with_them, without):
+        validate_record(record.value)
+    assert with_them.value["health"] == "Degraded"
+    assert with_them.value["observed_at"] == "2026-07-10T11:42:51.604Z"
+    assert with_them.value["commit"]["date"] == "2026-07-10T11:21:37Z"
+    assert without.value["observed_at"] is None and without.value["commit"] is None

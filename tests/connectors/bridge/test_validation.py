@@ -219,9 +219,14 @@ _ENVELOPE_PATHS = [
     ("syncResult", "resources"), ("syncResult", "revision"), ("syncResult", "revisions"),
     ("syncResult", "source"), ("syncResult", "sources"), ("syncResult", "resources", 0, "images"),
     ("syncResult", "resources", 0, "kind"), ("syncResult", "resources", 0, "status"),
-    ("syncResult", "resources", 2),
+    ("syncResult", "resources", 2), ("observedAt",), ("commit",), ("commit", "revision"),
+    ("commit", "date"), ("commit", "author"), ("commit", "message"),
 ]  # fmt: skip
-_BASE = orjson.loads(fixture_bytes("07-guestbook-rev-c.json"))
+# a fixture with the optional observedAt and commit, so that the edits reach them too
+_BASE = orjson.loads(fixture_bytes("07-guestbook-rev-c.json")) | {
+    "observedAt": "2026-07-09T10:00:01.250Z",
+    "commit": {"revision": "c0ffee", "date": "2026-07-09T09:58:00Z", "author": "a", "message": "m"},
+}
 
 
 def _edited(base: dict, edits: list) -> dict:
@@ -371,3 +376,63 @@ def test_a_refusal_the_walk_cannot_name_still_refuses_with_msgspecs_message() ->
     assert _msgspec_problem("Object missing required field `app`") == (
         "body: Object missing required field `app`"
     )
+
+
+# --- observedAt and commit (optional, added within v1) ---------------------------------------
+
+
+def _with_health_fields(**changes: object) -> dict:
+    body = orjson.loads(fixture_bytes("10-guestbook-rev-d.json"))
+    body["observedAt"] = "2026-07-10T11:42:51.604Z"
+    body["commit"] = {
+        "revision": body["revision"],
+        "date": "2026-07-10T11:21:37+02:00",
+        "author": "Ana Lima <ana.lima@acme.example>",
+        "message": "guestbook-ui v1.5.0",
+    }
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = body
+        for step in parents:
+            target = target[step]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return body
+
+
+def test_an_envelope_with_observed_at_and_commit_passes_and_without_them_too() -> None:
+    check_envelope(_with_health_fields())
+    check_envelope(_with_health_fields(observedAt=KeyError, commit=KeyError))
+    check_envelope(_with_health_fields(commit__author=KeyError, commit__message=KeyError))
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"observedAt": "2026-07-10 11:42:51Z"}, "observedAt: '2026-07-10 11:42:51Z' is not an RFC 3339"),
+        ({"observedAt": "2026-07-10T11:42:51"}, "observedAt: '2026-07-10T11:42:51' is not an RFC 3339"),
+        ({"observedAt": "2026-07-10"}, "observedAt: '2026-07-10' is not an RFC 3339"),
+        ({"observedAt": "2026-02-30T11:42:51Z"}, "observedAt: '2026-02-30T11:42:51Z' is not an RFC 3339"),
+        ({"observedAt": 1783683771}, "observedAt: expected a string, got number"),
+        ({"commit__date": "yesterday"}, "commit.date: 'yesterday' is not an RFC 3339"),
+        ({"commit__date": "2025-02-29T00:00:00Z"}, "commit.date: '2025-02-29T00:00:00Z' is not an RFC 3339"),
+        ({"commit__date": KeyError}, "commit.date: required field is missing (expected a string)"),
+        ({"commit__revision": None}, "commit.revision: expected a string, got null"),
+        ({"commit": "2c1f426"}, "commit: expected a commit object, got string"),
+    ],
+)  # fmt: skip
+def test_a_bad_observed_at_or_commit_is_refused_naming_the_field(changes, problem) -> None:
+    rej = _reject(check_envelope, _with_health_fields(**changes))
+    assert rej.status == 400
+    assert len(rej.problems) == 1 and rej.problems[0].startswith(problem), rej.problems
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-07-10T11:42:51Z", "2026-07-10T11:42:51.604Z", "2026-07-10T11:42:51.123456789-07:00",
+     "2024-02-29T23:59:59+14:00"],
+)  # fmt: skip
+def test_rfc3339_timestamps_as_go_writes_them_pass(value: str) -> None:
+    check_envelope(_with_health_fields(observedAt=value, commit__date=value))

@@ -202,3 +202,49 @@ def test_the_bare_table_of_the_contract_page_is_the_sync_result_type() -> None:
             }
         else:
             assert cell == _doc_type(field.type), field.encode_name
+
+
+# --- observedAt and commit --------------------------------------------------------------------
+
+
+def test_the_health_examples_are_envelopes_with_observed_at_and_commit() -> None:
+    files = sorted((REPO / "examples" / "payloads" / "health").glob("[0-9]*.json"))
+    assert len(files) == 2
+    for path in files:
+        body = orjson.loads(path.read_bytes())
+        assert validator("envelope.v1.json").is_valid(body), path.name
+        envelope = msgspec.convert(body, Envelope)
+        assert isinstance(envelope.observed_at, str) and envelope.commit is not msgspec.UNSET
+
+
+@pytest.mark.parametrize(
+    ("value", "syntax", "calendar"),
+    [
+        ("2026-07-06T09:13:42Z", True, True),
+        ("2026-07-06T09:13:42.123456789+05:30", True, True),
+        ("2024-02-29T00:00:00-00:00", True, True),
+        ("2025-02-29T00:00:00Z", True, False),
+        ("2026-04-31T00:00:00Z", True, False),
+        ("2026-07-06T09:13:42", False, False),
+        ("2026-07-06 09:13:42Z", False, False),
+        ("2026-07-06t09:13:42z", False, False),
+        ("2026-07-06T24:00:00Z", False, False),
+        ("2026-07-06T09:13:42Z\n", False, False),
+        ("2026-07-06", False, False),
+    ],
+)
+def test_a_timestamp_is_checked_for_syntax_by_the_schema_and_calendar_by_the_types(
+    value: str, syntax: bool, calendar: bool
+) -> None:
+    from streams.domain.inbound import timestamp_problem
+
+    body = {"app": {"name": "a"}, "operation": {"phase": "S", "startedAt": "t"}}
+    body["observedAt"] = value
+    assert validator("envelope.v1.json").is_valid(body) == syntax
+    assert (timestamp_problem(value) is None) == calendar
+    try:
+        msgspec.convert(body, Envelope)
+        accepted = True
+    except msgspec.ValidationError:
+        accepted = False
+    assert accepted == calendar
