@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 
-from streams.domain.records import DEAD_LETTER_V1, dumps, loads_or_none
+from streams.domain import cloudevents
+from streams.domain.records import DEAD_LETTER_V1, POLICY_CHECK_V1, dumps, loads_or_none
 from streams.kafka.client import admin_args, producer_args, reader_args
 from streams.kafka.offsets import log_end_offsets, read_to_end
 from streams.kafka.topics import ALL_TOPICS, DEAD_LETTERS
@@ -57,6 +58,8 @@ class Decision:
     topic: str | None = None
     key: bytes | None = None
     value: bytes | None = None
+    #: the replayed record's CloudEvents headers, computed again from the original
+    headers: list[cloudevents.Header] | None = None
 
     @property
     def send(self) -> bool:
@@ -68,8 +71,29 @@ def replayable_topics(prefix: str) -> set[str]:
     return {spec.address(prefix) for spec in ALL_TOPICS if spec is not DEAD_LETTERS}
 
 
-def decide(dead_letter: Any, prefix: str) -> Decision:
-    """Decide whether a dead letter can be replayed, and build the record to send."""
+def replay_headers(
+    dead_letter: dict[str, Any], topic: str, prefix: str, source: str
+) -> list[cloudevents.Header]:
+    """The CloudEvents headers of a replayed original, computed from it as its writer did
+    (the dead letter does not keep the original's headers): a valid original has the
+    ``ce_id`` it had; one that never was valid is identified by its content, so replaying it
+    again gives the same id too."""
+    original, key = dead_letter.get("original"), dead_letter.get("key")
+    schema = original.get("schema") if isinstance(original, dict) else None
+    if schema not in cloudevents.IDENTITY:
+        schema = next(spec.schema for spec in ALL_TOPICS if spec.address(prefix) == topic)
+    if original is None:  # kept as text: identified by that text
+        original = dead_letter.get("original_text")
+    partition = dead_letter.get("source_partition")
+    n = partition if schema == POLICY_CHECK_V1 and isinstance(partition, int) else 0
+    return cloudevents.headers(
+        schema, original, key, source or cloudevents.default_source(prefix), n=n
+    )
+
+
+def decide(dead_letter: Any, prefix: str, source: str = "") -> Decision:
+    """Decide whether a dead letter can be replayed, and build the record to send (with its
+    CloudEvents headers, ``source`` being ``SYNCTRAIL_EVENT_SOURCE``)."""
     if not isinstance(dead_letter, dict) or dead_letter.get("schema") != DEAD_LETTER_V1:
         return Decision("not_a_dead_letter", "not a synctrail.dead-letter/v1 record")
     topic = dead_letter.get("source_topic")
@@ -91,6 +115,7 @@ def decide(dead_letter: Any, prefix: str) -> Decision:
         topic,
         key.encode() if isinstance(key, str) else None,
         value,
+        replay_headers(dead_letter, topic, prefix, source),
     )
 
 
@@ -135,6 +160,7 @@ async def replay(
     await consumer.start()
     await producer.start()
     counts: Counter[str] = Counter()
+    source = settings.ce_source()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
@@ -145,7 +171,7 @@ async def replay(
         for tp in tps:  # records that arrive after we started: the next run takes them
             async for batch in read_to_end(consumer, [tp], ends=end, fetch_ms=1000):
                 for message in batch:
-                    decision = decide(loads_or_none(message.value), settings.topic_prefix)
+                    decision = decide(loads_or_none(message.value), settings.topic_prefix, source)
                     print(describe(decision, tp.partition, message.offset, dry_run), file=out)
                     if not decision.send:
                         counts[decision.outcome] += 1
@@ -153,7 +179,12 @@ async def replay(
                         counts["would_send"] += 1
                     else:
                         pending.append(
-                            await producer.send(decision.topic, decision.value, key=decision.key)
+                            await producer.send(
+                                decision.topic,
+                                decision.value,
+                                key=decision.key,
+                                headers=decision.headers,
+                            )
                         )
                         counts["sent"] += 1
         # Commit progress only once every replayed record is acknowledged (acks=all).

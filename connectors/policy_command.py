@@ -79,11 +79,11 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
     await producer.start()
     try:
         if args.policy_command == "rm":
-            await remove_rule(producer, settings.topic_prefix, args.rule_id)
+            await remove_rule(producer, settings.topic_prefix, args.rule_id, settings.ce_source())
             print(f"removed rule {args.rule_id}")
             return 0
         rule = rule_from_args(args)
-        await publish_rules(producer, settings.topic_prefix, [rule])
+        await publish_rules(producer, settings.topic_prefix, [rule], settings.ce_source())
         print(f"published rule {rule['id']}: {orjson.dumps(rule).decode()}")
         return 0
     finally:

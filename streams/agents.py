@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from streams.app import Topology
-from streams.domain import records, timestamps
+from streams.domain import cloudevents, records, timestamps
 from streams.domain.decide import (
     Decision,
     InvalidSyncEvent,
@@ -52,7 +53,7 @@ from streams.domain.notify import deployment_notifications, violation_notificati
 from streams.faust_fixes import as_current_event
 from streams.kafka.client import client_args
 from streams.kafka.features import resolve_idempotence
-from streams.kafka.produce import OutputProducer
+from streams.kafka.produce import Headers, OutputProducer
 from streams.kafka.topics import (
     DEAD_LETTERS,
     DEPLOYMENTS,
@@ -76,8 +77,13 @@ class Batch:
     """Outputs and state updates collected while deciding one batch."""
 
     events: list[Any] = field(default_factory=list)
-    #: ``(topic, key, value, source header)``; see :mod:`streams.replay`
-    outputs: list[tuple[str, bytes, bytes, bytes | None]] = field(default_factory=list)
+    #: ``(topic, key, value, source header, CloudEvents headers)``; see :mod:`streams.replay`
+    #: and :mod:`streams.domain.cloudevents`
+    outputs: list[tuple[str, bytes, bytes, bytes | None, Headers | None]] = field(
+        default_factory=list
+    )
+    #: the ``ce_source`` of the outputs (``SYNCTRAIL_EVENT_SOURCE``)
+    event_source: str = ""
     states: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     outcomes: list[tuple[str, float | None]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -99,6 +105,7 @@ class Batch:
         self._written = written
 
     def emit(self, topic: str, key: str, value: Any) -> None:
+        """Add a record (a dict, or a Struct) to the outputs with its CloudEvents headers."""
         source = None
         if self._source is not None:
             partition, offset = self._source
@@ -108,7 +115,11 @@ class Batch:
                 self.skipped += 1
                 return
             source = source_value(partition, offset, index)
-        self.outputs.append((topic, key.encode(), records.dumps(value), source))
+        if isinstance(value, msgspec.Struct):
+            value = msgspec.to_builtins(value)  # as records.dumps would: the same bytes
+        schema = value.get("schema") if type(value) is dict else None
+        headers = cloudevents.headers(schema, value, key, self.event_source) if schema else None
+        self.outputs.append((topic, key.encode(), records.dumps(value), source, headers))
 
 
 def _dead_letter(
@@ -399,7 +410,8 @@ async def _equal_partition_counts(topology: Topology, outputs: OutputProducer) -
 def decide_batch(flusher: Flusher, events: list[Any]) -> Batch:
     """Decide every event of one take against the newest states; nothing is written yet."""
     topology = flusher.topology
-    batch = Batch(events=events)  # kept as given: Faust's take_events yields a new list each time
+    # events kept as given: Faust's take_events yields a new list each time
+    batch = Batch(events=events, event_source=topology.event_source)
     now = batch.now
     guard = topology.replay_guard
     for event in events:

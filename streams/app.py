@@ -13,6 +13,7 @@ partition's deployments and its state writes go to the right changelog partition
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -169,6 +170,11 @@ class Topology:
     def topic(self, name: str) -> str:
         """Full name of a synctrail topic."""
         return self.settings.topic(name)
+
+    @functools.cached_property
+    def event_source(self) -> str:
+        """The ``ce_source`` of every output (``SYNCTRAIL_EVENT_SOURCE``)."""
+        return self.settings.ce_source()
 
     def assigned_partitions(self) -> set[int]:
         """The sync-events partitions this worker owns right now."""

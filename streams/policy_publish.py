@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.domain import records, timestamps
+from streams.domain import cloudevents, records, timestamps
 from streams.kafka.topics import POLICY, SYNC_EVENTS
 
 POLICY_CHECK_V1 = records.POLICY_CHECK_V1
@@ -37,24 +37,61 @@ def rule_record(rule: Mapping[str, Any], now: datetime | None = None) -> dict[st
 
 
 async def publish_rules(
-    producer: AIOKafkaProducer, prefix: str, rules: Iterable[Mapping[str, Any]]
+    producer: AIOKafkaProducer,
+    prefix: str,
+    rules: Iterable[Mapping[str, Any]],
+    source: str | None = None,
 ) -> int:
-    """Write rules to the policy topic, then a check for each to every sync-events partition."""
+    """Write rules to the policy topic, then a check for each to every sync-events partition.
+
+    Each record carries its CloudEvents headers (``source``: ``SYNCTRAIL_EVENT_SOURCE``, else
+    the prefix's default); a rule's time is its ``created_at``, the checks' ``n`` their
+    partition.
+    """
+    source = source or cloudevents.default_source(prefix)
     policy_topic, events_topic = POLICY.address(prefix), SYNC_EVENTS.address(prefix)
     partitions = sorted(await producer.partitions_for(events_topic))
     count = 0
     for rule in rules:
         record = rule_record(rule)
-        await producer.send_and_wait(policy_topic, records.dumps(record), key=rule["id"].encode())
-        check = records.dumps({"schema": POLICY_CHECK_V1, "rule": record})
+        key = rule["id"]
+        await producer.send_and_wait(
+            policy_topic,
+            records.dumps(record),
+            key=key.encode(),
+            headers=cloudevents.headers(records.POLICY_RULE_V1, record, key, source),
+        )
+        check = {"schema": POLICY_CHECK_V1, "rule": record}
+        value, check_key = records.dumps(check), f"policy:{key}"
         for partition in partitions:
             await producer.send_and_wait(
-                events_topic, check, key=f"policy:{rule['id']}".encode(), partition=partition
+                events_topic,
+                value,
+                key=check_key.encode(),
+                partition=partition,
+                headers=cloudevents.headers(POLICY_CHECK_V1, check, check_key, source, n=partition),
             )
         count += 1
     return count
 
 
-async def remove_rule(producer: AIOKafkaProducer, prefix: str, rule_id: str) -> None:
-    """Delete a rule: a tombstone on the compacted policy topic."""
-    await producer.send_and_wait(POLICY.address(prefix), None, key=rule_id.encode())
+async def remove_rule(
+    producer: AIOKafkaProducer,
+    prefix: str,
+    rule_id: str,
+    source: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Delete a rule: a tombstone on the compacted policy topic (its CloudEvents time and
+    identity: when it was deleted)."""
+    when = timestamps.format_datetime(now or datetime.now(UTC))
+    headers = cloudevents.headers(
+        records.POLICY_RULE_V1,
+        None,
+        rule_id,
+        source or cloudevents.default_source(prefix),
+        time=when,
+    )
+    await producer.send_and_wait(
+        POLICY.address(prefix), None, key=rule_id.encode(), headers=headers
+    )

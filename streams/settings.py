@@ -18,6 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from streams.domain import cloudevents
 from streams.event_loop import EventLoopName
 
 
@@ -122,6 +123,12 @@ class CommonSettings(BaseSettings):
     default_app_namespace: str = Field(
         "argocd", description="Application namespace assumed when a body does not say."
     )
+    event_source: str = Field(
+        "",
+        description="The CloudEvents `source` (`ce_source` header) of every record written: a "
+        "URI reference naming this synctrail installation. Empty: `/synctrail/<topic prefix "
+        "without its trailing dot>`, e.g. `/synctrail/synctrail`.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level; logs are JSON lines on stderr."
     )
@@ -130,6 +137,11 @@ class CommonSettings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for an unprefixed topic name."""
         return f"{self.topic_prefix}{name}"
+
+    def ce_source(self) -> str:
+        """``SYNCTRAIL_EVENT_SOURCE``, or ``/synctrail/<topic prefix without its trailing
+        dot>`` when it is empty (see docs/standard-events.md)."""
+        return self.event_source or cloudevents.default_source(self.topic_prefix)
 
     @classmethod
     def settings_customise_sources(

@@ -41,7 +41,7 @@ async def prepare(settings: WorkerSettings) -> WorkerSettings:
     producer = AIOKafkaProducer(**producer_args(settings, acks="all"))
     await producer.start()
     try:
-        count = await publish_rules(producer, settings.topic_prefix, rules)
+        count = await publish_rules(producer, settings.topic_prefix, rules, settings.ce_source())
     finally:
         await producer.stop()
     log.info("policy file published", extra={"rules": count, "file": str(settings.policy_file)})

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.domain import cloudevents, records
 from streams.kafka.offsets import read_to_end, topic_partitions
+from streams.kafka.topics import ALL_TOPICS, SOURCE_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = Path(
@@ -79,6 +81,8 @@ class Record:
     offset: int
     value: Any
     raw: bytes | None
+    #: the record's headers, in order (CloudEvents' and ``synctrail-source``)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> list[Record]:
@@ -109,6 +113,7 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> lis
                             offset=m.offset,
                             value=orjson.loads(m.value) if m.value is not None else None,
                             raw=m.value,
+                            headers=tuple(m.headers or ()),
                         )
                     )
         except TimeoutError as exc:
@@ -200,3 +205,32 @@ class Service:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         return self.process.returncode
+
+
+async def assert_cloudevents_headers_on_every_record(
+    bootstrap: str, prefix: str, names: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Every record of every synctrail topic carries its CloudEvents binary-mode headers, the
+    ones :func:`streams.domain.cloudevents.headers` gives for its value as read back (so the
+    ``ce_id`` is the function of the fact, not of the write); only the topics ``names`` when
+    given; returns the records per topic."""
+    source = cloudevents.default_source(prefix)
+    counts: dict[str, int] = {}
+    for spec in ALL_TOPICS:
+        if names is not None and spec.name not in names:
+            continue  # e.g. a topic the test itself wrote to
+        found = await read_topic(bootstrap, spec.address(prefix))
+        for r in found:
+            where = f"{spec.address(prefix)}[{r.partition}]@{r.offset}"
+            got = dict(r.headers)
+            schema = r.value["schema"] if isinstance(r.value, dict) else spec.schema
+            n = r.partition if schema == records.POLICY_CHECK_V1 else 0
+            want = dict(cloudevents.headers(schema, r.value, r.key, source, n=n))
+            if r.value is None:  # a tombstone: its id and time are when it was deleted
+                want.pop("ce_id"), got.pop("ce_id", None)
+                want.pop("ce_time", None), got.pop("ce_time", None)
+            got.pop(SOURCE_HEADER, None)  # the worker's (streams.replay)
+            assert got == want, where
+            assert r.value is None or "ce_time" in got, where
+        counts[spec.name] = len(found)
+    return counts

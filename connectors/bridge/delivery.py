@@ -44,10 +44,11 @@ from connectors.bridge.fence import Fence
 from connectors.bridge.metrics import BridgeMetrics
 from connectors.bridge.settings import BridgeSettings
 from connectors.bridge.spool import Spool, SpoolError
+from streams.domain import cloudevents, records
 from streams.kafka.aiokafka_fixes import abort_sender
 from streams.kafka.client import client_args, parse_bootstrap
 from streams.kafka.features import BrokerFeatures, probe, use_idempotence
-from streams.kafka.produce import BatchFailed, BatchingProducer
+from streams.kafka.produce import BatchFailed, BatchingProducer, Headers
 from streams.kafka.setup import ensure_topics_for
 from streams.kafka.topics import SYNC_EVENTS
 
@@ -147,6 +148,7 @@ class Dispatcher:
         self._topic_seen = False
         self._missing_reported = False
         self.fence = Fence()
+        self.source = settings.ce_source()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -320,8 +322,28 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the hot path
 
-    async def deliver(self, key: bytes, value: bytes) -> Outcome:
-        """Publish ``value`` under ``key`` (or spool it); raises SpoolError when neither works."""
+    def headers_of(self, key: str, delivery_id: str | None, received_at: str | None) -> Headers:
+        """The CloudEvents headers of a sync-event keyed ``key``: its identity is its
+        ``delivery_id``, its time ``received_at`` (:mod:`streams.domain.cloudevents`)."""
+        fields = {"delivery_id": delivery_id, "received_at": received_at}
+        return cloudevents.headers(records.SYNC_EVENT_V1, fields, key, self.source)
+
+    def headers_of_value(self, key: bytes, value: bytes) -> Headers:
+        """The CloudEvents headers of a sync-event record from its bytes (a spooled one: the
+        spool keeps key and value, so the headers are computed again, the same ones)."""
+        record = records.loads_or_none(value)
+        if not isinstance(record, dict):
+            record = {}
+        return self.headers_of(
+            key.decode("utf-8", "replace"), record.get("delivery_id"), record.get("received_at")
+        )
+
+    async def deliver(self, key: bytes, value: bytes, headers: Headers | None = None) -> Outcome:
+        """Publish ``value`` under ``key`` with its CloudEvents ``headers`` (computed from the
+        value when not given), or spool it (key and value: a drain computes the same headers
+        again); raises SpoolError when neither works."""
+        if headers is None:
+            headers = self.headers_of_value(key, value)
         prev = self._tails.get(key)
         me = _Settle()
         self._tails[key] = me
@@ -336,7 +358,7 @@ class Dispatcher:
                 me.direct = True
                 started = time.monotonic()
                 try:
-                    partition, offset = await self._submit(self.topic, key, value)
+                    partition, offset = await self._submit(self.topic, key, value, headers)
                 except BatchFailed as exc:
                     me.direct = False
                     self.mark_down(str(exc))
@@ -360,19 +382,21 @@ class Dispatcher:
             if self._tails.get(key) is me:
                 del self._tails[key]
 
-    def _submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
+    def _submit(
+        self, topic: str, key: bytes, value: bytes, headers: Headers
+    ) -> asyncio.Future[Any]:
         """Queue a record; the future resolves to ``(partition, offset)`` once acknowledged."""
         self._last_submit = now = time.monotonic()
         batcher = self._batcher
         if batcher is not None and topic == self.topic:
             # The batcher tracks its records' age itself (per batch, cheaper than per record).
-            return batcher.submit(topic, key, value)
+            return batcher.submit(topic, key, value, headers)
         if self._producer is None:
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(ProduceFailed("kafka unreachable"))
             return fut
         # Only spooled records of another prefix (settings changed between runs) get here.
-        fut = asyncio.ensure_future(_send_one(self._producer, topic, key, value))
+        fut = asyncio.ensure_future(_send_one(self._producer, topic, key, value, headers))
         ident = self._next_id
         self._next_id += 1
         self._inflight[ident] = _InFlight(now, fut)
@@ -473,7 +497,8 @@ class Dispatcher:
                 done.set_result(None)
                 waits.append(done)
             else:
-                waits.append(self._submit(rec.topic, rec.key, rec.value))
+                headers = self.headers_of_value(rec.key, rec.value)
+                waits.append(self._submit(rec.topic, rec.key, rec.value, headers))
         if skipped:
             log.info(
                 "spooled records found on the topic already; not sent again",
@@ -496,7 +521,7 @@ class Dispatcher:
 
 
 async def _send_one(
-    producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes
+    producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes, headers: Headers
 ) -> tuple[int, int]:
-    meta = await (await producer.send(topic, value, key=key))
+    meta = await (await producer.send(topic, value, key=key, headers=headers))
     return meta.partition, meta.offset

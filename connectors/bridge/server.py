@@ -230,11 +230,18 @@ class Accepted:
     key: str
     delivery_id: str
     value: bytes
+    #: the event's ``received_at``: with ``delivery_id``, its CloudEvents identity and time
+    received_at: str | None = None
 
     @classmethod
     def of(cls, event: dict[str, Any]) -> Accepted:
         """The record of a sync-event built by :mod:`connectors.bridge.events`."""
-        return cls(event_key(event), event["delivery_id"], orjson.dumps(event))
+        return cls(
+            event_key(event),
+            event["delivery_id"],
+            orjson.dumps(event),
+            event.get("received_at"),
+        )
 
 
 def accept_envelope(raw: bytes, default_namespace: str) -> Accepted:
@@ -297,7 +304,9 @@ async def post_bare(request: web.Request) -> web.Response:
 async def _publish(bridge: Bridge, accepted: Accepted) -> web.Response:
     key = accepted.key
     try:
-        outcome: Outcome = await bridge.dispatcher.deliver(key.encode(), accepted.value)
+        dispatcher = bridge.dispatcher
+        headers = dispatcher.headers_of(key, accepted.delivery_id, accepted.received_at)
+        outcome: Outcome = await dispatcher.deliver(key.encode(), accepted.value, headers)
     except SpoolError as exc:
         bridge.metrics.rejected.inc()
         log.error(

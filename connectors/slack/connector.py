@@ -149,7 +149,7 @@ class Connector:
     async def _load_state(self) -> None:
         assert self._producer is not None
         s = self.settings
-        store = self.store = StateStore(s, self.state_topic, self._producer)
+        store = self.store = StateStore(s, self.state_topic, self._producer, s.ce_source())
         started = time.monotonic()
         read = await store.load()
         pruned = await store.prune(s.slack_state_retention_days * 86400)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -31,8 +32,8 @@ from connectors.slack.sending import (
     deliver,
 )
 from connectors.slack.state import Source, StateStore, channel_key, entry, thread_key
-from streams.domain import timestamps
-from streams.domain.records import DeadLetter, Notification, dumps
+from streams.domain import cloudevents, timestamps
+from streams.domain.records import DEAD_LETTER_V1, DeadLetter, Notification, dumps
 from streams.domain.records import dead_letter as records_dead_letter
 from streams.kafka.retry import until_kafka_answers
 
@@ -254,10 +255,13 @@ class MessageHandler:
 
     async def _dead_letter(self, item: Item, reason: str, error_type: str) -> None:
         record = dead_letter(item, reason, error_type)
+        headers = cloudevents.headers(
+            DEAD_LETTER_V1, msgspec.to_builtins(record), item.key, self.store.source
+        )
         await durably(
             "dead letter",
             lambda: self.producer.send_and_wait(
-                self.dead_letters_topic, dumps(record), key=item.key
+                self.dead_letters_topic, dumps(record), key=item.key, headers=headers
             ),
         )
         self.metrics.dead_letters.inc()

@@ -26,11 +26,14 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.domain import cloudevents
+from streams.domain.cloudevents import Header
 from streams.domain.records import SLACK_STATE_V1
 from streams.kafka.client import Connection, connection
 from streams.kafka.offsets import read_to_end, topic_partitions
 
 STATE_V1 = SLACK_STATE_V1
+Headers = list[Header]
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +145,16 @@ class SlackState:
 class StateStore:
     """Reads ``<prefix>slack-state`` into a ``SlackState`` and writes to it durably."""
 
-    def __init__(self, bootstrap: Connection, topic: str, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self, bootstrap: Connection, topic: str, producer: AIOKafkaProducer, source: str = ""
+    ) -> None:
         # bootstrap: the settings (every process) or a plaintext host:port
         self.bootstrap = bootstrap
         self.topic = topic
         self.producer = producer
         self.state = SlackState()
+        #: the ``ce_source`` of what the connector writes (``SYNCTRAIL_EVENT_SOURCE``)
+        self.source = source or cloudevents.default_source(topic.removesuffix("slack-state"))
 
     async def load(self, timeout_s: float = 60.0) -> int:
         """Read the topic from the beginning to the end offsets seen now; returns records read."""
@@ -179,13 +186,26 @@ class StateStore:
     async def write(self, key: str, value: dict[str, Any] | None) -> None:
         """Write one state value and wait for the broker's acknowledgement, then apply it."""
         payload = None if value is None else orjson.dumps(value)
-        await self.producer.send_and_wait(self.topic, payload, key=key.encode())
+        await self.producer.send_and_wait(
+            self.topic, payload, key=key.encode(), headers=self._headers(key, value, time.time())
+        )
         self.state.apply(key, value)
+
+    def _headers(self, key: str, value: Mapping[str, Any] | None, now: float) -> Headers:
+        """CloudEvents headers of a state record (a tombstone's time: ``now``)."""
+        when = None if value is not None else cloudevents.unix_to_rfc3339(now)
+        return cloudevents.headers(STATE_V1, value, key, self.source, time=when)
 
     async def prune(self, retention_s: float) -> int:
         """Delete (tombstone) entries older than ``retention_s``; returns how many."""
-        keys = self.state.expired(time.time(), retention_s)
-        sent = [await self.producer.send(self.topic, None, key=k.encode()) for k in keys]
+        now = time.time()
+        keys = self.state.expired(now, retention_s)
+        sent = [
+            await self.producer.send(
+                self.topic, None, key=k.encode(), headers=self._headers(k, None, now)
+            )
+            for k in keys
+        ]
         for future, key in zip(sent, keys, strict=True):
             await future
             self.state.apply(key, None)

@@ -228,6 +228,12 @@ def identity(schema: str, record: Any) -> Identity:
     return [content_sha256(record)], None
 
 
+def default_source(topic_prefix: str) -> str:
+    """The ``ce_source`` when ``SYNCTRAIL_EVENT_SOURCE`` is empty: ``/synctrail/<topic prefix
+    without its trailing dot>`` (``/synctrail/synctrail`` by default)."""
+    return f"/synctrail/{topic_prefix.rstrip('.')}"
+
+
 _TYPES: dict[str, tuple[str, bytes]] = {}
 
 

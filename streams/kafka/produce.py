@@ -26,7 +26,9 @@ acknowledgements are outstanding. Where the broker has idempotent producers
 (``SYNCTRAIL_KAFKA_IDEMPOTENCE``), a batch retried after a lost answer is not appended twice.
 
 :class:`OutputProducer` is the worker's: it makes its own aiokafka producer and puts each
-record's source in the ``synctrail-source`` header (:mod:`streams.replay`).
+record's source in the ``synctrail-source`` header (:mod:`streams.replay`), after the record's
+CloudEvents headers (:mod:`streams.domain.cloudevents`, computed by the caller while the record
+is still a dict).
 """
 
 from __future__ import annotations
@@ -47,8 +49,19 @@ from streams.kafka.client import Connection, connection
 from streams.kafka.topics import SOURCE_HEADER
 
 Headers = list[tuple[str, bytes]]
-#: ``(topic, partition, key, value[, header value or None])``: a record on its partition
-Placed = tuple[str, int, bytes, bytes] | tuple[str, int, bytes, bytes, bytes | None]
+#: ``(topic, partition, key, value[, header value or None[, headers]])``: a record on its
+#: partition; ``headers`` (CloudEvents', :mod:`streams.domain.cloudevents`) go first
+Placed = (
+    tuple[str, int, bytes, bytes]
+    | tuple[str, int, bytes, bytes, bytes | None]
+    | tuple[str, int, bytes, bytes, bytes | None, Headers | None]
+)
+#: ``(topic, key, value[, source[, headers]])``: a record for :meth:`OutputProducer.place`
+Unplaced = (
+    tuple[str, bytes, bytes]
+    | tuple[str, bytes, bytes, bytes | None]
+    | tuple[str, bytes, bytes, bytes | None, Headers | None]
+)
 
 _PARTITION_CACHE_MAX = 100_000
 _NO_HEADERS: Headers = []  # shared: aiokafka only reads it
@@ -197,9 +210,12 @@ class BatchingProducer:
 
     # ------------------------------------------------------------------ one record at a time
 
-    def submit(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[tuple[int, int]]:
-        """Queue a record on its key's partition of ``topic`` (whose :meth:`partition_count`
-        was asked before); the future resolves to ``(partition, offset)`` once acknowledged.
+    def submit(
+        self, topic: str, key: bytes, value: bytes, headers: Headers = _NO_HEADERS
+    ) -> asyncio.Future[tuple[int, int]]:
+        """Queue a record (with ``headers``) on its key's partition of ``topic`` (whose
+        :meth:`partition_count` was asked before); the future resolves to ``(partition,
+        offset)`` once acknowledged.
 
         It fails with :class:`BatchFailed` if the broker refuses the batch or everything was
         failed (:meth:`fail_all`) first.
@@ -213,7 +229,7 @@ class BatchingProducer:
         if partition is None:
             partition = known.place(key)
         lane = known.lanes[partition]
-        batch = self._append(lane, key, value, _NO_HEADERS)
+        batch = self._append(lane, key, value, headers)
         if batch.waiters is None:
             batch.waiters = [fut]
         else:
@@ -317,10 +333,11 @@ class BatchingProducer:
     async def hand_over(
         self, records: Iterable[Placed]
     ) -> asyncio.Future[dict[tuple[str, int], int]]:
-        """Give ``(topic, partition, key, value[, header value])`` records to the producer,
-        without waiting for the broker; the returned future resolves, once all are
+        """Give ``(topic, partition, key, value[, header value[, headers]])`` records to the
+        producer, without waiting for the broker; the returned future resolves, once all are
         acknowledged, to the offset of the last record written to each ``(topic, partition)``.
-        A header value (not ``None``) goes in the record's ``header`` (see the class).
+        The record's ``headers`` come first, then a header value (not ``None``) in the
+        record's ``header`` (see the class).
 
         Records of one partition go in one batch (or more, when full), in the order given, and
         after those of every earlier call: a caller that hands over batch after batch keeps
@@ -333,9 +350,7 @@ class BatchingProducer:
             lane = lanes.get(tp)
             if lane is None:
                 lane = lanes[tp] = self._lane(*tp)
-            extra = record[4] if len(record) > 4 else None
-            headers = [(self._header, extra)] if extra is not None else _NO_HEADERS
-            self._append(lane, record[2], record[3], headers)
+            self._append(lane, record[2], record[3], self._headers(record))
         delivered: list[tuple[_Lane, _Batch, asyncio.Future[Any]]] = []
         for lane in lanes.values():
             if lane.topic not in self._tracked:  # every topic before its first batch
@@ -346,6 +361,17 @@ class BatchingProducer:
                 )
                 delivered.append((lane, batch, sent))
         return asyncio.ensure_future(self._last_offsets(delivered))
+
+    def _headers(self, record: Placed) -> Headers:
+        if len(record) < 5:
+            return _NO_HEADERS
+        extra = record[4]
+        given = record[5] if len(record) > 5 else None
+        if extra is None:
+            return given or _NO_HEADERS
+        if given:
+            return [*given, (self._header, extra)]
+        return [(self._header, extra)]
 
     async def _last_offsets(
         self, delivered: list[tuple[_Lane, _Batch, asyncio.Future[Any]]]
@@ -405,13 +431,11 @@ class OutputProducer(BatchingProducer):
         """Flush what is pending and disconnect."""
         await self.producer.stop()
 
-    async def place(
-        self,
-        records: Iterable[tuple[str, bytes, bytes] | tuple[str, bytes, bytes, bytes | None]],
-    ) -> list[Placed]:
-        """``(topic, key, value[, source])`` records as ``(topic, partition, key, value,
-        source)``: each on its key's partition (a ``source`` goes in the ``synctrail-source``
-        header; the value is written as given)."""
+    async def place(self, records: Iterable[Unplaced]) -> list[Placed]:
+        """``(topic, key, value[, source[, headers]])`` records as ``(topic, partition, key,
+        value, source, headers)``: each on its key's partition (``headers``, the CloudEvents
+        ones, then a ``source`` in the ``synctrail-source`` header; the value is written as
+        given)."""
         placed: list[Placed] = []
         topics = self._topics
         for record in records:  # indexing, not star-unpacking: no list per record
@@ -421,5 +445,6 @@ class OutputProducer(BatchingProducer):
             if partition is None:
                 partition = known.place(key)
             source = record[3] if len(record) > 3 else None
-            placed.append((topic, partition, key, record[2], source))
+            headers = record[4] if len(record) > 4 else None
+            placed.append((topic, partition, key, record[2], source, headers))
         return placed

@@ -12,7 +12,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.dead_letters import decide, summary
-from streams.domain.records import DEAD_LETTER_V1
+from streams.domain import cloudevents
+from streams.domain.records import DEAD_LETTER_V1, SYNC_EVENT_V1
 from streams.kafka.offsets import read_to_end
 from tests.support import REPO, produce, read_topic
 
@@ -145,7 +146,13 @@ async def test_replay_dead_letters_sends_originals_back_once(broker, topics):
     assert "replayed 0 dead letter(s), skipped 0" in again.stdout, again.stdout
     everything = await run_command(broker.bootstrap, prefix, "--from-beginning")
     assert "replayed 2 dead letter(s)" in everything.stdout
-    assert len(await read_topic(broker.bootstrap, f"{prefix}sync-events")) == 2
+    replayed = await read_topic(broker.bootstrap, f"{prefix}sync-events")
+    assert len(replayed) == 2
+    # the same fact replayed twice has one ce_id: the one its first writer (the bridge) gave it
+    source = f"/synctrail/{prefix.rstrip('.')}"
+    first = dict(cloudevents.headers(SYNC_EVENT_V1, event, "argocd/guestbook", source))
+    assert [dict(r.headers)["ce_id"] for r in replayed] == [first["ce_id"]] * 2
+    assert dict(replayed[0].headers) == first
 
 
 async def test_replay_dead_letters_fails_clearly_when_the_topic_is_missing(broker, prefix):

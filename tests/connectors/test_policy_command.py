@@ -8,6 +8,7 @@ from connectors.broker import EmbeddedBroker
 from connectors.policy_command import read_rules
 from streams.policy_publish import publish_rules, remove_rule
 from streams.settings import CommonSettings
+from tests.support import assert_cloudevents_headers_on_every_record
 
 
 async def test_the_rules_in_force_are_each_rules_latest_value_without_removed_ones(
@@ -28,6 +29,10 @@ async def test_the_rules_in_force_are_each_rules_latest_value_without_removed_on
         await remove_rule(producer, topics, "gone")
     finally:
         await producer.stop()
+
+    on_topics = await assert_cloudevents_headers_on_every_record(broker.bootstrap, topics)
+    assert on_topics["policy"] == 4  # three rules and a tombstone, each with its headers
+    assert on_topics["sync-events"] == 3 * settings.partitions  # a check per partition each
 
     rules = await read_rules(settings)
     assert sorted(rules) == ["no-sidecar"]

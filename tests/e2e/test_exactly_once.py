@@ -42,7 +42,13 @@ from tests.e2e.backlog import (
     wait_processed,
 )
 from tests.e2e.harness import FixtureEvent, Worker, synthetic_events
-from tests.support import Service, produce, wait_for, wait_for_records
+from tests.support import (
+    Service,
+    assert_cloudevents_headers_on_every_record,
+    produce,
+    wait_for,
+    wait_for_records,
+)
 
 
 @pytest.fixture
@@ -149,6 +155,9 @@ async def _kill_at_three_points(
     await wait_caught_up(bootstrap, prefix, worker, since)
     await _assert_states_right(worker, events)
     _assert_no_duplicates(counts)
+    # written in transactions or not, across four workers: each output with its headers (the
+    # backlog on sync-events was written by this test, without)
+    await assert_cloudevents_headers_on_every_record(bootstrap, prefix, OUTPUTS)
 
 
 async def test_exactly_once_worker_killed_at_three_points_of_a_backlog(

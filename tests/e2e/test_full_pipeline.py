@@ -30,7 +30,7 @@ from tests.e2e.pipeline import (
     with_late_retry,
 )
 from tests.slack_server import SlackServer
-from tests.support import read_topic, wait_for
+from tests.support import assert_cloudevents_headers_on_every_record, read_topic, wait_for
 
 # ROUTES sends these apps elsewhere; every other app goes to DEFAULT_CHANNEL
 ROUTED = {
@@ -99,6 +99,9 @@ async def test_every_real_deploy_is_posted_once_to_its_routed_channel(start_pipe
 
         posts = slack_server.posts()
         notifications = await read_topic(pipeline.bootstrap, f"{pipeline.prefix}notifications")
+        on_topics = await assert_cloudevents_headers_on_every_record(
+            pipeline.bootstrap, pipeline.prefix
+        )
 
     assert {k: v for k, v in outcomes.items() if v} == {
         "deployed": 13,
@@ -136,6 +139,10 @@ async def test_every_real_deploy_is_posted_once_to_its_routed_channel(start_pipe
         assert post.blocks, webhook.name
     assert len(posts) == 13 and len(posts_by_key) == 13
     assert slack_server.posts(VIOLATIONS_CHANNEL) == []  # no policy rule, no violation
+    # headers were checked on every record of every topic these wrote: the bridge's
+    # sync-events, the worker's outputs, the Slack connector's state
+    assert all(on_topics[t] for t in ("sync-events", "deployments", "notifications", "metrics"))
+    assert on_topics["slack-state"] >= 13
 
 
 # The panels this run must fill, by title: deploys, image changes, violations, bridge

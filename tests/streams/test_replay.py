@@ -21,12 +21,12 @@ def test_an_events_outputs_are_numbered_per_topic_and_those_written_are_skipped(
     batch.emit("deployments", "argocd/a", {"n": 1})
     batch.emit("notifications", "argocd/a", {"n": 2})
     batch.emit("notifications", "argocd/a", {"n": 3})
-    assert [source for *_, source in batch.outputs] == [b"3:41:0", b"3:41:0", b"3:41:1"]
+    assert [source for _, _, _, source, _ in batch.outputs] == [b"3:41:0", b"3:41:0", b"3:41:1"]
     batch.begin(3, 42, {("notifications", 42, 1), ("deployments", 41, 0)})
     batch.emit("deployments", "argocd/a", {"n": 4})
     batch.emit("notifications", "argocd/a", {"n": 5})
     batch.emit("notifications", "argocd/a", {"n": 6})  # already written: not again
-    assert [source for *_, source in batch.outputs][3:] == [b"3:42:0", b"3:42:0"]
+    assert [source for _, _, _, source, _ in batch.outputs][3:] == [b"3:42:0", b"3:42:0"]
     assert batch.skipped == 1
 
 

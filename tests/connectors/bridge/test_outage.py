@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from connectors.broker import EmbeddedBroker, free_port
+from streams.domain import cloudevents
+from streams.domain.records import SYNC_EVENT_V1
 from tests.connectors.bridge.helpers import AUTH, bridge_settings, envelope, running_bridge, seq_of
 from tests.support import read_topic, wait_for, wait_for_records
 
@@ -80,6 +82,9 @@ async def test_broker_outage_spools_then_drains_every_delivery_once_in_order(
     ids = [r.value["delivery_id"] for r in records]
     assert len(ids) == len(set(ids))  # exactly once
     assert spooled_ids <= set(ids)
+    for r in records:  # drained from the spool or sent at once: the same CloudEvents headers
+        want = cloudevents.headers(SYNC_EVENT_V1, r.value, r.key, "/synctrail/outage")
+        assert r.headers == tuple(want), (r.value["delivery_id"], r.headers)
     for seqs in _per_app_seqs(records).values():
         assert seqs == sorted(seqs) and seqs[-1] == 8
     assert list(tmp_path.joinpath("spool").glob("*.seg")) == []
