@@ -150,6 +150,21 @@ def _metric(r: Mapping[str, Any]) -> Identity:
     return fields, _unix(r.get("timestamp"))
 
 
+def _dora(r: Mapping[str, Any]) -> Identity:
+    # a finding is one per (kind, what it is about): a replay's copy gets the same id
+    fields = [
+        r.get("kind"),
+        r.get("app"),
+        r.get("deployment"),
+        r.get("revision"),
+        r.get("episode"),
+        r.get("started_at"),
+        r.get("health"),
+        r.get("at"),
+    ]
+    return fields, _text_time(r.get("at"))
+
+
 def _violation(r: Mapping[str, Any]) -> Identity:
     fields = [r.get("app_namespace"), r.get("app"), r.get("rule_id"), r.get("image")]
     if r.get("delivery_id") is None:  # retroactive: the app's revision(s) instead
@@ -205,6 +220,7 @@ IDENTITY: dict[str, Callable[[Mapping[str, Any]], Identity]] = {
     "synctrail.deployment/v1": _deployment,
     "synctrail.notification/v1": _notification,
     "synctrail.metric/v1": _metric,
+    "synctrail.dora/v1": _dora,
     "synctrail.violation/v1": _violation,
     "synctrail.remediation/v1": _remediation,
     "synctrail.policy-rule/v1": _policy_rule,

@@ -37,6 +37,7 @@ POLICY_CHECK_V1 = "synctrail.policy-check/v1"
 DEPLOYMENT_V1 = "synctrail.deployment/v1"
 NOTIFICATION_V1 = "synctrail.notification/v1"
 METRIC_V1 = "synctrail.metric/v1"
+DORA_V1 = "synctrail.dora/v1"
 VIOLATION_V1 = "synctrail.violation/v1"
 REMEDIATION_V1 = "synctrail.remediation/v1"
 POLICY_RULE_V1 = "synctrail.policy-rule/v1"
@@ -337,6 +338,59 @@ class Metric(Record, kw_only=True, tag=METRIC_V1):
     image: Annotated[str | None, Meta(description="violation: the offending image")]
 
 
+class DoraEvent(Record, kw_only=True, tag=DORA_V1):
+    """``<prefix>metrics``: one DORA finding about an app (docs/dora.md), for the exporter.
+
+    ``health_transition``: a delivery for an operation already decided reported another health;
+    ``change_failure``, ``lead_time``, ``recovery``: what ``dora.changes`` found when a fact was
+    applied to the app's DORA history. The nullable fields apply to the kinds named in their
+    descriptions; null for the others.
+    """
+
+    kind: Literal["health_transition", "change_failure", "lead_time", "recovery"]
+    app: str
+    project: str | None
+    timestamp: Annotated[float, Meta(description="When the worker decided it, Unix seconds.")]
+    delivery_id: Annotated[str | None, Meta(description="The delivery that brought the fact.")]
+    at: Annotated[
+        Timestamp,
+        Meta(
+            description="When it happened: the transition's observedAt (else its receipt), "
+            "the failure's start, the deployment's finish, the recovery's end."
+        ),
+    ]
+    health: Annotated[str | None, Meta(description="health_transition: the new health")] = None
+    previous_health: Annotated[
+        str | None, Meta(description="health_transition: the health recorded before")
+    ] = None
+    deployment: Annotated[
+        str | None,
+        Meta(
+            description="health_transition, change_failure, lead_time: the delivery id (or its "
+            "digest, once compacted) of the deployment it is about"
+        ),
+    ] = None
+    revision: Annotated[
+        str | None,
+        Meta(description="health_transition: the deployed revision; lead_time: the revision"),
+    ] = None
+    reason: Annotated[
+        Literal["operation", "degraded", "rollback"] | None,
+        Meta(description="change_failure: the first rule that applies"),
+    ] = None
+    seconds: Annotated[
+        float | None,
+        Meta(
+            description="lead_time, recovery: the duration; health_transition: since the "
+            "deployment finished"
+        ),
+    ] = None
+    episode: Annotated[Count | None, Meta(description="recovery: the episode's ordinal")] = None
+    started_at: Annotated[
+        Timestamp | None, Meta(description="recovery: when the failure episode began")
+    ] = None
+
+
 # --- dead letters, Slack state -----------------------------------------------------------------
 
 
@@ -438,6 +492,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Deployment,
         Notification,
         Metric,
+        DoraEvent,
         Violation,
         Remediation,
         PolicyRule,

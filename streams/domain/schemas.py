@@ -67,6 +67,12 @@ REGISTRY: list[SchemaEntry] = [
         "named in their descriptions.",
     ),
     (
+        "dora.v1.json",
+        records.DoraEvent,
+        "A DORA finding on <prefix>metrics for the exporter, keyed by app (docs/dora.md). "
+        "Optional fields apply to the kinds named in their descriptions.",
+    ),
+    (
         "violation.v1.json",
         records.Violation,
         "One image that breaks one policy rule, on <prefix>violations, keyed by app. Reported "

@@ -119,6 +119,23 @@ OTHERS: list[tuple[str, dict[str, Any]]] = [
             "failed_at": "2026-11-28T10:00:00.000Z",
         },
     ),
+    (
+        "argocd/guestbook",
+        {
+            "schema": "synctrail.dora/v1",
+            "kind": "health_transition",
+            "app": "argocd/guestbook",
+            "project": "default",
+            "timestamp": 1764324000.5,
+            "delivery_id": "7f3c",
+            "at": "2026-11-28T09:58:00.000Z",
+            "health": "Degraded",
+            "previous_health": "Healthy",
+            "deployment": "5a1e",
+            "revision": "abc123",
+            "seconds": 720.0,
+        },
+    ),
 ]
 
 
