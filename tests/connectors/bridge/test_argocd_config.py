@@ -55,7 +55,7 @@ def test_the_service_sends_a_bearer_token_from_the_secret_and_every_app_is_subsc
     ]
 
 
-def test_the_health_trigger_sends_the_envelope_on_degraded_and_healthy_once_per_operation() -> None:
+def test_the_health_trigger_sends_the_envelope_each_time_the_app_turns_degraded_or_healthy() -> None:
     rules = yaml.safe_load(_data()["trigger.on-synctrail-health"])
     statuses = []
     for rule in rules:
@@ -63,10 +63,9 @@ def test_the_health_trigger_sends_the_envelope_on_degraded_and_healthy_once_per_
         # only after a completed operation, whose start identifies it (as on-synctrail's)
         assert rule["when"].startswith("app.status.operationState != nil and ")
         assert "phase in ['Succeeded', 'Error', 'Failed']" in rule["when"]
-        # keyed on the operation and the health status; a list, so nil parts cannot fail it
-        assert rule["oncePer"] == (
-            "[app.status.operationState?.startedAt, app.status.health?.status]"
-        )
+        # edge-triggered: a oncePer on the operation would use up the Healthy key before a
+        # degradation, so the return to Healthy would never be sent
+        assert "oncePer" not in rule
         statuses += [s for s in ("Degraded", "Healthy") if f"== '{s}'" in rule["when"]]
     assert statuses == ["Degraded", "Healthy"]
     # the engine keys a condition on its position and on a hash of `when`: they must differ
