@@ -85,10 +85,11 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-async def read_topic(bootstrap: str, topic: str, *, timeout: float = 2.0) -> list[Record]:
+async def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Record]:
     """Every committed record currently on ``topic`` (all partitions, from the beginning), no
     group; ``read_committed`` like synctrail's readers (the same as read_uncommitted where
-    nothing is written in transactions)."""
+    nothing is written in transactions). ``timeout`` is a deadline for reaching the end (a
+    loaded machine with a fresh consumer group coordinator can take seconds), not a wait."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
