@@ -4,14 +4,22 @@
   revision, running images, last deploys. Routed to the worker that owns the app's partition.
 - ``GET /images?ref=IMAGE``: apps running an image (normalised reference), gathered from every
   worker; ``/images/local`` answers for this worker's partitions only.
+- ``GET /dora?app=NS/NAME`` (routed to the app's owner) and ``GET /dora?project=P`` (gathered
+  from every worker's ``/dora/local?project=P``), with optional ``since``/``until``: the four
+  DORA keys (docs/dora.md). :func:`dora_query` reads the parameters, :func:`dora_answer` builds
+  the body; both pure.
 - ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
@@ -19,7 +27,12 @@ from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
 from streams.app import Topology
+from streams.domain import dora, timestamps
 from streams.domain.images import InvalidImageReference, normalize_image
+
+#: The longest wait for a peer's part of a gathered answer (``/images``, ``/dora?project=``):
+#: a peer that does not answer by then is listed in ``"incomplete"``.
+PEER_TIMEOUT_S = 10.0
 
 
 def app_summary(state: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +77,7 @@ def register(topology: Topology) -> None:
     """Attach the views to the app."""
     _register_app_views(topology)
     _register_image_views(topology)
+    _register_dora_views(topology)
     _register_operational_views(topology)
 
 
@@ -108,28 +122,45 @@ def _image_param(view: View, request: Request) -> str | Response:
         return view.error(400, str(exc))
 
 
-async def apps_running_everywhere(topology: Topology, image: str) -> tuple[list[str], list[str]]:
-    """The apps running ``image`` on this worker and its peers (``/images/local`` of each), and
-    the peers that did not answer."""
+async def ask_peers(
+    topology: Topology,
+    path: str,
+    params: Mapping[str, str],
+    read: Callable[[Any], Any],
+) -> tuple[list[Any], list[str]]:
+    """``GET path?params`` of every other worker of the group, each answer's JSON body passed
+    through ``read``: the answers read, and the peers that failed (no answer within
+    :data:`PEER_TIMEOUT_S`, a status other than 2xx, or a body ``read`` refused)."""
     app = topology.app
-    apps = set(local_apps_running(topology, image))
     me = str(app.conf.canonical_url).rstrip("/")
     peers = [
         str(url).rstrip("/")
         for url in app.router.table_metadata("apps")
         if str(url).rstrip("/") != me
     ]
+    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
 
-    async def ask(peer: str) -> list[str]:
-        async with app.http_client.get(f"{peer}/images/local", params={"ref": image}) as response:
+    async def ask(peer: str) -> Any:
+        async with app.http_client.get(
+            f"{peer}{path}", params=dict(params), timeout=timeout
+        ) as response:
             response.raise_for_status()
-            return list(orjson.loads(await response.read())["apps"])
+            return read(orjson.loads(await response.read()))
 
     results = await asyncio.gather(*(ask(p) for p in peers), return_exceptions=True)
     failed = [p for p, r in zip(peers, results, strict=True) if isinstance(r, BaseException)]
-    for result in results:
-        if isinstance(result, list):
-            apps.update(result)
+    return [r for r in results if not isinstance(r, BaseException)], failed
+
+
+async def apps_running_everywhere(topology: Topology, image: str) -> tuple[list[str], list[str]]:
+    """The apps running ``image`` on this worker and its peers (``/images/local`` of each), and
+    the peers that did not answer."""
+    apps = set(local_apps_running(topology, image))
+    answers, failed = await ask_peers(
+        topology, "/images/local", {"ref": image}, lambda body: list(body["apps"])
+    )
+    for answer in answers:
+        apps.update(answer)
     return sorted(apps), failed
 
 
@@ -156,6 +187,226 @@ def _register_image_views(topology: Topology) -> None:
             if failed:
                 body["incomplete"] = failed
             return self.json(body, status=200 if not failed else 206)
+
+
+# --- /dora -----------------------------------------------------------------------------------
+
+
+class BadDoraQuery(ValueError):
+    """A ``/dora`` query the API refuses (400); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DoraQuery:
+    """What a ``/dora`` request asks: one app (``ns/name``) or one project, over
+    ``[since, until)`` (``since`` ``None``: all time). Times are UTC, whole milliseconds."""
+
+    app: str | None
+    project: str | None
+    since: datetime | None
+    until: datetime
+
+    def subject(self) -> dict[str, str]:
+        """The answer's first field: ``{"app": ...}`` or ``{"project": ...}``."""
+        if self.app is not None:
+            return {"app": self.app}
+        return {"project": self.project or ""}
+
+    def peer_params(self) -> dict[str, str]:
+        """The parameters of ``/dora/local`` for this (project) query: the same range, with
+        ``until`` fixed by the worker asked, so that every part counts the same deployments."""
+        params = {"project": self.project or "", "until": timestamps.format_datetime(self.until)}
+        if self.since is not None:
+            params["since"] = timestamps.format_datetime(self.since)
+        return params
+
+
+def _whole_ms(moment: datetime) -> datetime:
+    """``moment`` in UTC, truncated to the millisecond (as ``timestamps`` writes times)."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _time_param(params: Mapping[str, str], name: str) -> datetime | None:
+    if name not in params:
+        return None
+    value = params[name]
+    parsed = timestamps.parse(value)
+    if parsed is None:
+        raise BadDoraQuery(
+            f"{name}={value!r} is not an RFC 3339 time, e.g. 2026-11-01T00:00:00Z "
+            "(in a URL, write an offset's + as %2B)"
+        )
+    return _whole_ms(parsed)
+
+
+def _app_key(app: str, default_namespace: str) -> str:
+    """``ns/name`` of the ``app`` parameter (a bare name: in the default namespace)."""
+    parts = app.split("/")
+    if len(parts) == 1:
+        parts = [default_namespace, app]
+    if len(parts) != 2 or not all(parts):
+        raise BadDoraQuery(f"app={app!r} is not <namespace>/<name>")
+    return "/".join(parts)
+
+
+def dora_query(params: Mapping[str, str], *, now: datetime, default_namespace: str) -> DoraQuery:
+    """The query of ``/dora``'s parameters (``app`` or ``project``, ``since``, ``until``, which
+    defaults to ``now``); raises :class:`BadDoraQuery` with the reason the API answers 400."""
+    app, project = params.get("app", ""), params.get("project", "")
+    if bool(app) == bool(project):
+        raise BadDoraQuery("give exactly one of app=<namespace>/<name> or project=<project>")
+    since = _time_param(params, "since")
+    until = _time_param(params, "until") or _whole_ms(now)
+    if since is not None and since >= until:
+        raise BadDoraQuery(
+            f"since ({timestamps.format_datetime(since)}) must be before until "
+            f"({timestamps.format_datetime(until)})"
+        )
+    key = _app_key(app, default_namespace) if app else None
+    return DoraQuery(app=key, project=project or None, since=since, until=until)
+
+
+def no_deployments(query: DoraQuery) -> str:
+    """The 404's message: names the app or the project asked about."""
+    if query.app is not None:
+        return f"no deployment recorded for app {query.app!r}"
+    return f"no deployment recorded for any app of project {query.project!r}"
+
+
+def dora_answer(
+    query: DoraQuery, keys: dora.Keys, incomplete: Sequence[str] = ()
+) -> tuple[int, dict[str, Any]]:
+    """The status and body of ``GET /dora`` (docs/dora.md, "The query API"): 206 with the
+    peers that did not answer in ``"incomplete"`` when there are any."""
+    body: dict[str, Any] = {**query.subject(), **keys.as_json()}
+    if incomplete:
+        body["incomplete"] = sorted(incomplete)
+    return (206 if incomplete else 200), body
+
+
+def app_dora(query: DoraQuery, state: Mapping[str, Any], failure_window_s: float) -> dora.Keys:
+    """The keys of the app whose stored state is ``state`` (its DORA history is under
+    ``"dora"``); raises :class:`dora.NoDeployments` when it has none."""
+    return dora.keys(
+        [state.get("dora")],
+        query.since,
+        query.until,
+        now=query.until,
+        failure_window_s=failure_window_s,
+    )
+
+
+def local_dora_part(topology: Topology, query: DoraQuery) -> dora.Partial:
+    """``dora.partial`` over the DORA histories of project ``query.project``'s apps on this
+    worker's partitions (what ``/dora/local`` answers)."""
+    owned = topology.assigned_partitions()
+    histories = [
+        state.get("dora")
+        for _, state in topology.apps.app_states(containing=orjson.dumps(query.project))
+        if state.get("partition") in owned and state.get("project") == query.project
+    ]
+    return dora.partial(
+        histories,
+        query.since,
+        query.until,
+        now=query.until,
+        failure_window_s=topology.settings.dora_failure_window,
+    )
+
+
+def _read_part(body: Any) -> dict[str, Any]:
+    """A peer's ``/dora/local`` answer's part, checked to hold what ``dora.combine`` reads."""
+    part = body["partial"]
+    if not isinstance(part, dict) or not dora.Partial.__required_keys__ <= part.keys():
+        raise ValueError(f"not a dora.partial: {part!r:.200}")
+    return part
+
+
+async def project_dora(topology: Topology, query: DoraQuery) -> tuple[dora.Keys | None, list[str]]:
+    """The keys of project ``query.project`` over every worker's apps (``None`` when no answer
+    holds a deployment), and the peers that did not answer."""
+    parts: list[Mapping[str, Any]] = [local_dora_part(topology, query)]
+    answers, failed = await ask_peers(topology, "/dora/local", query.peer_params(), _read_part)
+    try:
+        keys = dora.combine(
+            parts + answers,
+            query.since,
+            query.until,
+            now=query.until,
+            failure_window_s=topology.settings.dora_failure_window,
+        )
+    except dora.NoDeployments:
+        return None, failed
+    return keys, failed
+
+
+def _register_dora_views(topology: Topology) -> None:
+    """``GET /dora?app=|project=`` and ``GET /dora/local?project=`` (this worker's part)."""
+    app = topology.app
+    settings = topology.settings
+
+    def query_of(view: View, request: Request) -> DoraQuery | Response:
+        try:
+            return dora_query(
+                request.query,
+                now=datetime.now(UTC),
+                default_namespace=settings.default_app_namespace,
+            )
+        except BadDoraQuery as exc:
+            return view.error(400, str(exc))
+
+    async def of_app(view: View, request: Request, query: DoraQuery, key: str) -> Response:
+        try:
+            return await app.router.route_req("apps", key, view.web, request)
+        except SameNode:
+            pass
+        except (KeyError, ServiceUnavailable):
+            return view.error(503, "partition assignment in progress; retry shortly")
+        if not _tables_ready(app):
+            return view.error(503, "state recovery in progress; retry shortly")
+        state = topology.apps.app_state(key)
+        try:
+            keys = app_dora(query, state or {}, settings.dora_failure_window)
+        except dora.NoDeployments:
+            return view.notfound(no_deployments(query), app=key)
+        status, body = dora_answer(query, keys)
+        return view.json(body, status=status)
+
+    async def of_project(view: View, query: DoraQuery, project: str) -> Response:
+        if not _tables_ready(app):
+            return view.error(503, "state recovery in progress; retry shortly")
+        keys, failed = await project_dora(topology, query)
+        if keys is None and failed:  # the project's apps may all be on the missing workers
+            reason = f"{no_deployments(query)} on the workers that answered; retry shortly"
+            return view.error(503, reason, project=project, incomplete=sorted(failed))
+        if keys is None:
+            return view.notfound(no_deployments(query), project=project)
+        status, body = dora_answer(query, keys, failed)
+        return view.json(body, status=status)
+
+    @app.page("/dora/local")
+    class LocalDoraView(View):
+        async def get(self, request: Request) -> Response:
+            query = query_of(self, request)
+            if not isinstance(query, DoraQuery):
+                return query
+            if query.project is None:
+                return self.error(400, "/dora/local answers for a project: give project=<p>")
+            if not _tables_ready(app):
+                return self.error(503, "state recovery in progress; retry shortly")
+            part = local_dora_part(topology, query)
+            return self.json({"project": query.project, "partial": part})
+
+    @app.page("/dora")
+    class DoraView(View):
+        async def get(self, request: Request) -> Response:
+            query = query_of(self, request)
+            if not isinstance(query, DoraQuery):
+                return query
+            if query.app is not None:
+                return await of_app(self, request, query, query.app)
+            return await of_project(self, query, query.project or "")
 
 
 def _register_operational_views(topology: Topology) -> None:
