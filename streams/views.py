@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
-from streams.app import Topology
+from streams.app import Topology, decoded_states
 from streams.domain import dora, timestamps
 from streams.domain.images import InvalidImageReference, normalize_image
 
@@ -297,21 +297,31 @@ def app_dora(query: DoraQuery, state: Mapping[str, Any], failure_window_s: float
     )
 
 
-def local_dora_part(topology: Topology, query: DoraQuery) -> dora.Partial:
-    """``dora.partial`` over the DORA histories of project ``query.project``'s apps on this
-    worker's partitions (what ``/dora/local`` answers)."""
-    owned = topology.assigned_partitions()
-    histories = [
+def project_part(
+    raws: Iterable[bytes], owned: Set[int], query: DoraQuery, failure_window_s: float
+) -> dora.Partial:
+    """``dora.partial`` over the DORA histories of project ``query.project``'s apps among the
+    serialized states ``raws`` whose partition is in ``owned`` (what ``/dora/local`` answers)."""
+    histories = (  # one at a time: thousands of decoded histories kept would make work for the GC
         state.get("dora")
-        for _, state in topology.apps.app_states(containing=orjson.dumps(query.project))
+        for state in decoded_states(raws)
         if state.get("partition") in owned and state.get("project") == query.project
-    ]
+    )
     return dora.partial(
-        histories,
-        query.since,
-        query.until,
-        now=query.until,
-        failure_window_s=topology.settings.dora_failure_window,
+        histories, query.since, query.until, now=query.until, failure_window_s=failure_window_s
+    )
+
+
+async def local_dora_part(topology: Topology, query: DoraQuery) -> dora.Partial:
+    """:func:`project_part` of this worker's partitions, decoded and computed in a thread: a
+    project of thousands of apps takes seconds, which the event loop must not wait for."""
+    raws = topology.apps.raw_states(b'"project":' + orjson.dumps(query.project))
+    return await asyncio.to_thread(
+        project_part,
+        raws,
+        topology.assigned_partitions(),
+        query,
+        topology.settings.dora_failure_window,
     )
 
 
@@ -326,7 +336,7 @@ def _read_part(body: Any) -> dict[str, Any]:
 async def project_dora(topology: Topology, query: DoraQuery) -> tuple[dora.Keys | None, list[str]]:
     """The keys of project ``query.project`` over every worker's apps (``None`` when no answer
     holds a deployment), and the peers that did not answer."""
-    parts: list[Mapping[str, Any]] = [local_dora_part(topology, query)]
+    parts: list[Mapping[str, Any]] = [await local_dora_part(topology, query)]
     answers, failed = await ask_peers(topology, "/dora/local", query.peer_params(), _read_part)
     try:
         keys = dora.combine(
@@ -395,7 +405,7 @@ def _register_dora_views(topology: Topology) -> None:
                 return self.error(400, "/dora/local answers for a project: give project=<p>")
             if not _tables_ready(app):
                 return self.error(503, "state recovery in progress; retry shortly")
-            part = local_dora_part(topology, query)
+            part = await local_dora_part(topology, query)
             return self.json({"project": query.project, "partial": part})
 
     @app.page("/dora")

@@ -18,6 +18,7 @@ from streams.views import (
     dora_answer,
     dora_query,
     no_deployments,
+    project_part,
 )
 from tests.support import REPO
 
@@ -142,6 +143,28 @@ def test_an_app_without_a_dora_history_has_no_deployments_and_the_message_names_
     assert no_deployments(query(project="ops")) == (
         "no deployment recorded for any app of project 'ops'"
     )
+
+
+def test_a_workers_part_holds_its_own_apps_of_the_project_only() -> None:
+    mine, elsewhere = (
+        history(),
+        dora.record_deployment(None, delivery_id="z", finished_at=T0, phase="Failed", revision="z"),
+    )
+
+    def raw(project: str, partition: int, **more: Any) -> bytes:
+        return orjson.dumps({"project": project, "partition": partition, **more})
+
+    raws = [
+        raw("shop", 1, dora=mine),
+        raw("shop", 2, dora=elsewhere),  # a partition of another worker (a standby)
+        raw("ops", 1, dora=elsewhere, last_operation={"project": "shop"}),
+        raw("shop", 1),  # no deployment yet
+        b"not json",
+    ]
+    asked = query(project="shop")
+    part = project_part(raws, {1, 3}, asked, 3600.0)
+    assert part == dora.partial([mine], now=asked.until)
+    assert part["apps"] == 1 and part["deployments"] == 2
 
 
 def test_a_peer_answer_that_is_not_a_partial_is_refused() -> None:
