@@ -336,11 +336,13 @@ def _read_part(body: Any) -> dict[str, Any]:
 async def project_dora(topology: Topology, query: DoraQuery) -> tuple[dora.Keys | None, list[str]]:
     """The keys of project ``query.project`` over every worker's apps (``None`` when no answer
     holds a deployment), and the peers that did not answer."""
-    parts: list[Mapping[str, Any]] = [await local_dora_part(topology, query)]
-    answers, failed = await ask_peers(topology, "/dora/local", query.peer_params(), _read_part)
+    local, (answers, failed) = await asyncio.gather(
+        local_dora_part(topology, query),
+        ask_peers(topology, "/dora/local", query.peer_params(), _read_part),
+    )
     try:
         keys = dora.combine(
-            parts + answers,
+            [local, *answers],
             query.since,
             query.until,
             now=query.until,
