@@ -2,8 +2,9 @@
 
 Recovery applies the changelog in order, a buffer at a time, so until it ends the table holds
 each app's state as of some older record. ``GET /apps/...`` and ``GET /dora`` must answer 503
-until then, never an older state with 200 or 404 (seen as a flaky ``test_exactly_once`` kill test: its restarted worker
-answered ``argocd/svc-777`` one deploy behind while still reading the changelog).
+until then, never an older state with 200 or 404 (seen as a flaky ``test_exactly_once`` kill
+test: its restarted worker answered ``argocd/svc-777`` one deploy behind while still reading
+the changelog).
 """
 
 from __future__ import annotations
