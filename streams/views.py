@@ -81,20 +81,34 @@ def register(topology: Topology) -> None:
     _register_operational_views(topology)
 
 
+def _recovering(view: View) -> Response:
+    return view.error(503, "state recovery in progress; retry shortly")
+
+
+async def _at_owner(topology: Topology, view: View, request: Request, key: str) -> Response | None:
+    """The answer of the worker owning app ``key`` (the request forwarded to it), a 503 while
+    partitions are assigned or the table recovers, or ``None``: this worker owns it and its
+    table is ready to answer."""
+    app = topology.app
+    try:
+        return await app.router.route_req("apps", key, view.web, request)
+    except SameNode:
+        pass
+    except (KeyError, ServiceUnavailable):
+        return view.error(503, "partition assignment in progress; retry shortly")
+    if not _tables_ready(app):  # a table in recovery holds older states, key by key
+        return _recovering(view)
+    return None
+
+
 def _register_app_views(topology: Topology) -> None:
     """``GET /apps/{namespace}/{name}`` and ``GET /apps/{name}``, answered by the app's owner."""
     app = topology.app
     default_ns = topology.settings.default_app_namespace
 
     async def lookup(view: View, request: Request, key: str) -> Response:
-        try:
-            return await app.router.route_req("apps", key, view.web, request)
-        except SameNode:
-            pass
-        except (KeyError, ServiceUnavailable):
-            return view.error(503, "partition assignment in progress; retry shortly")
-        if not _tables_ready(app):  # a table in recovery holds older states, key by key
-            return view.error(503, "state recovery in progress; retry shortly")
+        if (elsewhere := await _at_owner(topology, view, request, key)) is not None:
+            return elsewhere
         state = topology.apps.app_state(key)
         if state is None:
             return view.notfound(f"no deployments seen for app {key!r}", app=key)
@@ -369,14 +383,8 @@ def _register_dora_views(topology: Topology) -> None:
             return view.error(400, str(exc))
 
     async def of_app(view: View, request: Request, query: DoraQuery, key: str) -> Response:
-        try:
-            return await app.router.route_req("apps", key, view.web, request)
-        except SameNode:
-            pass
-        except (KeyError, ServiceUnavailable):
-            return view.error(503, "partition assignment in progress; retry shortly")
-        if not _tables_ready(app):
-            return view.error(503, "state recovery in progress; retry shortly")
+        if (elsewhere := await _at_owner(topology, view, request, key)) is not None:
+            return elsewhere
         state = topology.apps.app_state(key)
         try:
             keys = app_dora(query, state or {}, settings.dora_failure_window)
@@ -387,7 +395,7 @@ def _register_dora_views(topology: Topology) -> None:
 
     async def of_project(view: View, query: DoraQuery, project: str) -> Response:
         if not _tables_ready(app):
-            return view.error(503, "state recovery in progress; retry shortly")
+            return _recovering(view)
         keys, failed = await project_dora(topology, query)
         if keys is None and failed:  # the project's apps may all be on the missing workers
             reason = f"{no_deployments(query)} on the workers that answered; retry shortly"
@@ -406,7 +414,7 @@ def _register_dora_views(topology: Topology) -> None:
             if query.project is None:
                 return self.error(400, "/dora/local answers for a project: give project=<p>")
             if not _tables_ready(app):
-                return self.error(503, "state recovery in progress; retry shortly")
+                return _recovering(self)
             part = await local_dora_part(topology, query)
             return self.json({"project": query.project, "partial": part})
 
