@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,14 @@ class DurableTable(faust.Table):
             if state is not None:
                 yield key, state
 
+    def raw_states(self, containing: bytes) -> list[bytes]:
+        """A snapshot of the serialized states on this worker that contain ``containing`` (a
+        pre-filter, as for :meth:`app_states`), to decode off the event loop with
+        :func:`decoded_states`."""
+        return [
+            raw for _, raw in list(self.items()) if isinstance(raw, bytes) and containing in raw
+        ]
+
     def on_key_set(self, key: Any, value: Any) -> None:
         """Queue a table write for the agent's producer (called before each write is stored).
 
@@ -134,6 +142,14 @@ class DurableTable(faust.Table):
         """
         for (topic, partition), offset in last_offsets.items():
             self.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def decoded_states(raws: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The states of :meth:`DurableTable.raw_states`, decoded (undecodable ones skipped)."""
+    for raw in raws:
+        state = _state_of(raw)
+        if state is not None:
+            yield state
 
 
 def _state_of(raw: Any) -> dict[str, Any] | None:

@@ -272,6 +272,12 @@ class WorkerSettings(CommonSettings):
         "states are acknowledged; this timer is the fallback.",
     )
     worker_history: int = Field(10, ge=1, description="Deploys kept per app (last known-good).")
+    dora_failure_window: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds after a deployment finished during which a Degraded transition or "
+        "a rollback makes it a change failure (docs/dora.md).",
+    )
     worker_event_loop: EventLoopName = Field(
         "uvloop",
         description="Event loop of the worker process. uvloop (libuv, in C) cost the worker "

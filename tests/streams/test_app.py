@@ -10,6 +10,7 @@ import orjson
 import pytest
 from faust.types import TP
 
+from streams.app import decoded_states
 from streams.faust_fixes import as_current_event
 from streams.settings import WorkerSettings
 from streams.topology import build
@@ -50,6 +51,19 @@ def test_app_states_prefilter_only_skips_states_without_the_bytes(tmp_path):
     assert sorted(nginx) == ["argocd/a", "argocd/c"]
     # a pre-filter: "partition":1 also matches 12; callers check the decoded value
     assert sorted(dict(apps.app_states(containing=b'"partition":1'))) == ["argocd/a", "argocd/b"]
+
+
+def test_raw_states_are_a_snapshot_of_the_bytes_to_decode_elsewhere(tmp_path):
+    apps = _topology(tmp_path).apps
+    shop, other = {"project": "shop", "partition": 1}, {"project": "shopping", "partition": 2}
+    apps.data["argocd/a"] = orjson.dumps(shop)
+    apps.data["argocd/b"] = orjson.dumps(other)
+    apps.data["argocd/broken"] = b'{"project":"shop"'
+
+    raws = apps.raw_states(b'"project":"shop"')
+    apps.data["argocd/c"] = orjson.dumps(shop)  # a write after the snapshot is not in it
+    assert sorted(raws) == sorted([orjson.dumps(shop), b'{"project":"shop"'])
+    assert list(decoded_states(raws)) == [shop]  # undecodable values are skipped, not raised
 
 
 class _Message:
