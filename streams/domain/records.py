@@ -308,7 +308,8 @@ class Notification(Record, kw_only=True, tag=NOTIFICATION_V1):
         Literal["deployment", "violation", "health"],
         Meta(
             description="deployment: an announced operation; violation: a retroactive policy "
-            "violation; health: the app's health changed after a deploy (added within v1)."
+            "violation; health: the app's health changed after a deploy (added within v1). "
+            "More kinds may be added within v1."
         ),
     ]
     app: str
