@@ -121,13 +121,13 @@ def violation_notification(
     return _record("violation", key, channel, text, blocks, subject, now, violation=dict(violation))
 
 
-#: Health transitions that are announced: to Degraded, and back to Healthy from Degraded.
+#: The two healths a health message announces (see :func:`_announced`).
 DEGRADED, HEALTHY = "Degraded", "Healthy"
 
 
 def _announced(transition: Mapping[str, Any]) -> bool:
     """Degraded, or Healthy right after Degraded (a deploy turning Healthy is no news)."""
-    if transition.get("kind") != "health_transition":
+    if transition.get("schema") != records.DORA_V1 or transition.get("kind") != "health_transition":
         return False
     health = transition.get("health")
     return health == DEGRADED or (

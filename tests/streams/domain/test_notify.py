@@ -100,6 +100,8 @@ def test_off_setting_and_other_dora_kinds_give_no_message():
     assert health_notification(degraded, state, NotifyConfig(health=False), NOW) is None
     failure = {**degraded, "kind": "change_failure", "reason": "degraded"}
     assert health_notification(failure, state, NotifyConfig(), NOW) is None
+    not_dora = {**degraded, "schema": "synctrail.metric/v1"}
+    assert health_notification(not_dora, state, NotifyConfig(), NOW) is None
 
 
 def test_the_key_is_the_same_on_a_replay_and_differs_for_every_other_transition():
