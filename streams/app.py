@@ -229,6 +229,7 @@ def declare(settings: WorkerSettings) -> Topology:
             violations_channel=settings.slack_violations_channel,
             routes=parse_routes(settings.slack_routes),
             argocd_url=settings.argocd_url,
+            health=settings.notify_health,
         ),
         decide_context=Context(history_limit=settings.worker_history),
     )

@@ -319,3 +319,8 @@ class WorkerSettings(CommonSettings):
         "wins; field is app, project or namespace (e.g. `project:payments*=#payments`).",
     )
     argocd_url: str = Field("", description="Argo CD base URL for links in messages.")
+    notify_health: bool = Field(
+        True,
+        description="Post a short Slack message when an app turns Degraded after a deploy, and "
+        "when it is Healthy again, threaded under the deploy's message when threads are on.",
+    )

@@ -3,7 +3,8 @@
 ``MessageHandler.handle`` decides from ``slack-state`` whether a notification was handled
 before, writes the ``intent`` state, posts (``deliver``: paced, retried, bounded) and records
 the outcome: ``posted`` (plus the channel id and the day's thread), or ``dead_lettered`` with a
-dead letter. Every Kafka write is repeated until the broker acknowledges it, so a record is
+dead letter. With threads on, a notification goes into its app's thread of the day, or, when it
+names a message in ``thread_under`` (a health change), into the thread of that message. Every Kafka write is repeated until the broker acknowledges it, so a record is
 finished (and may be committed) only once its outcome is durable.
 """
 
@@ -108,7 +109,11 @@ class MessageHandler:
         state = self.store.state
         channel = note.channel or self.default_channel
         thread_ts = tkey = None
-        if self.threads:
+        if self.threads and note.thread_under is not None:
+            # A reply to one message (a health change under its deploy): plain when that
+            # message is unknown, and never the start of the app's day thread.
+            thread_ts = state.reply_ts(note.thread_under, channel)
+        elif self.threads:
             app_key = f"{note.app_namespace}/{note.app}"
             tkey = thread_key(channel, app_key, thread_day(note.created_at))
             thread_ts = state.thread_ts(channel, app_key, thread_day(note.created_at))

@@ -10,7 +10,9 @@ and only then commits the notification's offset. On start it reads the whole top
 whose last word is ``posted`` is skipped; one left at ``intent`` was interrupted mid-post, so
 the connector looks in the channel's recent history for a message carrying that key (message
 metadata) before posting again. ``thread`` entries hold the day's thread ts per app and channel;
-``channel`` entries remember a channel's Slack id (history needs the id, not the name).
+``channel`` entries remember a channel's Slack id (history needs the id, not the name). A
+``posted`` entry also serves as a thread parent: a notification naming its key in
+``thread_under`` (a health change under its deploy) replies in that message's thread.
 
 ``SlackState`` is the pure in-memory view and the decisions; ``StateStore`` does the I/O.
 """
@@ -120,6 +122,15 @@ class SlackState:
         """The ts of the day's thread for ``app_key`` in ``channel``."""
         value = self.entries.get(thread_key(channel, app_key, day))
         return value.get("ts") if value else None
+
+    def reply_ts(self, key: str, channel: str) -> str | None:
+        """The thread to reply to the message posted for ``key`` in: its own thread's ts when it
+        was itself a reply (Slack threads do not nest), else its ts. None when no message was
+        posted for ``key`` (never, or pruned) or it was posted to another channel."""
+        value = self.entries.get(key)
+        if not value or value.get("kind") != "posted" or value.get("channel") != channel:
+            return None
+        return value.get("thread_ts") or value.get("ts")
 
     def channel_id(self, channel: str) -> str | None:
         """The Slack id of ``channel`` (itself when it already looks like an id)."""

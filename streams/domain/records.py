@@ -304,7 +304,14 @@ class Notification(Record, kw_only=True, tag=NOTIFICATION_V1):
     """``<prefix>notifications``: one Slack-ready message with its idempotency key."""
 
     idempotency_key: NonEmpty
-    kind: Literal["deployment", "violation"]
+    kind: Annotated[
+        Literal["deployment", "violation", "health"],
+        Meta(
+            description="deployment: an announced operation; violation: a retroactive policy "
+            "violation; health: the app's health changed after a deploy (added within v1). "
+            "More kinds may be added within v1."
+        ),
+    ]
     app: str
     app_namespace: str
     project: str | None
@@ -314,6 +321,14 @@ class Notification(Record, kw_only=True, tag=NOTIFICATION_V1):
     deployment: Deployment | None
     violation: Violation | None
     created_at: Timestamp
+    thread_under: Annotated[
+        str | None,
+        Meta(
+            description="The idempotency key of the message to reply to (health: the "
+            "deployment's message); the connector threads under it when threads are on and it "
+            "knows that message, else posts a plain message. Added within v1."
+        ),
+    ] = None
 
 
 class Metric(Record, kw_only=True, tag=METRIC_V1):

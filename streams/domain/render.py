@@ -1,7 +1,8 @@
 """Notification text and Block Kit rendering (pure).
 
 ``render_deployment`` and ``render_violation`` turn a ``synctrail.deployment/v1`` or
-``synctrail.violation/v1`` record into ``(text, blocks)``: ``text`` is the top-level fallback a
+``synctrail.violation/v1`` record into ``(text, blocks)``, ``render_health`` a health transition
+(a ``synctrail.dora/v1`` record of kind ``health_transition``) into a short one: ``text`` is the top-level fallback a
 phone notification shows (always set, always names the app and the revision), ``blocks`` the
 Block Kit message. The layout puts what needs attention first: the header, then policy
 violations, then a failure, then the summary, image changes, running images and resources.
@@ -702,3 +703,62 @@ def render_violation(
     if footer:
         blocks.append(context(footer))
     return text, limit_blocks(blocks)
+
+
+def duration_label(seconds: float) -> str:
+    """A duration as a person says it, rounded down: ``45 s``, ``12 min``, ``2 h 5 min``,
+    ``3 d 4 h``."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _health_phrase(health: str) -> tuple[str, str]:
+    """The icon and the words of a transition to ``health``."""
+    if health == "Healthy":
+        return "✅", "healthy again"
+    if health == "Degraded":
+        return "🔴", "degraded"
+    return "🩺", f"now {one_line(health) or 'of unknown health'}"
+
+
+def render_health(
+    transition: JsonObject, app: Mapping[str, Any], *, argocd_url: str = ""
+) -> tuple[str, list[JsonObject]]:
+    """Fallback text and blocks for one health transition after a deploy.
+
+    ``transition`` is the ``synctrail.dora/v1`` record (kind ``health_transition``), ``app``
+    the app's state (its name, namespace and revisions). The text reads "guestbook degraded 12
+    min after deploy 1a2b3c4" ("healthy again" for a return to Healthy); without the time since
+    the deploy it leaves the duration out.
+    """
+    name = str(app.get("app") or str(transition.get("app") or "?").rpartition("/")[2])
+    app_namespace = str(app.get("app_namespace") or "")
+    revision = transition.get("revision")
+    label = short_revision(str(revision)) if revision else revision_label(app)
+    icon, words = _health_phrase(str(transition.get("health") or ""))
+    seconds = transition.get("seconds")
+    after = f"{duration_label(float(seconds))} after" if seconds is not None else "after"
+    text = fit(f"{name} {words} {after} deploy {label}", MAX_FALLBACK)
+    app_url = argocd_app_url(argocd_url, app_namespace, name)
+    footer = []
+    if app_url:
+        footer.append(link(app_url, "Open in Argo CD"))
+    if transition.get("previous_health"):
+        footer.append(f"was {fit(str(transition['previous_health']), 40)}")
+    if transition.get("at"):
+        footer.append(f"observed {fit(str(transition['at']), 40)}")
+    blocks = [
+        section(f"{icon} *{fit(name, 200)}* {fit(words, 100)} {after} deploy {code(label, 200)}")
+    ]
+    if footer:
+        blocks.append(context(footer))
+    return text, blocks

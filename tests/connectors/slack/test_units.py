@@ -135,6 +135,26 @@ def test_state_expiry_keeps_intents_and_channel_ids() -> None:
     assert state.channel_id("#unknown") is None
 
 
+def test_a_reply_goes_into_the_thread_of_a_message_posted_to_the_same_channel() -> None:
+    state = SlackState()
+    state.apply("root", entry("posted", "root", channel="#a", ts="1.1"))
+    state.apply("reply", entry("posted", "reply", channel="#a", ts="1.5", thread_ts="1.1"))
+    state.apply("elsewhere", entry("posted", "elsewhere", channel="#b", ts="2.0"))
+    state.apply("pending", entry("intent", "pending", channel="#a"))
+    state.apply("gave-up", entry("dead_lettered", "gave-up", channel="#a"))
+    assert state.reply_ts("root", "#a") == "1.1"
+    assert state.reply_ts("reply", "#a") == "1.1"  # Slack threads do not nest
+    for key in ("elsewhere", "pending", "gave-up", "unknown"):
+        assert state.reply_ts(key, "#a") is None, key
+
+
+def test_an_earlier_notification_without_thread_under_still_parses() -> None:
+    note = parse_notification(orjson.dumps(notification("k")))
+    assert note.thread_under is None and note.kind == "deployment"
+    health = {**notification("h"), "kind": "health", "thread_under": "k"}
+    assert parse_notification(orjson.dumps(health)).thread_under == "k"
+
+
 def test_notification_parsing_rejects_what_cannot_be_posted() -> None:
     good = notification("k1")
     assert parse_notification(orjson.dumps(good)).idempotency_key == "k1"
