@@ -199,6 +199,7 @@ class Folder:
         self._folded = BoundedSet(dedupe_window)
         self._seen = BoundedSet(dedupe_window)
         self._last_deploy: dict[str, float] = {}
+        self._dora_touched: set[tuple[str, str]] = set()  # (app label, project): as the series
         r = self.registry
         self.deployments = Counter(
             "synctrail_deployments_total",
@@ -400,7 +401,9 @@ class Folder:
         # docs/dora.md: every phase but Succeeded is a failed deployment; a deployment event
         # without a phase (none the worker writes) is a succeeded one, as a bare body's is.
         result = "succeeded" if event.phase in (None, "Succeeded") else "failed"
-        self._touch_dora(app, project)
+        if (app, project) not in self._dora_touched:
+            self._dora_touched.add((app, project))
+            self._touch_dora(app, project)
         self.dora_deployments.labels(app, project, result).inc()
         changes = _number(event.image_changes)
         # Touch the series even at zero so "no image changed" is a visible 0, not a gap.
