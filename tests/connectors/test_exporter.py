@@ -502,20 +502,17 @@ async def test_exporter_serves_series_folded_from_the_metrics_topic(broker, topi
 
 
 async def test_a_restarted_exporter_rebuilds_the_same_series_from_kafka(broker, topics, exporters):
-    await produce_json(broker.bootstrap, f"{topics}metrics", HISTORY + DORA_HISTORY)
+    await produce_json(broker.bootstrap, f"{topics}metrics", HISTORY)
     await produce_json(broker.bootstrap, f"{topics}dead-letters", [dead_letter("worker", 3)])
     port = free_port()
     first = exporters(port)
     before = await until_ready(first, port)
     assert_history_folded(before)
-    assert_dora_folded(before)
     assert first.stop() == 0, first.log()
 
     second = exporters(port)
     after = await until_ready(second, port)
     assert_history_folded(after)
-    assert_dora_folded(after)
-    assert after.series("synctrail_dora_lead_time_seconds_bucket")
     folded_names = [n for n, _, _ in before.items if not n.startswith(("process_", "python_"))]
     for name in folded_names:
         assert after.series(name) == before.series(name), name
@@ -539,30 +536,6 @@ async def test_exporter_caps_apps_and_counts_the_folded_ones(broker, topics, exp
     dora_series = s.series("synctrail_dora_deployments_total")
     assert {dict(labels)["app"] for labels in dora_series} == named | {OTHER_APP}
     assert sum(dora_series.values()) == 5
-
-
-async def test_exporter_caps_the_app_label_of_dora_findings(broker, topics, exporters):
-    findings = [
-        deployment("argocd/a", "a-1"),
-        failure("argocd/b", "b-1", "operation"),
-        recovery("argocd/c", 1, "2026-07-08T13:40:00Z", 600.0),
-        transition("argocd/d", "Degraded", "2026-07-08T13:40:00Z"),
-    ]
-    # one partition keeps the order, so which app keeps its label is known
-    await produce(
-        broker.bootstrap,
-        f"{topics}metrics",
-        [(b"one-key", orjson.dumps(v)) for v in findings],
-    )
-    port = free_port()
-    s = await until_ready(exporters(port, SYNCTRAIL_EXPORTER_MAX_APPS="1"), port)
-    other = {"app": OTHER_APP, "project": "default"}
-    assert s.value("synctrail_dora_change_failures_total", **other, reason="operation") == 1
-    assert s.value("synctrail_dora_recovery_time_seconds_count", **other) == 1
-    degraded = {"app": OTHER_APP, "health": "Degraded"}
-    assert s.value("synctrail_dora_health_transitions_total", **degraded) == 1
-    assert s.label_values("synctrail_dora_change_failures_total", "app") == {"argocd/a", OTHER_APP}
-    assert s.value("synctrail_exporter_apps_folded_total") == 3
 
 
 async def test_duplicate_delivery_ids_on_the_topic_are_not_double_counted(
