@@ -146,7 +146,18 @@ def metric_fact_key(event: MetricFact) -> tuple[Any, ...] | None:
     """
     if not event.delivery_id:
         return None
-    return ("metric", event.kind, event.app, event.delivery_id, event.rule, event.image)
+    return _identity(("metric", event.kind, event.app, event.delivery_id, event.rule, event.image))
+
+
+def _identity(key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``key`` when it can be remembered; None when a field of the wrong type (a list, an
+    object) would make it unhashable: such a record is folded, never deduplicated, rather
+    than stopping the exporter at the same record after every restart."""
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def dora_fact_key(event: DoraFact) -> tuple[Any, ...] | None:
@@ -167,7 +178,7 @@ def dora_fact_key(event: DoraFact) -> tuple[Any, ...] | None:
         fields = (event.health, event.at)
     if any(f is None for f in fields):
         return None
-    return ("dora", event.kind, event.app, *fields)
+    return _identity(("dora", event.kind, event.app, *fields))
 
 
 def dead_letter_key(record: DeadLetterFact) -> tuple[Any, ...] | None:
@@ -199,7 +210,7 @@ class Folder:
         self._folded = BoundedSet(dedupe_window)
         self._seen = BoundedSet(dedupe_window)
         self._last_deploy: dict[str, float] = {}
-        self._dora_touched: set[tuple[str, str]] = set()  # (app label, project): as the series
+        self._dora_touched: set[tuple[str, str]] = set()  # (app, project) with DORA series
         r = self.registry
         self.deployments = Counter(
             "synctrail_deployments_total",

@@ -335,6 +335,19 @@ def test_unknown_dora_kinds_and_label_values_are_tolerated_not_invented():
     assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="invalid") == 2
 
 
+def test_an_identity_field_of_the_wrong_type_is_folded_not_fatal():
+    folder = Folder()
+    odd = deployment("ns/a", "d1") | {"delivery_id": ["d1"]}
+    assert folder.fold_metric(_raw(odd)) == "folded"
+    finding = failure("ns/a", "d1", "operation") | {"deployment": {"id": "d1"}}
+    assert folder.fold_metric(_raw(finding)) == "folded"
+    assert folder.fold_metric(_raw(finding)) == "folded"  # no identity: never deduplicated
+    s = folded(folder)
+    labels = {"app": "ns/a", "project": "default"}
+    assert s.value("synctrail_deployments_total", **labels) == 1
+    assert s.value("synctrail_dora_change_failures_total", **labels, reason="operation") == 2
+
+
 def test_bounded_set_forgets_the_oldest_beyond_its_capacity():
     seen = BoundedSet(2)
     assert seen.add("a") and seen.add("b") and not seen.add("a")
