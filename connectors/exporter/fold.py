@@ -1,15 +1,20 @@
-"""Fold metric events and dead letters into Prometheus series.
+"""Fold metric events, DORA findings and dead letters into Prometheus series.
 
 Everything here is synchronous and free of I/O: the service feeds record values (bytes) in topic
 order and scrapes the registry. Replaying the same topics from the beginning into a fresh
 ``Folder`` rebuilds the same series, which is how the exporter survives restarts.
 
-Values are decoded with msgspec into :class:`MetricFact` and :class:`DeadLetterFact`: the fields
-the exporter reads of :class:`streams.domain.records.Metric` and ``DeadLetter``, read tolerantly
-on purpose. A kind the exporter does not know is counted as ``unknown_kind`` and a component it
-does not know as ``other`` (a newer worker may write them), and a field of the wrong type is not
-folded rather than dropping the whole record, as before; only a record that is not JSON, not an
-object, not of its ``schema`` or without a ``kind`` and a non-empty ``app`` is ``invalid``.
+Values are decoded with msgspec into :class:`MetricFact`, :class:`DoraFact` and
+:class:`DeadLetterFact`: the fields the exporter reads of :class:`streams.domain.records.Metric`,
+``DoraEvent`` and ``DeadLetter``, read tolerantly on purpose. A kind the exporter does not know
+is counted as ``unknown_kind`` and a component it does not know as ``other`` (a newer worker may
+write them), and a field of the wrong type is not folded rather than dropping the whole record,
+as before; only a record that is not JSON, not an object, not of one of its two schemas or
+without a ``kind`` and a non-empty ``app`` is ``invalid``.
+
+The DORA series (docs/dora.md, "Prometheus metrics"): deployments by result from the metric
+events of kind ``deployment``, change failures, lead and recovery time histograms and health
+transitions from the ``synctrail.dora/v1`` findings, each deduplicated by its identity.
 """
 
 from __future__ import annotations
@@ -22,12 +27,19 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.domain.records import DEAD_LETTER_V1, METRIC_V1, NonEmpty
+from streams.domain import dora
+from streams.domain.records import DEAD_LETTER_V1, DORA_V1, METRIC_V1, NonEmpty
 
 log = logging.getLogger(__name__)
 
 OTHER_APP = "_other"
 KINDS = ("deployment", "duplicate", "resync", "stale", "violation", "dead_letter")
+DORA_KINDS = ("health_transition", "change_failure", "lead_time", "recovery")
+# Label values of the DORA series: anything else a newer worker writes is "other".
+RESULTS = ("succeeded", "failed")
+REASONS = ("operation", "degraded", "rollback")
+HEALTHS = (dora.DEGRADED, dora.HEALTHY)
+OTHER = "other"
 COMPONENTS = ("bridge", "worker", "slack", "exporter")
 # Received → processed: webhook deliveries usually take tens of milliseconds; a backlog or a
 # broker outage can push it to minutes, which must still land in a finite bucket.
@@ -71,6 +83,23 @@ class MetricFact(msgspec.Struct, tag_field="schema", tag=METRIC_V1):
     image_changes: Any = None
     rule: Any = None
     image: Any = None
+    phase: Any = None
+
+
+class DoraFact(msgspec.Struct, tag_field="schema", tag=DORA_V1):
+    """What the exporter reads of a ``synctrail.dora/v1`` finding (see the module docstring)."""
+
+    kind: str
+    app: NonEmpty
+    project: Any = None
+    at: Any = None
+    health: Any = None
+    deployment: Any = None
+    revision: Any = None
+    reason: Any = None
+    seconds: Any = None
+    episode: Any = None
+    started_at: Any = None
 
 
 class DeadLetterFact(msgspec.Struct, tag_field="schema", tag=DEAD_LETTER_V1):
@@ -82,12 +111,13 @@ class DeadLetterFact(msgspec.Struct, tag_field="schema", tag=DEAD_LETTER_V1):
     source_offset: Any = None
 
 
-_METRIC = msgspec.json.Decoder(MetricFact)
+_METRIC = msgspec.json.Decoder(MetricFact | DoraFact)
 _DEAD_LETTER = msgspec.json.Decoder(DeadLetterFact)
 
 
-def decode_metric(raw: bytes | None) -> MetricFact | None:
-    """The metric event in ``raw``, or None when it is not one the exporter can fold."""
+def decode_metric(raw: bytes | None) -> MetricFact | DoraFact | None:
+    """The metric event or DORA finding in ``raw``, or None when it is not one the exporter
+    can fold."""
     if raw is None:
         return None
     try:
@@ -116,7 +146,39 @@ def metric_fact_key(event: MetricFact) -> tuple[Any, ...] | None:
     """
     if not event.delivery_id:
         return None
-    return ("metric", event.kind, event.app, event.delivery_id, event.rule, event.image)
+    return _identity(("metric", event.kind, event.app, event.delivery_id, event.rule, event.image))
+
+
+def _identity(key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``key`` when it can be remembered; None when a field of the wrong type (a list, an
+    object) would make it unhashable: such a record is folded, never deduplicated, rather
+    than stopping the exporter at the same record after every restart."""
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def dora_fact_key(event: DoraFact) -> tuple[Any, ...] | None:
+    """The identity of a DORA finding (docs/dora.md), or None when it lacks the fields of one.
+
+    A change failure is one per deployment, a lead time one per deployment and revision, a
+    recovery one per episode (its ordinal and start), a health transition one per health and
+    time: the worker writes the same finding again, identical, when it replays a fact.
+    """
+    fields: tuple[Any, ...]
+    if event.kind == "change_failure":
+        fields = (event.deployment,)
+    elif event.kind == "lead_time":
+        fields = (event.deployment, event.revision)
+    elif event.kind == "recovery":
+        fields = (event.episode, event.started_at)
+    else:  # health_transition
+        fields = (event.health, event.at)
+    if any(f is None for f in fields):
+        return None
+    return _identity(("dora", event.kind, event.app, *fields))
 
 
 def dead_letter_key(record: DeadLetterFact) -> tuple[Any, ...] | None:
@@ -148,6 +210,7 @@ class Folder:
         self._folded = BoundedSet(dedupe_window)
         self._seen = BoundedSet(dedupe_window)
         self._last_deploy: dict[str, float] = {}
+        self._dora_touched: set[tuple[str, str]] = set()  # (app, project) with DORA series
         r = self.registry
         self.deployments = Counter(
             "synctrail_deployments_total",
@@ -214,10 +277,50 @@ class Folder:
             ["topic", "outcome"],
             registry=r,
         )
-        for kind in KINDS:
+        for kind in (*KINDS, *DORA_KINDS):
             self.events.labels(kind)
         for component in COMPONENTS:
             self.dead_letters.labels(component)
+        self._dora_series()
+
+    def _dora_series(self) -> None:
+        """The DORA series (docs/dora.md, "Prometheus metrics")."""
+        r = self.registry
+        self.dora_deployments = Counter(
+            "synctrail_dora_deployments_total",
+            "DORA deployments (announced operations), by app, Argo CD project and result "
+            "(succeeded, failed: the operation's phase).",
+            ["app", "project", "result"],
+            registry=r,
+        )
+        self.dora_change_failures = Counter(
+            "synctrail_dora_change_failures_total",
+            "Deployments found to be change failures, by the first rule that applies "
+            "(operation, degraded, rollback).",
+            ["app", "project", "reason"],
+            registry=r,
+        )
+        self.dora_lead_time = Histogram(
+            "synctrail_dora_lead_time_seconds",
+            "Change lead time: commit date to the finish of the first succeeded deployment "
+            "running the revision.",
+            ["app", "project"],
+            buckets=dora.BUCKETS,
+            registry=r,
+        )
+        self.dora_recovery_time = Histogram(
+            "synctrail_dora_recovery_time_seconds",
+            "Failed deployment recovery time: the failure episode's start to its recovery.",
+            ["app", "project"],
+            buckets=dora.BUCKETS,
+            registry=r,
+        )
+        self.dora_health_transitions = Counter(
+            "synctrail_dora_health_transitions_total",
+            "Health transitions after a deployment (Degraded, Healthy), by app.",
+            ["app", "health"],
+            registry=r,
+        )
 
     @property
     def tracked_apps(self) -> int:
@@ -241,9 +344,11 @@ class Folder:
         self.records.labels("metrics", outcome).inc()
         return outcome
 
-    def _fold_metric(self, value: MetricFact | None) -> str:
+    def _fold_metric(self, value: MetricFact | DoraFact | None) -> str:
         if value is None:
             return "invalid"
+        if isinstance(value, DoraFact):
+            return self._fold_dora(value)
         kind = value.kind
         if kind not in KINDS:
             return "unknown_kind"
@@ -264,8 +369,53 @@ class Folder:
         # dead letters are counted from <prefix>dead-letters, which every component writes.
         return "folded"
 
+    def _fold_dora(self, value: DoraFact) -> str:
+        kind = value.kind
+        if kind not in DORA_KINDS:
+            return "unknown_kind"
+        key = dora_fact_key(value)
+        if key is not None and not self._seen.add(key):
+            return "replay"
+        app = self.app_label(value.app)
+        project = str(value.project or "")
+        self.events.labels(kind).inc()
+        if kind == "health_transition":
+            health = value.health if value.health in HEALTHS else OTHER
+            self.dora_health_transitions.labels(app, health).inc()
+        elif kind == "change_failure":
+            reason = value.reason if value.reason in REASONS else OTHER
+            self.dora_change_failures.labels(app, project, reason).inc()
+        else:
+            histogram = self.dora_lead_time if kind == "lead_time" else self.dora_recovery_time
+            seconds = _number(value.seconds)
+            if seconds is not None and seconds >= 0:
+                histogram.labels(app, project).observe(seconds)
+        return "folded"
+
+    def _touch_dora(self, app: str, project: str) -> None:
+        """Create the app's DORA series at 0 with its first deployment: a change failure or
+        a lead time then counts in ``increase()`` (a series born at 1 does not), and a rate
+        over a range without failures is 0, not a gap. The histograms' 20 series per app are
+        the ones docs/dora.md counts."""
+        for result in RESULTS:
+            self.dora_deployments.labels(app, project, result)
+        for reason in REASONS:
+            self.dora_change_failures.labels(app, project, reason)
+        for health in HEALTHS:
+            self.dora_health_transitions.labels(app, health)
+        self.dora_lead_time.labels(app, project)
+        self.dora_recovery_time.labels(app, project)
+
     def _deployment(self, app: str, event: MetricFact) -> None:
-        self.deployments.labels(app, str(event.project or "")).inc()
+        project = str(event.project or "")
+        self.deployments.labels(app, project).inc()
+        # docs/dora.md: every phase but Succeeded is a failed deployment; a deployment event
+        # without a phase (none the worker writes) is a succeeded one, as a bare body's is.
+        result = "succeeded" if event.phase in (None, "Succeeded") else "failed"
+        if (app, project) not in self._dora_touched:
+            self._dora_touched.add((app, project))
+            self._touch_dora(app, project)
+        self.dora_deployments.labels(app, project, result).inc()
         changes = _number(event.image_changes)
         # Touch the series even at zero so "no image changed" is a visible 0, not a gap.
         self.image_changes.labels(app).inc(max(changes or 0.0, 0.0))

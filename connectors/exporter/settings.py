@@ -23,6 +23,7 @@ class ExporterSettings(CommonSettings):
     exporter_dedupe_window: int = Field(
         100_000,
         ge=1,
-        description="Most recent facts (kind, app, delivery id, rule) remembered to ignore "
-        "at-least-once replays of the same fact; about 150 bytes each.",
+        description="Most recent facts (kind, app, delivery id, rule; a DORA finding's "
+        "identity) remembered to ignore at-least-once replays of the same fact; about 150 "
+        "bytes each.",
     )

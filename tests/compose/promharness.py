@@ -1,6 +1,6 @@
 """A real Prometheus for tests: Debian's ``prometheus`` binary on loopback, scraping given targets.
 
-Use it to prove that every PromQL expression of the Grafana dashboard and of the alert rules
+Use it to prove that every PromQL expression of the Grafana dashboards and of the alert rules
 evaluates through Prometheus's HTTP API, and that the panels fed by the running processes return
 data. Typical use (see tests/compose/test_real_prometheus.py)::
 
@@ -35,6 +35,8 @@ from tests.support import REPO, wait_for
 
 COMPOSE = REPO / "compose"
 DASHBOARD = COMPOSE / "grafana" / "dashboards" / "synctrail.json"
+DORA_DASHBOARD = COMPOSE / "grafana" / "dashboards" / "dora.json"
+DASHBOARDS = (DASHBOARD, DORA_DASHBOARD)
 ALERTS = COMPOSE / "prometheus" / "alerts.yml"
 PROMETHEUS_CONFIG = COMPOSE / "prometheus" / "prometheus.yml"
 
@@ -43,15 +45,20 @@ INSTALL_HINT = (
     "`apt-get update && apt-get install -y --no-install-recommends prometheus`"
 )
 
-# Grafana's macros and the dashboard's variables, as a query from Grafana would expand them
-# with a short scrape interval: [$__rate_interval] must span at least two scrapes.
+# Grafana's macros and the dashboards' variables, as a query from Grafana would expand them
+# with a short scrape interval: [$__rate_interval] must span at least two scrapes. In order:
+# $__range_s before $__range, which is its prefix.
 GRAFANA_SUBSTITUTIONS = {
     "$__rate_interval": "10s",
     "$__interval": "5s",
+    "$__range_s": "300",
     "$__range": "5m",
     "${app:regex}": ".*",
     "${app}": ".*",
     "$app": ".*",
+    "${project:regex}": ".*",
+    "${project}": ".*",
+    "$project": ".*",
 }
 
 
@@ -112,7 +119,8 @@ def dashboard_expressions(path: Path = DASHBOARD) -> list[Expression]:
         text = query.get("query") if isinstance(query, dict) else query
         match = re.fullmatch(r"\s*label_values\((.+),\s*\w+\)\s*", text or "")
         if match:
-            found.append(Expression(f"variable {variable['name']}", match.group(1)))
+            promql = grafana_to_promql(match.group(1))  # a variable may use an earlier one
+            found.append(Expression(f"variable {variable['name']}", promql))
     return found
 
 
@@ -126,9 +134,18 @@ def rule_expressions(path: Path = ALERTS) -> list[Expression]:
     ]
 
 
+def all_dashboard_expressions() -> list[Expression]:
+    """The expressions of every provisioned dashboard, their sources naming the dashboard."""
+    return [
+        Expression(f"{path.name} {e.source}", e.promql)
+        for path in DASHBOARDS
+        for e in dashboard_expressions(path)
+    ]
+
+
 def all_expressions() -> list[Expression]:
-    """The dashboard's and the alert rules' expressions."""
-    return dashboard_expressions() + rule_expressions()
+    """The dashboards' and the alert rules' expressions."""
+    return all_dashboard_expressions() + rule_expressions()
 
 
 @dataclass

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 import orjson
 import pytest
 
 from connectors.broker import EmbeddedBroker, free_port
 from connectors.exporter.fold import OTHER_APP, BoundedSet, Folder
-from streams.domain.records import DEAD_LETTER_V1, METRIC_V1
+from streams.domain import dora as dora_rules
+from streams.domain.records import DEAD_LETTER_V1, METRIC_V1, DoraEvent
 from tests.compose.metrics_text import Samples, http_status, scrape
 from tests.support import Service, produce, wait_for
 
@@ -37,6 +39,32 @@ def deployment(app: str, delivery_id: str, **fields: Any) -> dict[str, Any]:
     fields.setdefault("phase", "Succeeded")
     fields.setdefault("initial", False)
     return metric("deployment", app, delivery_id, **fields)
+
+
+def dora(kind: str, app: str, **fields: Any) -> dict[str, Any]:
+    """A ``synctrail.dora/v1`` finding as the worker writes it (built with its record type)."""
+    fields.setdefault("project", "default")
+    fields.setdefault("timestamp", 1_790_000_000.0)
+    fields.setdefault("delivery_id", "delivery")
+    fields.setdefault("at", "2026-07-08T13:40:00Z")
+    event = DoraEvent(kind=kind, app=app, **fields)  # type: ignore[arg-type]
+    return cast(dict[str, Any], msgspec.to_builtins(event))
+
+
+def failure(app: str, deployment: str, reason: str, **fields: Any) -> dict[str, Any]:
+    return dora("change_failure", app, deployment=deployment, reason=reason, **fields)
+
+
+def lead_time(app: str, deployment: str, revision: str, seconds: float, **f: Any) -> dict[str, Any]:
+    return dora("lead_time", app, deployment=deployment, revision=revision, seconds=seconds, **f)
+
+
+def recovery(app: str, episode: int, started_at: str, seconds: float, **f: Any) -> dict[str, Any]:
+    return dora("recovery", app, episode=episode, started_at=started_at, seconds=seconds, **f)
+
+
+def transition(app: str, health: str, at: str, **fields: Any) -> dict[str, Any]:
+    return dora("health_transition", app, health=health, at=at, **fields)
 
 
 def dead_letter(component: str, offset: int | None) -> dict[str, Any]:
@@ -173,6 +201,153 @@ def test_records_that_are_not_metric_events_are_counted_as_invalid_not_folded():
     assert s.series("synctrail_deployments_total") == {}
 
 
+# --- DORA series ---------------------------------------------------------------------------
+
+
+def test_dora_deployments_count_by_result_from_the_operation_phase():
+    folder = Folder()
+    folder.fold_metric(_raw(deployment("argocd/web", "d1", phase="Succeeded")))
+    folder.fold_metric(_raw(deployment("argocd/web", "d2", phase="Failed")))
+    folder.fold_metric(_raw(deployment("argocd/web", "d3", phase="Error")))
+    folder.fold_metric(_raw(deployment("argocd/api", "d4", project="pay", phase="Succeeded")))
+    s = folded(folder)
+    web = {"app": "argocd/web", "project": "default"}
+    assert s.value("synctrail_dora_deployments_total", **web, result="succeeded") == 1
+    assert s.value("synctrail_dora_deployments_total", **web, result="failed") == 2
+    api = {"app": "argocd/api", "project": "pay"}
+    assert s.value("synctrail_dora_deployments_total", **api, result="succeeded") == 1
+    # an app's first deployment creates its DORA series at 0, so increase() sees what follows
+    assert s.value("synctrail_dora_deployments_total", **api, result="failed") == 0
+    assert s.value("synctrail_dora_change_failures_total", **api, reason="degraded") == 0
+    assert s.value("synctrail_dora_lead_time_seconds_count", **api) == 0
+    assert (
+        s.value("synctrail_dora_health_transitions_total", app="argocd/api", health="Healthy") == 0
+    )
+
+
+def test_dora_findings_fold_into_failures_histograms_and_transitions():
+    folder = Folder()
+    outcomes = [
+        folder.fold_metric(_raw(e))
+        for e in (
+            failure("argocd/web", "d1", "operation"),
+            failure("argocd/web", "d2", "degraded"),
+            failure("argocd/web", "d3", "rollback"),
+            lead_time("argocd/web", "d2", "rev-b", 7200.0),  # 2 h: on a bucket bound
+            lead_time("argocd/web", "d2", "rev-c", 7201.0),  # a second source of d2
+            recovery("argocd/web", 1, "2026-07-08T13:40:00Z", 1800.0),
+            transition("argocd/web", "Degraded", "2026-07-08T13:40:00Z"),
+            transition("argocd/web", "Healthy", "2026-07-08T14:10:00Z"),
+        )
+    ]
+    assert outcomes == ["folded"] * 8
+    s = folded(folder)
+    web = {"app": "argocd/web", "project": "default"}
+    for reason in ("operation", "degraded", "rollback"):
+        assert s.value("synctrail_dora_change_failures_total", **web, reason=reason) == 1
+    assert s.value("synctrail_dora_lead_time_seconds_count", **web) == 2
+    assert s.value("synctrail_dora_lead_time_seconds_sum", **web) == 14401.0
+    assert s.value("synctrail_dora_lead_time_seconds_bucket", **web, le="3600.0") == 0
+    assert s.value("synctrail_dora_lead_time_seconds_bucket", **web, le="7200.0") == 1
+    assert s.value("synctrail_dora_lead_time_seconds_bucket", **web, le="14400.0") == 2
+    assert s.value("synctrail_dora_recovery_time_seconds_bucket", **web, le="900.0") == 0
+    assert s.value("synctrail_dora_recovery_time_seconds_bucket", **web, le="1800.0") == 1
+    assert s.value("synctrail_dora_recovery_time_seconds_count", **web) == 1
+    for health in ("Degraded", "Healthy"):
+        labels = {"app": "argocd/web", "health": health}
+        assert s.value("synctrail_dora_health_transitions_total", **labels) == 1
+    assert s.value("synctrail_exporter_events_total", kind="lead_time") == 2
+
+
+def test_dora_histograms_have_the_buckets_of_the_rules():
+    folder = Folder()
+    folder.fold_metric(_raw(lead_time("argocd/web", "d1", "rev-a", 60.0)))
+    s = folded(folder)
+    bounds = s.label_values("synctrail_dora_lead_time_seconds_bucket", "le") - {"+Inf"}
+    assert sorted(float(b) for b in bounds) == list(dora_rules.BUCKETS)
+
+
+def test_a_replayed_dora_finding_is_folded_once_by_its_identity():
+    folder = Folder()
+    findings = [
+        failure("argocd/web", "d1", "degraded"),
+        lead_time("argocd/web", "d1", "rev-a", 600.0),
+        recovery("argocd/web", 3, "2026-07-08T13:40:00Z", 1800.0),
+        transition("argocd/web", "Degraded", "2026-07-08T13:40:00Z"),
+    ]
+    for event in findings:
+        assert folder.fold_metric(_raw(event)) == "folded"
+    # the worker replays the facts: the same findings again, decided at another moment
+    for event in findings:
+        again = dict(event, timestamp=1_790_000_999.0, delivery_id="redelivery")
+        assert folder.fold_metric(_raw(again)) == "replay"
+    # a different identity is a different finding
+    assert folder.fold_metric(_raw(failure("argocd/web", "d2", "degraded"))) == "folded"
+    assert folder.fold_metric(_raw(lead_time("argocd/web", "d1", "rev-b", 60.0))) == "folded"
+    other_episode = recovery("argocd/web", 4, "2026-07-09T00:00:00Z", 60.0)
+    assert folder.fold_metric(_raw(other_episode)) == "folded"
+    later = transition("argocd/web", "Degraded", "2026-07-08T15:00:00Z")
+    assert folder.fold_metric(_raw(later)) == "folded"
+    s = folded(folder)
+    web = {"app": "argocd/web", "project": "default"}
+    assert s.value("synctrail_dora_change_failures_total", **web, reason="degraded") == 2
+    assert s.value("synctrail_dora_lead_time_seconds_count", **web) == 2
+    assert s.value("synctrail_dora_recovery_time_seconds_count", **web) == 2
+    degraded = {"app": "argocd/web", "health": "Degraded"}
+    assert s.value("synctrail_dora_health_transitions_total", **degraded) == 2
+    assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="replay") == 4
+
+
+def test_dora_findings_of_apps_beyond_the_cap_fold_into_other():
+    folder = Folder(max_apps=1)
+    folder.fold_metric(_raw(deployment("ns/a", "a1")))
+    folder.fold_metric(_raw(failure("ns/b", "b1", "operation")))
+    folder.fold_metric(_raw(lead_time("ns/c", "c1", "rev", 90.0)))
+    s = folded(folder)
+    assert s.label_values("synctrail_dora_change_failures_total", "app") == {"ns/a", OTHER_APP}
+    other = {"app": OTHER_APP, "project": "default"}
+    assert s.value("synctrail_dora_change_failures_total", **other, reason="operation") == 1
+    assert s.value("synctrail_dora_lead_time_seconds_count", **other) == 1
+    assert s.value("synctrail_exporter_apps_folded_total") == 2
+
+
+def test_unknown_dora_kinds_and_label_values_are_tolerated_not_invented():
+    folder = Folder()
+    raw = dict(dora("lead_time", "ns/a"), kind="flow_time")
+    assert folder.fold_metric(_raw(raw)) == "unknown_kind"
+    odd = dict(failure("ns/a", "d1", "operation"), reason="chaos")
+    assert folder.fold_metric(_raw(odd)) == "folded"
+    odd_health = transition("ns/a", "Progressing", "2026-07-08T13:40:00Z")
+    assert folder.fold_metric(_raw(odd_health)) == "folded"
+    no_seconds = dict(lead_time("ns/a", "d1", "rev", 1.0), seconds="soon")
+    assert folder.fold_metric(_raw(no_seconds)) == "folded"
+    assert (
+        folder.fold_metric(_raw({"schema": "synctrail.dora/v1", "kind": "recovery"})) == "invalid"
+    )
+    assert folder.fold_metric(_raw(dict(failure("ns/a", "d", "operation"), schema="x/v9"))) == (
+        "invalid"
+    )
+    s = folded(folder)
+    labels = {"app": "ns/a", "project": "default"}
+    assert s.value("synctrail_dora_change_failures_total", **labels, reason="other") == 1
+    assert s.value("synctrail_dora_health_transitions_total", app="ns/a", health="other") == 1
+    assert s.value("synctrail_dora_lead_time_seconds_count", **labels) is None
+    assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="invalid") == 2
+
+
+def test_an_identity_field_of_the_wrong_type_is_folded_not_fatal():
+    folder = Folder()
+    odd = deployment("ns/a", "d1") | {"delivery_id": ["d1"]}
+    assert folder.fold_metric(_raw(odd)) == "folded"
+    finding = failure("ns/a", "d1", "operation") | {"deployment": {"id": "d1"}}
+    assert folder.fold_metric(_raw(finding)) == "folded"
+    assert folder.fold_metric(_raw(finding)) == "folded"  # no identity: never deduplicated
+    s = folded(folder)
+    labels = {"app": "ns/a", "project": "default"}
+    assert s.value("synctrail_deployments_total", **labels) == 1
+    assert s.value("synctrail_dora_change_failures_total", **labels, reason="operation") == 2
+
+
 def test_bounded_set_forgets_the_oldest_beyond_its_capacity():
     seen = BoundedSet(2)
     assert seen.add("a") and seen.add("b") and not seen.add("a")
@@ -238,6 +413,55 @@ HISTORY = [
 ]
 
 
+# guestbook's worked example of docs/dora.md as the worker reports it, with replayed copies.
+def shop_deploy(delivery_id: str, timestamp: float, **fields: Any) -> dict[str, Any]:
+    """A guestbook deployment (no latency: HISTORY's latency figures stay its own)."""
+    fields.setdefault("latency_seconds", None)
+    return deployment(
+        "guestbook/guestbook", delivery_id, project="shop", timestamp=timestamp, **fields
+    )
+
+
+DORA_HISTORY = [
+    shop_deploy("g1", 3000.0),
+    shop_deploy("g2", 3100.0),
+    lead_time("guestbook/guestbook", "g2", "rev-b", 7200.0, project="shop"),
+    shop_deploy("g3", 3200.0),
+    transition("guestbook/guestbook", "Degraded", "2026-07-08T13:40:00Z", project="shop"),
+    failure("guestbook/guestbook", "g3", "degraded", project="shop"),
+    transition("guestbook/guestbook", "Healthy", "2026-07-08T14:10:00Z", project="shop"),
+    recovery("guestbook/guestbook", 1, "2026-07-08T13:40:00Z", 1800.0, project="shop"),
+    shop_deploy("g4", 3300.0),
+    shop_deploy("g5", 3400.0, phase="Failed"),
+    failure("guestbook/guestbook", "g5", "operation", project="shop"),
+    # the worker restarted and replayed the Degraded transition: its findings come again
+    transition("guestbook/guestbook", "Degraded", "2026-07-08T13:40:00Z", project="shop"),
+    failure("guestbook/guestbook", "g3", "degraded", project="shop", timestamp=9.0),
+    recovery("guestbook/guestbook", 1, "2026-07-08T13:40:00Z", 1800.0, project="shop"),
+]
+
+
+def assert_dora_folded(s: Samples) -> None:
+    """docs/dora.md's worked example: 5 deployments (4 succeeded), 2 change failures, one
+    recovery of 30 min, one lead time of 2 h, one Degraded and one Healthy transition."""
+    gb = {"app": "guestbook/guestbook", "project": "shop"}
+    assert s.value("synctrail_dora_deployments_total", **gb, result="succeeded") == 4
+    assert s.value("synctrail_dora_deployments_total", **gb, result="failed") == 1
+    assert s.value("synctrail_dora_change_failures_total", **gb, reason="degraded") == 1
+    assert s.value("synctrail_dora_change_failures_total", **gb, reason="operation") == 1
+    assert s.value("synctrail_dora_change_failures_total", **gb, reason="rollback") == 0
+    assert s.value("synctrail_dora_lead_time_seconds_bucket", **gb, le="3600.0") == 0
+    assert s.value("synctrail_dora_lead_time_seconds_bucket", **gb, le="7200.0") == 1
+    assert s.value("synctrail_dora_lead_time_seconds_sum", **gb) == 7200.0
+    assert s.value("synctrail_dora_recovery_time_seconds_bucket", **gb, le="900.0") == 0
+    assert s.value("synctrail_dora_recovery_time_seconds_bucket", **gb, le="1800.0") == 1
+    assert s.value("synctrail_dora_recovery_time_seconds_bucket", **gb, le="+Inf") == 1
+    assert s.value("synctrail_dora_recovery_time_seconds_count", **gb) == 1
+    for health in ("Degraded", "Healthy"):
+        labels = {"app": "guestbook/guestbook", "health": health}
+        assert s.value("synctrail_dora_health_transitions_total", **labels) == 1
+
+
 def assert_history_folded(s: Samples) -> None:
     assert s.value("synctrail_deployments_total", app="argocd/web", project="default") == 2
     assert s.value("synctrail_deployments_total", app="argocd/api", project="payments") == 1
@@ -253,11 +477,15 @@ def assert_history_folded(s: Samples) -> None:
 
 
 async def test_exporter_serves_series_folded_from_the_metrics_topic(broker, topics, exporters):
-    await produce_json(broker.bootstrap, f"{topics}metrics", HISTORY)
+    await produce_json(broker.bootstrap, f"{topics}metrics", HISTORY + DORA_HISTORY)
     await produce_json(broker.bootstrap, f"{topics}dead-letters", [dead_letter("worker", 3)])
     port = free_port()
     service = exporters(port)
-    assert_history_folded(await until_ready(service, port))
+    s = await until_ready(service, port)
+    assert_history_folded(s)
+    assert_dora_folded(s)
+    # the replayed copies: d2 in HISTORY, three findings in DORA_HISTORY
+    assert s.value("synctrail_exporter_records_total", topic="metrics", outcome="replay") == 4
     assert await http_status(f"http://127.0.0.1:{port}/healthz") == 200
 
     # Live events after start are folded too.
@@ -268,6 +496,21 @@ async def test_exporter_serves_series_folded_from_the_metrics_topic(broker, topi
         return s.value("synctrail_deployments_total", app="argocd/web", project="default") == 3
 
     await wait_for(third_deploy, timeout=15, what="a live deployment folded")
+    # ...and live DORA findings, a replayed copy of an old one not counted again.
+    late = [
+        failure("guestbook/guestbook", "g3", "degraded", project="shop"),
+        failure("guestbook/guestbook", "g6", "rollback", project="shop"),
+    ]
+    await produce_json(broker.bootstrap, f"{topics}metrics", late)
+    gb = {"app": "guestbook/guestbook", "project": "shop"}
+
+    async def rollback_failure() -> bool:
+        s = await scrape(f"http://127.0.0.1:{port}/metrics")
+        return s.value("synctrail_dora_change_failures_total", **gb, reason="rollback") == 1
+
+    await wait_for(rollback_failure, timeout=15, what="a live change failure folded")
+    s = await scrape(f"http://127.0.0.1:{port}/metrics")
+    assert s.value("synctrail_dora_change_failures_total", **gb, reason="degraded") == 1
     assert service.stop() == 0, service.log()  # SIGTERM is a clean exit
 
 
@@ -303,6 +546,9 @@ async def test_exporter_caps_apps_and_counts_the_folded_ones(broker, topics, exp
     assert sum(series.values()) == 5
     assert s.value("synctrail_exporter_apps_folded_total") == 2
     assert s.value("synctrail_deployments_total", app=OTHER_APP, project="default") in {2, 3}
+    dora_series = s.series("synctrail_dora_deployments_total")
+    assert {dict(labels)["app"] for labels in dora_series} == named | {OTHER_APP}
+    assert sum(dora_series.values()) == 5
 
 
 async def test_duplicate_delivery_ids_on_the_topic_are_not_double_counted(

@@ -347,10 +347,13 @@ def test_alert_rules_and_dashboard_are_the_compose_ones():
     compose_rules = yaml.safe_load((COMPOSE / "prometheus" / "alerts.yml").read_text())
     assert rule["spec"] == compose_rules
     dashboard = find(objects, "ConfigMap", "synctrail-dashboard")
-    compose_dashboard = (COMPOSE / "grafana" / "dashboards" / "synctrail.json").read_text()
-    assert dashboard["data"] == {"synctrail.json": compose_dashboard}
+    compose_dashboards = {
+        name: (COMPOSE / "grafana" / "dashboards" / name).read_text()
+        for name in ("synctrail.json", "dora.json")
+    }
+    assert dashboard["data"] == compose_dashboards
 
-    # and the datasource the dashboard names is the one the component provides
+    # and the datasource the dashboards name is the one the component provides
     source = find(objects, "ConfigMap", "synctrail-grafana-datasource")
     assert source["metadata"]["labels"]["grafana_datasource"] == "1"
     (provided,) = yaml.safe_load(next(iter(source["data"].values())))["datasources"]
@@ -359,7 +362,8 @@ def test_alert_rules_and_dashboard_are_the_compose_ones():
     )["datasources"]
     used = {
         ds["uid"]
-        for ds in _datasources(json.loads(compose_dashboard))
+        for text in compose_dashboards.values()
+        for ds in _datasources(json.loads(text))
         if ds.get("type") == "prometheus"
     }
     assert used == {provided["uid"]} == {compose_source["uid"]}

@@ -15,6 +15,7 @@ import pytest
 from connectors.broker import free_port
 from tests.compose.conftest import real_prometheus  # noqa: F401  (re-exported for tests/e2e)
 from tests.conftest import brokers_chosen
+from tests.connectors.test_exporter import exporters  # noqa: F401  (re-exported for tests/e2e)
 from tests.e2e.harness import Worker
 from tests.e2e.pipeline import BRIDGE_TOKEN, HttpService, Pipeline, common_env
 from tests.slack_server import SlackServer

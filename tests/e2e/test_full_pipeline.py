@@ -211,6 +211,8 @@ async def test_real_prometheus_evaluates_every_dashboard_and_alert_query_over_th
             prometheus,
             {
                 "sum(synctrail_deployments_total)": 13,
+                "sum(synctrail_dora_deployments_total)": 13,  # the same, by result:
+                'sum(synctrail_dora_deployments_total{result="failed"})': 1,  # 13-…-failed
                 "sum(synctrail_policy_violations_total)": 1,
                 'sum(synctrail_bridge_requests_total{status="202"})': len(accepted),
                 "sum(synctrail_end_to_end_latency_seconds_count)": 13,
