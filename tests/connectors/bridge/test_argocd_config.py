@@ -55,7 +55,9 @@ def test_the_service_sends_a_bearer_token_from_the_secret_and_every_app_is_subsc
     ]
 
 
-def test_the_health_trigger_sends_the_envelope_each_time_the_app_turns_degraded_or_healthy() -> None:
+def test_the_health_trigger_sends_the_envelope_each_time_the_app_turns_degraded_or_healthy() -> (
+    None
+):
     rules = yaml.safe_load(_data()["trigger.on-synctrail-health"])
     statuses = []
     for rule in rules:
