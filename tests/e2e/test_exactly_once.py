@@ -1,15 +1,16 @@
-"""Worker crashes and rebalances on a backlog, with both processing guarantees.
+"""Worker crashes, graceful stops and rebalances on a backlog, with both processing guarantees.
 
 Both must leave 0 duplicate records on every output topic (issue 15 part 3, issue 19 part 5):
 ``exactly_once`` by transactions (read ``read_committed``), ``at_least_once`` by reading back
 what the output partitions hold for the events it decides again (``streams.replay``). The
 duplicates found are also printed (``DUPLICATES`` lines, per kill point). Both must lose nothing
-and end with every app's state right. The embedded broker has no transactions: there
-``exactly_once`` stops the worker at start.
+and end with every app's state right. A worker stopped with SIGTERM must also leave nothing for
+its successor to decide again (every offset whose outputs and state it wrote is committed). The
+embedded broker has no transactions: there ``exactly_once`` stops the worker at start.
 
 ``exactly_once`` runs on Apache Kafka (the ``apache_kafka`` node); the ``at_least_once`` kill
-test runs on both brokers (``broker``: ``[embedded]`` and ``[kafka]``), its rebalance test on
-Apache Kafka.
+and SIGTERM tests run on both brokers (``broker``: ``[embedded]`` and ``[kafka]``), its
+rebalance test on Apache Kafka.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from tests.support import (
     Service,
     assert_cloudevents_headers_on_every_record,
     produce,
+    read_topic,
     wait_for,
     wait_for_records,
 )
@@ -175,6 +177,61 @@ async def test_exactly_once_worker_killed_at_three_points_of_a_backlog(
 async def test_at_least_once_worker_killed_at_three_points_of_a_backlog(broker, prefix, workers):
     events = await produce_backlog(broker.bootstrap, prefix)
     await _kill_at_three_points(
+        broker.bootstrap,
+        lambda: workers(broker.bootstrap, "at_least_once"),
+        "at_least_once",
+        prefix,
+        events,
+    )
+
+
+async def _stop_mid_backlog(
+    bootstrap: str, start: Callable[[], Worker], guarantee: str, prefix: str, events: list[Any]
+) -> None:
+    """SIGTERM once 30 % of the backlog is done, a new worker finishes it: every delivery's
+    deployment exactly once, 0 duplicates on every output, and nothing decided twice (a
+    graceful stop commits every offset whose outputs and state it wrote)."""
+    worker = start()
+    await wait_processed(bootstrap, prefix, 0.3, worker)
+    assert worker.stop(timeout=60) == 0, "the SIGTERM'd worker must exit cleanly"
+    stopped = await output_ends(bootstrap, prefix)
+    since = await committed_offsets(bootstrap, worker.env["SYNCTRAIL_WORKER_ID"], prefix)
+    worker = start()
+    await wait_done(bootstrap, prefix, worker, EVENTS)
+    counts = await duplicates(bootstrap, prefix, [stopped])
+    _report(guarantee, "sigterm", counts, ["after-stop-at-30%"])
+
+    _assert_nothing_missing(counts)
+    await wait_caught_up(bootstrap, prefix, worker, since)
+    await _assert_states_right(worker, events)
+    _assert_no_duplicates(counts)
+    deployments = await read_topic(bootstrap, f"{prefix}deployments", timeout=60)
+    per_delivery = collections.Counter(r.value["delivery_id"] for r in deployments)
+    assert set(per_delivery) == {e.event["delivery_id"] for e in events}
+    assert [d for d, n in per_delivery.items() if n != 1] == []
+    # everything the stopped worker wrote had its offset committed: none of it read again
+    replayed = await worker.metric("synctrail_worker_events_total", outcome="replayed")
+    assert not replayed, f"{replayed:.0f} events the stopped worker had done were read again"
+    assert "outputs already written not written again" not in worker.log()
+
+
+async def test_exactly_once_worker_stopped_mid_backlog_hands_over_every_deployment_once(
+    apache_kafka, prefix, backlog, kafka_worker
+):
+    await _stop_mid_backlog(
+        apache_kafka.bootstrap,
+        lambda: kafka_worker("exactly_once"),
+        "exactly_once",
+        prefix,
+        backlog,
+    )
+
+
+async def test_at_least_once_worker_stopped_mid_backlog_hands_over_every_deployment_once(
+    broker, prefix, workers
+):
+    events = await produce_backlog(broker.bootstrap, prefix)
+    await _stop_mid_backlog(
         broker.bootstrap,
         lambda: workers(broker.bootstrap, "at_least_once"),
         "at_least_once",
