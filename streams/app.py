@@ -214,7 +214,11 @@ def declare(settings: WorkerSettings) -> Topology:
             routes=parse_routes(settings.slack_routes),
             argocd_url=settings.argocd_url,
         ),
-        decide_context=Context(history_limit=settings.worker_history),
+        decide_context=Context(
+            history_limit=settings.worker_history,
+            dora_failure_window_s=settings.dora_failure_window,
+            dora_history=settings.dora_history,
+        ),
     )
 
 
