@@ -382,19 +382,13 @@ def _dora_findings(
     now: datetime,
 ) -> list[JsonObject]:
     """One ``synctrail.dora/v1`` record per finding of :func:`dora.changes`."""
-    found = dora.changes(before, after, failure_window_s=ctx.dora_failure_window_s)
-    return [
-        dora_record(
-            change.pop("kind"),
-            app_key,
-            project,
-            now,
-            delivery_id=delivery_id,
-            at=change.pop("at"),
-            **change,
+    found = []
+    for change in dora.changes(before, after, failure_window_s=ctx.dora_failure_window_s):
+        kind, at = change.pop("kind"), change.pop("at")
+        found.append(
+            dora_record(kind, app_key, project, now, delivery_id=delivery_id, at=at, **change)
         )
-        for change in found
-    ]
+    return found
 
 
 def observed_time(event: Mapping[str, Any]) -> datetime | None:
@@ -447,7 +441,7 @@ def _health_changed(
         at=at,
         health=health,
         previous_health=prior.health,
-        deployment=deployed["delivery_id"] if deployed else None,
+        deployment=(deployed or {}).get("delivery_id"),
         revision=prior.state.get("revision") or None,
         seconds=max(0.0, (observed - finished).total_seconds()) if finished else None,
     )
