@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from connectors.bridge.events import envelope_event
 from streams.domain import dora, records
 from streams.domain.decide import (
     DEPLOYED,
@@ -26,6 +27,7 @@ from streams.domain.decide import (
     decide,
 )
 from tests.streams.domain.test_decide import event
+from tests.support import REPO
 
 NOW = datetime(2026, 11, 28, 10, 0, 1, tzinfo=UTC)
 _BODIES = itertools.count()
@@ -354,3 +356,46 @@ def test_the_history_gives_the_keys_of_the_sequence():
     assert (keys["deployments"], keys["failed_deployments"]) == (3, 1)
     assert keys["recovery_time_seconds"]["max"] == 1800.0  # 10:01 → 10:31
     assert keys["lead_time_seconds"]["max"] == 7200.0
+
+
+def test_the_worked_example_of_the_docs_through_decide_alone():
+    """docs/dora.md's worked example: the payloads and two transitions, all as deliveries."""
+
+    def body(name: str) -> dict[str, Any]:
+        return dict(msgspec.json.decode((REPO / "examples" / "payloads" / name).read_bytes()))
+
+    rev_b, rev_c = body("03-guestbook-rev-b.json"), body("07-guestbook-rev-c.json")
+    rev_b["commit"] = {"revision": rev_b["revision"], "date": "2026-07-07T12:03:05Z"}
+    bodies = [body("01-guestbook-rev-a.json"), rev_b, body("04-guestbook-rev-b-retry.json")]
+    bodies += [rev_c, rev_c | {"health": "Degraded", "observedAt": "2026-07-08T13:40:00Z"}]
+    bodies += [rev_c | {"health": "Healthy", "observedAt": "2026-07-08T14:10:00Z"}]
+    bodies += [body("10-guestbook-rev-d.json"), body("13-guestbook-rev-e-failed.json")]
+    state, decisions = None, []
+    for number, b in enumerate(bodies):
+        received = (b.get("observedAt") or b["operation"]["finishedAt"]).replace("Z", ".000Z")
+        e = envelope_event(
+            b,
+            msgspec.json.encode(b),
+            default_namespace="argocd",
+            delivery_id=f"{number:032x}",
+            received_at=received,
+        )
+        decisions += run(e, state=state)
+        state = decisions[-1].state or state
+    outcomes = [DEPLOYED, DEPLOYED, DUPLICATE, DEPLOYED, HEALTH_TRANSITION, HEALTH_TRANSITION]
+    assert [d.outcome for d in decisions] == [*outcomes, DEPLOYED, DEPLOYED]
+    assert [(r["kind"], r["seconds"]) for r in findings(decisions)] == [
+        ("lead_time", 7200.0),
+        ("change_failure", None),
+        ("recovery", 1800.0),
+        ("change_failure", None),
+    ]
+    assert state is not None
+    got = dora.keys([state["dora"]], now=epoch("2026-07-12T12:48:03Z")).as_json()
+    assert (got["deployments"], got["failed_deployments"], got["change_failure_rate"]) == (
+        5,
+        2,
+        0.4,
+    )
+    assert (got["window_days"], got["deployments_per_day"]) == (6.148866, 0.813158)
+    assert got["unrecovered_failures"] == 1
