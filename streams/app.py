@@ -231,7 +231,11 @@ def declare(settings: WorkerSettings) -> Topology:
             argocd_url=settings.argocd_url,
             health=settings.notify_health,
         ),
-        decide_context=Context(history_limit=settings.worker_history),
+        decide_context=Context(
+            history_limit=settings.worker_history,
+            dora_failure_window_s=settings.dora_failure_window,
+            dora_history=settings.dora_history,
+        ),
     )
 
 

@@ -16,7 +16,15 @@ class WorkerMetrics:
             ["outcome"],
             registry=self.registry,
         )
-        for outcome in ("deployed", "duplicate", "resync", "stale", "replayed", "dead_lettered"):
+        for outcome in (
+            "deployed",
+            "duplicate",
+            "resync",
+            "stale",
+            "health_transition",
+            "replayed",
+            "dead_lettered",
+        ):
             self.events.labels(outcome)
         self.processing = Histogram(
             "synctrail_worker_processing_seconds",

@@ -275,8 +275,14 @@ class WorkerSettings(CommonSettings):
     dora_failure_window: float = Field(
         3600.0,
         gt=0,
-        description="Seconds after a deployment finished during which a Degraded transition or "
-        "a rollback makes it a change failure (docs/dora.md).",
+        description="Seconds after a deployment finished during which a Degraded health "
+        "transition or a rollback makes it a change failure (docs/dora.md).",
+    )
+    dora_history: int = Field(
+        30,
+        ge=2,
+        description="Deployments each app's DORA history keeps before folding the oldest into "
+        "running totals (docs/dora.md, what an app's state keeps).",
     )
     worker_event_loop: EventLoopName = Field(
         "uvloop",

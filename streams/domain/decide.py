@@ -15,9 +15,18 @@ alone a bare body would read as a rollback. Between a record and its copy lie on
 deliveries accepted during that one outage, so the memory holds while one app receives fewer
 than :data:`RECENT_DELIVERY_IDS` deliveries in one outage (Argo CD sends one per sync).
 
+A delivery for the operation already decided (a duplicate by content, not a delivery id already
+seen) whose ``health`` differs from the recorded one is a **health transition**
+(:func:`_transition_of`): never announced; the state records the health and its time, and a
+``synctrail.dora/v1`` ``health_transition`` record goes on the metrics topic. Every announced
+deployment and every health transition is also applied to the app's DORA history (state key
+``dora``, :mod:`streams.domain.dora`), and what it changed (change failures, lead times,
+recoveries) becomes ``synctrail.dora/v1`` records too (:func:`_dora_findings`).
+
 ``decide`` runs in steps, each a small function over plain data: the stored state is read once
 into a :class:`_Prior` view (empty values for an app never seen); :func:`_dedupe` finds a
-duplicate or stale event (:func:`_skipped` counts it); :func:`_apply` applies the operation to
+duplicate or stale event (:func:`_skipped` counts it) and :func:`_transition_of` a health
+transition among the duplicates (:func:`_health_changed`); :func:`_apply` applies the operation to
 the prior state (:class:`_Applied`); :func:`_classify` tells a resync from a rollback and a
 deployment; :func:`_resynced` or :func:`_deployed` build the new state and the records.
 ``recheck_policy`` shares the flagging (:func:`_flag`), violation and remediation builders.
@@ -32,7 +41,7 @@ from typing import Any
 
 import msgspec
 
-from streams.domain import records, timestamps
+from streams.domain import dora, records, timestamps
 from streams.domain.diff import canonical_sha256, diff_images, fingerprint
 from streams.domain.policy import find_violations
 from streams.domain.records import JsonObject
@@ -42,6 +51,7 @@ DEPLOYED = "deployed"
 DUPLICATE = "duplicate"
 RESYNC = "resync"
 STALE = "stale"
+HEALTH_TRANSITION = "health_transition"
 _ROLLBACK = "rollback"
 _DEPLOYMENT = "deployment"
 
@@ -59,6 +69,11 @@ class Context:
     """Per-worker settings the decisions depend on."""
 
     history_limit: int = 10
+    #: ``SYNCTRAIL_DORA_FAILURE_WINDOW``: seconds after a deployment in which a Degraded
+    #: transition or a rollback makes it a change failure (docs/dora.md)
+    dora_failure_window_s: float = dora.DEFAULT_FAILURE_WINDOW_S
+    #: ``SYNCTRAIL_DORA_HISTORY``: deployments each app's DORA history keeps (at least 2)
+    dora_history: int = dora.DEFAULT_LIMIT
 
 
 @dataclass(slots=True)
@@ -265,6 +280,8 @@ class _Prior:
     history: Sequence[Mapping[str, Any]]
     last_success: Mapping[str, Any] | None
     flagged: Mapping[str, list[str]]
+    health: str | None
+    dora: Mapping[str, Any] | None  # None: a state written before the DORA history
 
     @property
     def initial(self) -> bool:
@@ -284,6 +301,8 @@ def _prior_of(state: Mapping[str, Any] | None) -> _Prior:
         history=view.get("history", []),
         last_success=view.get("last_success"),
         flagged=view.get("flagged", {}),
+        health=view.get("health"),
+        dora=view.get("dora"),
     )
 
 
@@ -316,6 +335,137 @@ def _skipped(
         state={**prior.state, "recent_delivery_ids": _remember(prior.seen, delivery_id)},
         metrics=metrics,
     )
+
+
+# --- health transitions and the DORA history ---------------------------------------------------
+
+
+def dora_record(
+    kind: str,
+    app_key: str,
+    project: str | None,
+    now: datetime,
+    *,
+    delivery_id: str | None,
+    at: str,
+    **fields: Any,
+) -> JsonObject:
+    """A ``synctrail.dora/v1`` record; ``fields`` fill the kind-specific values."""
+    return {
+        "schema": records.DORA_V1,
+        "kind": kind,
+        "app": app_key,
+        "project": project,
+        "timestamp": now.timestamp(),
+        "delivery_id": delivery_id,
+        "at": at,
+        "health": None,
+        "previous_health": None,
+        "deployment": None,
+        "revision": None,
+        "reason": None,
+        "seconds": None,
+        "episode": None,
+        "started_at": None,
+        **fields,
+    }
+
+
+def _dora_findings(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any],
+    ctx: Context,
+    *,
+    app_key: str,
+    project: str | None,
+    delivery_id: str,
+    now: datetime,
+) -> list[JsonObject]:
+    """One ``synctrail.dora/v1`` record per finding of :func:`dora.changes`."""
+    found = []
+    for change in dora.changes(before, after, failure_window_s=ctx.dora_failure_window_s):
+        kind, at = change.pop("kind"), change.pop("at")
+        found.append(
+            dora_record(kind, app_key, project, now, delivery_id=delivery_id, at=at, **change)
+        )
+    return found
+
+
+def observed_time(event: Mapping[str, Any]) -> datetime | None:
+    """When the event's health was observed: ``observed_at``, else the bridge's ``received_at``."""
+    return timestamps.parse(event.get("observed_at")) or timestamps.parse(event["received_at"])
+
+
+def _transition_of(event: Mapping[str, Any], prior: _Prior) -> str | None:
+    """For a duplicate by content: :data:`HEALTH_TRANSITION` when it reports another health,
+    :data:`STALE` when that health was observed before the recorded transition's (a late retry
+    of an earlier transition), ``None`` when it is a plain duplicate."""
+    health = event.get("health")
+    if (
+        not health
+        or health == prior.health
+        or prior.state is None
+        or event["delivery_id"] in prior.seen  # the bridge's own repeat: decided already
+    ):
+        return None
+    recorded = timestamps.parse(prior.state.get("health_changed_at"))
+    observed = observed_time(event)
+    if recorded is not None and observed is not None and observed < recorded:
+        return STALE
+    return HEALTH_TRANSITION
+
+
+def _health_changed(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    *,
+    app_key: str,
+    project: str | None,
+    now: datetime,
+    ctx: Context,
+) -> Decision:
+    """A health transition: the state records it, a ``health_transition`` record and what it
+    changed in the app's DORA history go on the metrics topic; nothing is announced."""
+    assert prior.state is not None  # a duplicate has a state
+    health, delivery_id = event["health"], event["delivery_id"]
+    observed = observed_time(event) or now
+    at = timestamps.format_datetime(observed)
+    deployed = prior.history[-1] if prior.history else None
+    finished = timestamps.parse((deployed or {}).get("finished_at"))
+    transition = dora_record(
+        HEALTH_TRANSITION,
+        app_key,
+        project,
+        now,
+        delivery_id=delivery_id,
+        at=at,
+        health=health,
+        previous_health=prior.health,
+        deployment=(deployed or {}).get("delivery_id"),
+        revision=prior.state.get("revision") or None,
+        seconds=max(0.0, (observed - finished).total_seconds()) if finished else None,
+    )
+    history = dora.record_health(
+        prior.dora, health, observed, failure_window_s=ctx.dora_failure_window_s
+    )
+    findings = _dora_findings(
+        prior.dora,
+        history,
+        ctx,
+        app_key=app_key,
+        project=project,
+        delivery_id=delivery_id,
+        now=now,
+    )
+    state = {
+        **prior.state,
+        "health": health,
+        "health_changed_at": at,
+        "dora": history,
+        "recent_delivery_ids": _remember(prior.seen, delivery_id),
+        "updated_at": timestamps.format_datetime(now),
+    }
+    return Decision(HEALTH_TRANSITION, app_key, state=state, metrics=[transition, *findings])
 
 
 @dataclass(slots=True)
@@ -467,12 +617,10 @@ def _resynced(
         latency_seconds=step.latency,
         running_images=len(step.images_after),
     )
-    return Decision(
-        RESYNC,
-        step.app_key,
-        state=_new_state(event, prior, step, history=history, flagged=flagged, now=now),
-        metrics=[metric],
-    )
+    state = _new_state(event, prior, step, history=history, flagged=flagged, now=now)
+    if prior.dora is not None:  # a resync is no DORA fact: the history stays as it is
+        state["dora"] = prior.dora
+    return Decision(RESYNC, step.app_key, state=state, metrics=[metric])
 
 
 def _deployment_record(
@@ -585,6 +733,35 @@ def _deployment_metrics(
     ]
 
 
+def _dora_deployed(
+    event: Mapping[str, Any],
+    prior: _Prior,
+    step: _Applied,
+    deployment: Mapping[str, Any],
+    ctx: Context,
+    *,
+    now: datetime,
+) -> tuple[dora.History, list[JsonObject]]:
+    """The app's DORA history with the announced ``deployment``, and what that changed."""
+    history = dora.record_deployment(
+        prior.dora,
+        **dora.deployment_args(deployment),
+        commits=dora.commits_of(event.get("commit")),
+        limit=ctx.dora_history,
+        failure_window_s=ctx.dora_failure_window_s,
+    )
+    findings = _dora_findings(
+        prior.dora,
+        history,
+        ctx,
+        app_key=step.app_key,
+        project=step.project,
+        delivery_id=step.delivery_id,
+        now=now,
+    )
+    return history, findings
+
+
 def _deployed(
     event: Mapping[str, Any],
     prior: _Prior,
@@ -609,6 +786,7 @@ def _deployed(
     history_after = _history_after(history, step, violations, ctx.history_limit)
     state = _new_state(event, prior, step, history=history_after, flagged=flagged, now=now)
     deployment = _deployment_record(event, prior, step, violations, rollback=rollback)
+    state["dora"], findings = _dora_deployed(event, prior, step, deployment, ctx, now=now)
     denied = [v for v in fresh if v["rule"] == "denylist"]
     delivery_id = step.delivery_id
     return Decision(
@@ -625,7 +803,7 @@ def _deployed(
         )
         if denied
         else None,
-        metrics=_deployment_metrics(prior, step, deployment, fresh, now=now),
+        metrics=_deployment_metrics(prior, step, deployment, fresh, now=now) + findings,
     )
 
 
@@ -647,6 +825,10 @@ def decide(
     sr_sha = canonical_sha256(event.get("sync_result"))
     project = event["app"].get("project") or prior.project
     verdict = _dedupe(event, prior, sr_sha)
+    if verdict == DUPLICATE:
+        verdict = _transition_of(event, prior) or DUPLICATE
+        if verdict == HEALTH_TRANSITION:
+            return _health_changed(event, prior, app_key=app_key, project=project, now=now, ctx=ctx)
     if verdict:
         return _skipped(
             verdict,

@@ -131,3 +131,13 @@ def test_state_is_written_inside_an_event_and_never_deleted(tmp_path):
             del apps["argocd/web"]
     assert apps.app_state("argocd/web") == {"revision": "abc"}
     assert [record[1:3] for record in apps.take_changelog()] == [(2, b"argocd/web")]
+
+
+def test_the_decisions_take_the_dora_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNCTRAIL_DORA_FAILURE_WINDOW", "900")
+    monkeypatch.setenv("SYNCTRAIL_DORA_HISTORY", "12")
+    ctx = _topology(tmp_path).decide_context
+    assert (ctx.dora_failure_window_s, ctx.dora_history) == (900.0, 12)
+    monkeypatch.setenv("SYNCTRAIL_DORA_HISTORY", "1")  # a folded deployment needs its successor
+    with pytest.raises(ValueError, match="dora_history"):
+        WorkerSettings()

@@ -134,8 +134,11 @@ def test_duplicate_revision_is_not_reannounced():
 
 def test_same_operation_with_an_equal_sync_result_but_other_bytes_is_a_duplicate():
     first = event("a" * 40, {"web": "nginx:1.27.1"})
-    again = redelivered(first) | {"body_sha256": "f" * 64, "health": "Degraded"}
+    again = redelivered(first) | {"body_sha256": "f" * 64, "sync_status": "OutOfSync"}
     assert [d.outcome for d in run(first, again)] == [DEPLOYED, DUPLICATE]
+    # another health is a health transition (test_decide_health.py), the same health is not
+    later = redelivered(first) | {"body_sha256": "e" * 64, "observed_at": "2026-07-06T09:30:00Z"}
+    assert [d.outcome for d in run(first, later)] == [DEPLOYED, DUPLICATE]
 
 
 def test_bare_body_equal_to_the_last_one_is_a_duplicate():

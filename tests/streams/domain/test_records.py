@@ -18,7 +18,7 @@ from streams.domain import records
 from streams.domain.decide import decide, metric_event, recheck_policy
 from streams.domain.notify import NotifyConfig, deployment_notifications, violation_notification
 from streams.policy_publish import rule_record
-from tests.streams.domain.test_decide import event, resource
+from tests.streams.domain.test_decide import event, redelivered, resource
 
 NOW = datetime(2026, 11, 28, 10, 0, 1, tzinfo=UTC)
 DENY = {
@@ -55,10 +55,16 @@ def _decisions() -> list[Any]:
             resource("migrate", "busybox:1.36", hookType="PreSync"),
         ],
     )
+    a["commit"] = {"revision": "a" * 40, "date": "2026-07-06T08:00:00Z", "author": None}
+    a["commit"]["message"] = None
     d = event("d" * 40, {"web": "nginx:1.3"}, started="2026-07-06T11:00:00Z")
+    # health transitions of d's operation: Degraded, then Healthy (a recovery)
+    degraded = redelivered(d) | {"health": "Degraded", "body_sha256": "d" * 64}
+    degraded["observed_at"] = "2026-07-06T11:20:00.000Z"
+    healthy = redelivered(d) | {"body_sha256": "e" * 64, "observed_at": "2026-07-06T11:50:00Z"}
     back = event("a" * 40, {"web": "nginx:1.1"}, shape="bare")  # a rollback
     state, out = None, []
-    for e in (a, b, d, back, back):
+    for e in (a, b, d, degraded, healthy, back, back):
         decision = decide(e, state, [DENY], now=NOW)
         out.append(decision)
         state = decision.state if decision.state is not None else state
@@ -92,7 +98,10 @@ def test_every_record_the_worker_builds_decodes_with_its_type_to_the_same_bytes(
         records.METRIC_V1,
         records.VIOLATION_V1,
         records.REMEDIATION_V1,
+        records.DORA_V1,
     }
+    dora_kinds = {kind for schema, kind in seen if schema == records.DORA_V1}
+    assert dora_kinds == {"health_transition", "change_failure", "lead_time", "recovery"}
     assert (records.NOTIFICATION_V1, "violation") in seen
     deployments = [d.deployment for d in _decisions() if d is not None and d.deployment]
     for field in ("images_changed", "resources_changed", "failed_resources", "violations"):
