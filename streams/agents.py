@@ -41,6 +41,7 @@ import orjson
 from streams.app import Topology
 from streams.domain import cloudevents, records, timestamps
 from streams.domain.decide import (
+    HEALTH_TRANSITION,
     Decision,
     InvalidSyncEvent,
     app_key_of,
@@ -49,7 +50,11 @@ from streams.domain.decide import (
     recheck_policy,
     validate_event,
 )
-from streams.domain.notify import deployment_notifications, violation_notification
+from streams.domain.notify import (
+    deployment_notifications,
+    health_notification,
+    violation_notification,
+)
 from streams.faust_fixes import as_current_event
 from streams.kafka.client import client_args
 from streams.kafka.features import resolve_idempotence
@@ -159,6 +164,10 @@ def _emit_decision(topology: Topology, batch: Batch, decision: Decision, now: da
         batch.emit(t(REMEDIATIONS.name), key, decision.remediation)
     for metric in decision.metrics:
         batch.emit(t(METRICS.name), key, metric)
+        if metric.get("kind") == HEALTH_TRANSITION and decision.state is not None:
+            health_note = health_notification(metric, decision.state, topology.notify, now)
+            if health_note is not None:  # None: off, or not news (Healthy, no Degraded before)
+                batch.emit(t(NOTIFICATIONS.name), key, health_note)
 
 
 def _state_for(flusher: Flusher, batch: Batch, key: str) -> Mapping[str, Any] | None:

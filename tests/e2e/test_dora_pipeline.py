@@ -21,6 +21,8 @@ from connectors.bridge.events import envelope_event
 from streams.domain import dora, records
 from tests.contracts import validate_record
 from tests.e2e.harness import Worker
+from tests.e2e.pipeline import Webhook
+from tests.slack_server import SlackServer
 from tests.support import (
     REPO,
     assert_cloudevents_headers_on_every_record,
@@ -185,3 +187,101 @@ async def test_the_worked_example_and_the_health_examples_give_the_dora_records_
         broker.bootstrap, topics, ["metrics", "deployments"]
     )
     assert counts["metrics"] >= len(EXPECTED)
+
+
+ASKED = "2026-07-12T12:48:03Z"  # when docs/dora.md's worked example is asked
+#: docs/dora.md's worked example, as /dora answers it for guestbook (and for its project)
+WORKED_EXAMPLE = {
+    "deployments": 5,
+    "succeeded": 4,
+    "failed": 1,
+    "failed_deployments": 2,
+    "change_failure_rate": 0.4,
+    "unrecovered_failures": 1,
+    "window_days": 6.148866,
+    "deployments_per_day": 0.813158,
+    "levels": {
+        "deployment_frequency": "high",
+        "lead_time": "elite",
+        "change_failure_rate": "low",
+        "recovery_time": "elite",
+    },
+}
+
+
+def _figures(answer: dict[str, Any]) -> dict[str, Any]:
+    got = {name: answer[name] for name in WORKED_EXAMPLE}
+    for name in ("recovery_time_seconds", "lead_time_seconds"):
+        summary = answer[name]
+        got[name] = (summary["count"], summary["median"], summary["estimated"])
+    return got
+
+
+def _worked_example_webhooks() -> list[Webhook]:
+    """The worked example's bodies as Argo CD would POST them to the bridge's /v1/sync."""
+    rev_b = _body("03-guestbook-rev-b.json")
+    rev_b["commit"] = {"revision": REV_B, "date": "2026-07-07T12:03:05Z"}
+    rev_c = _body("07-guestbook-rev-c.json")
+    bodies = [
+        ("01", _body("01-guestbook-rev-a.json")),
+        ("03+commit", rev_b),
+        ("04", _body("04-guestbook-rev-b-retry.json")),
+        ("07", rev_c),
+        ("07 Degraded", rev_c | {"health": "Degraded", "observedAt": "2026-07-08T13:40:00.000Z"}),
+        ("07 Healthy", rev_c | {"health": "Healthy", "observedAt": "2026-07-08T14:10:00.000Z"}),
+        ("10", _body("10-guestbook-rev-d.json")),
+        ("13", _body("13-guestbook-rev-e-failed.json")),
+    ]
+    return [Webhook(name, "/v1/sync", orjson.dumps(body)) for name, body in bodies]
+
+
+async def test_dora_answers_the_worked_example_through_bridge_and_worker_and_after_a_restart(
+    start_pipeline, start_worker: Callable[..., Worker]
+) -> None:
+    async with SlackServer() as slack_server:
+        pipeline = start_pipeline(slack_server)
+        await pipeline.wait_ready()
+        answers = await pipeline.post(_worked_example_webhooks())
+        assert [a.status for a in answers] == [202] * len(answers), answers
+        outcomes = await pipeline.wait_worker_done(len(answers), timeout=90)
+        assert outcomes.get("health_transition") == 2 and outcomes.get("duplicate") == 1
+
+        want = {
+            **WORKED_EXAMPLE,
+            "recovery_time_seconds": (1, 1800.0, False),
+            "lead_time_seconds": (1, 7200.0, False),
+        }
+        status, by_app = await pipeline.worker.get("/dora", app=GUESTBOOK, until=ASKED)
+        assert status == 200, by_app
+        assert by_app["app"] == GUESTBOOK and _figures(by_app) == want
+        status, by_project = await pipeline.worker.get("/dora", project="default", until=ASKED)
+        assert status == 200, by_project
+        assert by_project["project"] == "default" and _figures(by_project) == want
+        # since/until select deployments by their finish: rev c and rev d only
+        status, middle = await pipeline.worker.get(
+            "/dora", app=GUESTBOOK, since="2026-07-08T00:00:00Z", until="2026-07-11T00:00:00Z"
+        )
+        assert status == 200 and (middle["deployments"], middle["failed_deployments"]) == (2, 1)
+        status, missing = await pipeline.worker.get("/dora", app="argocd/never-deployed")
+        assert status == 404 and "argocd/never-deployed" in str(missing)
+
+        # the degradation and the return to Healthy reached Slack, the deploys once each
+        await wait_for(
+            lambda: len(slack_server.posts()) >= 7, timeout=60, what="5 deploys + 2 health posts"
+        )
+        texts = [p.text for p in slack_server.posts()]
+        assert len(texts) == 7, texts
+        assert [t for t in texts if "degraded" in t or "healthy again" in t] == [
+            t for t in texts if "guestbook" in t and ("degraded" in t or "healthy again" in t)
+        ]
+        assert sum("degraded" in t for t in texts) == 1
+        assert sum("healthy again" in t for t in texts) == 1
+
+        # a new worker rebuilds the states from the changelog and answers the same
+        pipeline.worker.stop()
+        restarted = start_worker()
+        await restarted.wait_ready(timeout=90)
+        status, again = await restarted.get("/dora", app=GUESTBOOK, until=ASKED)
+        assert status == 200 and again == by_app
+        status, again = await restarted.get("/dora", project="default", until=ASKED)
+        assert status == 200 and again == by_project
