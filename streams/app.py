@@ -214,7 +214,9 @@ def declare(settings: WorkerSettings) -> Topology:
             routes=parse_routes(settings.slack_routes),
             argocd_url=settings.argocd_url,
         ),
-        decide_context=Context(history_limit=settings.worker_history),
+        decide_context=Context(
+            history_limit=settings.worker_history, event_source=settings.ce_source()
+        ),
     )
 
 

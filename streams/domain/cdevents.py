@@ -10,7 +10,9 @@ instance), ``upgraded`` (an existing one to a new version), ``rolledback`` (to a
   first successful deploy of the app into its environment is ``service.deployed``; a later one
   is ``service.rolledback`` when the record's ``rollback`` flag is set, else
   ``service.upgraded``. "Deployed before into this environment" is a fact of the app's state,
-  passed in (``deployed_before``); :func:`environments_after` keeps it.
+  passed in (``deployed_before``); :func:`environments_after` keeps it, as the list
+  ``environments`` of the worker's app state, and :func:`known_environments` reads it back
+  (seeding it for a state written before synctrail kept it: see there).
 - **Service** (``subject.id``): the Argo CD Application, ``<app namespace>/<app name>``.
 - **Environment** (``subject.content.environment.id``, :func:`environment_id`): the Argo CD
   destination: its cluster (``server``, the API server URL, or when that is empty the cluster
@@ -177,3 +179,26 @@ def environments_after(environments: Iterable[str], deployment: Mapping[str, Any
     if environment is not None and (deployment.get("operation") or {}).get("phase") == "Succeeded":
         known.add(environment)
     return sorted(known)
+
+
+def known_environments(state: Mapping[str, Any] | None) -> list[str]:
+    """The environments an app's stored state says it had a successful deployment into.
+
+    ``state["environments"]``, kept with :func:`environments_after`. A state written before
+    synctrail kept that list (no ``environments`` key: an app last decided by an older worker)
+    is seeded from what it does record: when it has a successful deployment (``last_success``),
+    the environment of its ``destination``, the last one known. So the first deployment after
+    an upgrade of an app already running there is ``upgraded`` (or ``rolledback``), not
+    ``deployed``; one into another destination is ``deployed``. Where the seed can be wrong: an
+    app whose last recorded destination is not where its last success ran (the destination
+    changed in a failed operation before the upgrade) counts that destination as deployed to.
+    """
+    if not state:
+        return []
+    known = state.get("environments")
+    if known is not None:
+        return list(known)
+    if state.get("last_success") is None:
+        return []
+    environment = environment_id(state.get("destination"))
+    return [] if environment is None else [environment]
