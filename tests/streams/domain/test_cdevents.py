@@ -462,3 +462,31 @@ def test_decide_gives_the_cdevents_the_worker_would_for_the_example_payloads():
         if decision.cdevent is not None:
             got.append(decision.cdevent)
     assert got == [event for _, event in _fixture_events()]
+
+
+def _assert_the_purl_is_the_librarys(reference: str) -> None:
+    ref = parse_image(reference)
+    qualifiers = {"repository_url": ref.repository, **({"tag": ref.tag} if ref.tag else {})}
+    name = ref.path.rsplit("/", 1)[-1]
+    library = PackageURL(type="oci", name=name, version=ref.digest, qualifiers=qualifiers)
+    assert image_purl(reference) == library.to_string()
+
+
+@settings(max_examples=300)
+@given(references())
+def test_the_purl_is_the_one_the_packageurl_library_writes(reference: str):
+    _assert_the_purl_is_the_librarys(reference)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "app@Sha512+Custom.v2:" + "ABCDEF0123456789" * 2,  # '+', upper case: version lowered
+        "[::1]:5000/team/app:1",  # brackets percent-encoded
+        "[fe80::1]:443/app@sha256:" + "c" * 64,
+        "localhost:5000/a/b_c__d-e.f:V1.0-RC_2",
+        "REGISTRY.Example.COM/acme/app:Tag",
+    ],
+)
+def test_odd_references_have_the_purl_the_packageurl_library_writes(reference: str):
+    _assert_the_purl_is_the_librarys(reference)
