@@ -30,7 +30,7 @@ from streams.domain import cloudevents
 from streams.domain.records import DEAD_LETTER_V1, POLICY_CHECK_V1, dumps, loads_or_none
 from streams.kafka.client import admin_args, producer_args, reader_args
 from streams.kafka.offsets import log_end_offsets, read_to_end
-from streams.kafka.topics import ALL_TOPICS, DEAD_LETTERS
+from streams.kafka.topics import ALL_TOPICS, CDEVENTS, DEAD_LETTERS
 from streams.settings import CommonSettings
 
 _PREVIEW_CHARS = 160
@@ -67,8 +67,9 @@ class Decision:
 
 
 def replayable_topics(prefix: str) -> set[str]:
-    """synctrail's topics that a dead letter may be sent back to."""
-    return {spec.address(prefix) for spec in ALL_TOPICS if spec is not DEAD_LETTERS}
+    """synctrail's topics that a dead letter may be sent back to (not ``cdevents``: no synctrail
+    component reads it, so none dead-letters a record of it)."""
+    return {spec.address(prefix) for spec in ALL_TOPICS if spec not in (DEAD_LETTERS, CDEVENTS)}
 
 
 def replay_headers(

@@ -60,6 +60,7 @@ from streams.kafka.client import client_args
 from streams.kafka.features import resolve_idempotence
 from streams.kafka.produce import Headers, OutputProducer
 from streams.kafka.topics import (
+    CDEVENTS,
     DEAD_LETTERS,
     DEPLOYMENTS,
     METRICS,
@@ -109,8 +110,9 @@ class Batch:
         self._counts = {}
         self._written = written
 
-    def emit(self, topic: str, key: str, value: Any) -> None:
-        """Add a record (a dict, or a Struct) to the outputs with its CloudEvents headers."""
+    def emit(self, topic: str, key: str, value: Any, headers: Headers | None = None) -> None:
+        """Add a record (a dict, or a Struct) to the outputs with its CloudEvents headers
+        (``headers`` when given, as a CDEvent's, else computed from its ``schema``)."""
         source = None
         if self._source is not None:
             partition, offset = self._source
@@ -122,8 +124,10 @@ class Batch:
             source = source_value(partition, offset, index)
         if isinstance(value, msgspec.Struct):
             value = msgspec.to_builtins(value)  # as records.dumps would: the same bytes
-        schema = value.get("schema") if type(value) is dict else None
-        headers = cloudevents.headers(schema, value, key, self.event_source) if schema else None
+        if headers is None:
+            schema = value.get("schema") if type(value) is dict else None
+            if schema:
+                headers = cloudevents.headers(schema, value, key, self.event_source)
         self.outputs.append((topic, key.encode(), records.dumps(value), source, headers))
 
 
@@ -155,6 +159,9 @@ def _emit_decision(topology: Topology, batch: Batch, decision: Decision, now: da
         batch.emit(t(DEPLOYMENTS.name), key, decision.deployment)
         for note in deployment_notifications(decision.deployment, topology.notify, now):
             batch.emit(t(NOTIFICATIONS.name), key, note)
+    if decision.cdevent is not None:
+        cdevent = decision.cdevent
+        batch.emit(t(CDEVENTS.name), key, cdevent, cloudevents.cdevent_headers(cdevent))
     for violation in decision.violations:
         batch.emit(t(VIOLATIONS.name), key, violation)
         if decision.deployment is None and decision.state is not None:
@@ -395,7 +402,15 @@ async def process_sync_events(topology: Topology, stream: Any) -> None:
 
 
 #: the topics the agent writes outputs to (each record with its source: streams.replay)
-OUTPUT_TOPICS = (DEPLOYMENTS, NOTIFICATIONS, METRICS, VIOLATIONS, REMEDIATIONS, DEAD_LETTERS)
+OUTPUT_TOPICS = (
+    DEPLOYMENTS,
+    NOTIFICATIONS,
+    METRICS,
+    VIOLATIONS,
+    REMEDIATIONS,
+    DEAD_LETTERS,
+    CDEVENTS,
+)
 
 
 async def _equal_partition_counts(topology: Topology, outputs: OutputProducer) -> bool:

@@ -235,6 +235,7 @@ def declare(settings: WorkerSettings) -> Topology:
             history_limit=settings.worker_history,
             dora_failure_window_s=settings.dora_failure_window,
             dora_history=settings.dora_history,
+            event_source=settings.ce_source(),
         ),
     )
 

@@ -125,7 +125,8 @@ class CommonSettings(BaseSettings):
     )
     event_source: str = Field(
         "",
-        description="The CloudEvents `source` (`ce_source` header) of every record written: a "
+        description="The CloudEvents `source` (`ce_source` header) of every record written, and "
+        "the `context.source` of every CDEvent: a "
         "URI reference naming this synctrail installation. Empty: `/synctrail/<topic prefix "
         "without its trailing dot>`, e.g. `/synctrail/synctrail`.",
     )

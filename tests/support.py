@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.domain import cloudevents, records
 from streams.kafka.offsets import read_to_end, topic_partitions
-from streams.kafka.topics import ALL_TOPICS, SOURCE_HEADER
+from streams.kafka.topics import ALL_TOPICS, CDEVENTS, SOURCE_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = Path(
@@ -213,8 +213,10 @@ async def assert_cloudevents_headers_on_every_record(
 ) -> dict[str, int]:
     """Every record of every synctrail topic carries its CloudEvents binary-mode headers, the
     ones :func:`streams.domain.cloudevents.headers` gives for its value as read back (so the
-    ``ce_id`` is the function of the fact, not of the write); only the topics ``names`` when
-    given; returns the records per topic."""
+    ``ce_id`` is the function of the fact, not of the write), and on ``cdevents`` the ones
+    :func:`~streams.domain.cloudevents.cdevent_headers` gives for the CDEvent (its context,
+    whose source is the installation's); only the topics ``names`` when given; returns the
+    records per topic."""
     source = cloudevents.default_source(prefix)
     counts: dict[str, int] = {}
     for spec in ALL_TOPICS:
@@ -224,9 +226,14 @@ async def assert_cloudevents_headers_on_every_record(
         for r in found:
             where = f"{spec.address(prefix)}[{r.partition}]@{r.offset}"
             got = dict(r.headers)
-            schema = r.value["schema"] if isinstance(r.value, dict) else spec.schema
-            n = r.partition if schema == records.POLICY_CHECK_V1 else 0
-            want = dict(cloudevents.headers(schema, r.value, r.key, source, n=n))
+            if spec is CDEVENTS:
+                assert r.value["context"]["source"] == source, where
+                assert r.key == r.value["subject"]["id"], where
+                want = dict(cloudevents.cdevent_headers(r.value))
+            else:
+                schema = r.value["schema"] if isinstance(r.value, dict) else spec.schema
+                n = r.partition if schema == records.POLICY_CHECK_V1 else 0
+                want = dict(cloudevents.headers(schema, r.value, r.key, source, n=n))
             if r.value is None:  # a tombstone: its id and time are when it was deleted
                 want.pop("ce_id"), got.pop("ce_id", None)
                 want.pop("ce_time", None), got.pop("ce_time", None)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from streams.domain import records, schemas
-from streams.kafka.topics import ALL_TOPICS
+from streams.domain import cdevents, records, schemas
+from streams.kafka.topics import ALL_TOPICS, CDEVENTS
 from tests.contracts import SCHEMAS, schema_for
 
 
@@ -54,6 +55,21 @@ def test_a_record_of_another_type_is_refused_naming_the_schema_field():
         msgspec.json.decode(json.dumps(violation), type=records.Notification)
 
 
+def _channel_messages(doc: dict[str, Any], channel: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = doc["components"]["messages"]
+    return [messages[ref["$ref"].rsplit("/", 1)[1]] for ref in channel["messages"].values()]
+
+
+def _assert_cdevents_channel(messages: list[dict[str, Any]]) -> None:
+    """The cdevents topic: one message per CDEvent type, its payload the vendored spec schema."""
+    assert CDEVENTS.schema == f"cdevents/{cdevents.SPEC_VERSION}"
+    assert {m["name"] for m in messages} == set(cdevents.SCHEMA_FILES)
+    for message in messages:
+        target = f"./cdevents/{cdevents.SPEC_VERSION}/{cdevents.SCHEMA_FILES[message['name']]}"
+        assert message["payload"]["schema"]["$ref"] == target, message["name"]
+        assert message["headers"]["$ref"] == "#/components/schemas/cdeventsHeaders"
+
+
 def test_every_topic_has_a_schema_and_an_asyncapi_channel():
     doc = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())
     addresses = {ch["address"]: ch for ch in doc["channels"].values()}
@@ -61,11 +77,16 @@ def test_every_topic_has_a_schema_and_an_asyncapi_channel():
     for spec in ALL_TOPICS:
         channel = addresses.get(spec.address("synctrail."))
         assert channel is not None, f"asyncapi.yaml has no channel for {spec.name}"
-        names = {
-            messages[ref["$ref"].rsplit("/", 1)[1]]["name"] for ref in channel["messages"].values()
-        }
-        assert spec.schema in names, f"{spec.name}: asyncapi messages {names} lack {spec.schema}"
-        assert schema_for(spec.schema)["title"] == spec.schema
+        on_channel = _channel_messages(doc, channel)
+        assert {m["contentType"] for m in on_channel} == {spec.content_type}, spec.name
+        if spec is CDEVENTS:
+            _assert_cdevents_channel(on_channel)
+        else:
+            names = {m["name"] for m in on_channel}
+            assert spec.schema in names, (
+                f"{spec.name}: asyncapi messages {names} lack {spec.schema}"
+            )
+            assert schema_for(spec.schema)["title"] == spec.schema
         compacted = channel["bindings"]["kafka"]["topicConfiguration"]["cleanup.policy"] == [
             "compact"
         ]

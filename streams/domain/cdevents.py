@@ -10,7 +10,9 @@ instance), ``upgraded`` (an existing one to a new version), ``rolledback`` (to a
   first successful deploy of the app into its environment is ``service.deployed``; a later one
   is ``service.rolledback`` when the record's ``rollback`` flag is set, else
   ``service.upgraded``. "Deployed before into this environment" is a fact of the app's state,
-  passed in (``deployed_before``); :func:`environments_after` keeps it.
+  passed in (``deployed_before``); :func:`environments_after` keeps it, as the list
+  ``environments`` of the worker's app state, and :func:`known_environments` reads it back
+  (seeding it for a state written before synctrail kept it: see there).
 - **Service** (``subject.id``): the Argo CD Application, ``<app namespace>/<app name>``.
 - **Environment** (``subject.content.environment.id``, :func:`environment_id`): the Argo CD
   destination: its cluster (``server``, the API server URL, or when that is empty the cluster
@@ -34,16 +36,17 @@ instance), ``upgraded`` (an existing one to a new version), ``rolledback`` (to a
   (``SYNCTRAIL_EVENT_SOURCE``), ``timestamp`` the operation's ``finished_at`` (else, for bare
   bodies, when the bridge received it), ``specversion`` :data:`SPEC_VERSION`.
 
-Package URLs come from ``packageurl-python`` (the purl project's own Python implementation).
+Package URLs are those ``packageurl-python`` (the purl project's own Python implementation)
+gives, built without it on the hot path (:func:`image_purl`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-from packageurl import PackageURL
+from urllib.parse import quote
 
 from streams.domain.cloudevents import is_rfc3339, uuid5
 from streams.domain.images import parse_image
@@ -75,19 +78,33 @@ def environment_id(destination: Mapping[str, Any] | None) -> str | None:
     return f"{cluster}/{namespace}" if namespace else str(cluster)
 
 
+_NOTHING_TO_QUOTE = re.compile(r"[A-Za-z0-9._~/:-]*")
+
+
+def _quote(text: str) -> str:
+    # packageurl's quoting: percent-encoding with '/' and ':' left as they are (the regex: what
+    # it leaves alone, i.e. almost every image reference, without urllib's work)
+    return text if _NOTHING_TO_QUOTE.fullmatch(text) else quote(text, safe="/:")
+
+
 @functools.lru_cache(maxsize=4096)
 def image_purl(reference: str) -> str:
     """The ``pkg:oci`` package URL of an image reference (normalised first, as Docker does).
 
     ``nginx`` → ``pkg:oci/nginx?repository_url=docker.io/library/nginx&tag=latest``. Raises
     ``InvalidImageReference`` for a reference that does not parse.
+
+    The string ``packageurl.PackageURL(type="oci", name=..., version=<digest>, qualifiers=
+    {"repository_url": ..., "tag": ...}).to_string()`` gives (a property test compares them
+    on generated references), written out here: the library's normalisation cost 60-100 µs per
+    new reference, and every deployment of a new tag is one.
     """
     ref = parse_image(reference)
-    qualifiers = {"repository_url": ref.repository}
-    if ref.tag is not None:
-        qualifiers["tag"] = ref.tag
-    name = ref.path.rsplit("/", 1)[-1]
-    return PackageURL(type="oci", name=name, version=ref.digest, qualifiers=qualifiers).to_string()
+    purl = "pkg:oci/" + _quote(ref.path.rsplit("/", 1)[-1])  # the path is lower-case
+    if ref.digest is not None:
+        purl += "@" + _quote(ref.digest).lower()
+    purl += "?repository_url=" + _quote(ref.repository)
+    return purl if ref.tag is None else purl + "&tag=" + _quote(ref.tag)
 
 
 def artifact_image(deployment: Mapping[str, Any]) -> str | None:
@@ -177,3 +194,26 @@ def environments_after(environments: Iterable[str], deployment: Mapping[str, Any
     if environment is not None and (deployment.get("operation") or {}).get("phase") == "Succeeded":
         known.add(environment)
     return sorted(known)
+
+
+def known_environments(state: Mapping[str, Any] | None) -> list[str]:
+    """The environments an app's stored state says it had a successful deployment into.
+
+    ``state["environments"]``, kept with :func:`environments_after`. A state written before
+    synctrail kept that list (no ``environments`` key: an app last decided by an older worker)
+    is seeded from what it does record: when it has a successful deployment (``last_success``),
+    the environment of its ``destination``, the last one known. So the first deployment after
+    an upgrade of an app already running there is ``upgraded`` (or ``rolledback``), not
+    ``deployed``; one into another destination is ``deployed``. Where the seed can be wrong: an
+    app whose last recorded destination is not where its last success ran (the destination
+    changed in a failed operation before the upgrade) counts that destination as deployed to.
+    """
+    if not state:
+        return []
+    known = state.get("environments")
+    if known is not None:
+        return list(known)
+    if state.get("last_success") is None:
+        return []
+    environment = environment_id(state.get("destination"))
+    return [] if environment is None else [environment]

@@ -28,7 +28,9 @@ into a :class:`_Prior` view (empty values for an app never seen); :func:`_dedupe
 duplicate or stale event (:func:`_skipped` counts it) and :func:`_transition_of` a health
 transition among the duplicates (:func:`_health_changed`); :func:`_apply` applies the operation to
 the prior state (:class:`_Applied`); :func:`_classify` tells a resync from a rollback and a
-deployment; :func:`_resynced` or :func:`_deployed` build the new state and the records.
+deployment; :func:`_resynced` or :func:`_deployed` build the new state and the records, a
+deployment's CDEvent among them (:func:`_cdevent`, :mod:`streams.domain.cdevents`; the state
+keeps the app's ``environments`` for it).
 ``recheck_policy`` shares the flagging (:func:`_flag`), violation and remediation builders.
 """
 
@@ -41,7 +43,8 @@ from typing import Any
 
 import msgspec
 
-from streams.domain import dora, records, timestamps
+from streams.domain import cdevents, dora, records, timestamps
+from streams.domain.cloudevents import default_source
 from streams.domain.diff import canonical_sha256, diff_images, fingerprint
 from streams.domain.policy import find_violations
 from streams.domain.records import JsonObject
@@ -74,6 +77,8 @@ class Context:
     dora_failure_window_s: float = dora.DEFAULT_FAILURE_WINDOW_S
     #: ``SYNCTRAIL_DORA_HISTORY``: deployments each app's DORA history keeps (at least 2)
     dora_history: int = dora.DEFAULT_LIMIT
+    #: the CDEvents' ``context.source`` (``SYNCTRAIL_EVENT_SOURCE``)
+    event_source: str = default_source("synctrail.")
 
 
 @dataclass(slots=True)
@@ -87,6 +92,7 @@ class Decision:
     violations: list[JsonObject] = field(default_factory=list)
     remediation: JsonObject | None = None
     metrics: list[JsonObject] = field(default_factory=list)
+    cdevent: JsonObject | None = None  # for <prefix>cdevents (streams.domain.cdevents)
 
 
 def app_key_of(event: Mapping[str, Any]) -> str:
@@ -559,6 +565,7 @@ def _new_state(
     *,
     history: list[JsonObject],
     flagged: dict[str, list[str]],
+    environments: list[str],
     now: datetime,
 ) -> JsonObject:
     """The app's state to store after ``step``."""
@@ -593,6 +600,7 @@ def _new_state(
         else prior.last_success,
         "history": history,
         "flagged": flagged,
+        "environments": environments,
         "recent_delivery_ids": _remember(prior.seen, step.delivery_id),
         "updated_at": timestamps.format_datetime(now),
     }
@@ -617,7 +625,15 @@ def _resynced(
         latency_seconds=step.latency,
         running_images=len(step.images_after),
     )
-    state = _new_state(event, prior, step, history=history, flagged=flagged, now=now)
+    state = _new_state(
+        event,
+        prior,
+        step,
+        history=history,
+        flagged=flagged,
+        environments=cdevents.known_environments(prior.state),
+        now=now,
+    )
     if prior.dora is not None:  # a resync is no DORA fact: the history stays as it is
         state["dora"] = prior.dora
     return Decision(RESYNC, step.app_key, state=state, metrics=[metric])
@@ -762,6 +778,17 @@ def _dora_deployed(
     return history, findings
 
 
+def _cdevent(
+    prior: _Prior, deployment: Mapping[str, Any], ctx: Context
+) -> tuple[JsonObject | None, list[str]]:
+    """The deployment's CDEvent (``None`` when it has none) and the app's environments after
+    it (:mod:`streams.domain.cdevents`)."""
+    known = cdevents.known_environments(prior.state)
+    before = cdevents.deployed_before(known, deployment)
+    event = cdevents.service_event(deployment, deployed_before=before, source=ctx.event_source)
+    return event, cdevents.environments_after(known, deployment)
+
+
 def _deployed(
     event: Mapping[str, Any],
     prior: _Prior,
@@ -784,8 +811,17 @@ def _deployed(
     )
     fresh, flagged = _flag(_still_running(prior.flagged, step.images_after), violations)
     history_after = _history_after(history, step, violations, ctx.history_limit)
-    state = _new_state(event, prior, step, history=history_after, flagged=flagged, now=now)
     deployment = _deployment_record(event, prior, step, violations, rollback=rollback)
+    cdevent, environments = _cdevent(prior, deployment, ctx)
+    state = _new_state(
+        event,
+        prior,
+        step,
+        history=history_after,
+        flagged=flagged,
+        environments=environments,
+        now=now,
+    )
     state["dora"], findings = _dora_deployed(event, prior, step, deployment, ctx, now=now)
     denied = [v for v in fresh if v["rule"] == "denylist"]
     delivery_id = step.delivery_id
@@ -804,6 +840,7 @@ def _deployed(
         if denied
         else None,
         metrics=_deployment_metrics(prior, step, deployment, fresh, now=now) + findings,
+        cdevent=cdevent,
     )
 
 

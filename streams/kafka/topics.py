@@ -2,7 +2,10 @@
 
 Names are ``<prefix><name>``; the prefix comes from ``SYNCTRAIL_TOPIC_PREFIX``. Each topic names
 the JSON Schema (in ``schemas/``) of the records it carries, so the docs, the AsyncAPI document
-and the tests can all be checked against this table.
+and the tests can all be checked against this table. One topic carries a standard's events
+instead of a synctrail schema: ``cdevents`` (:data:`CDEVENTS`), whose ``schema`` names the
+CDEvents specification version and whose JSON Schemas are the spec's own, vendored in
+``schemas/cdevents/<version>/``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ SOURCE_HEADER = "synctrail-source"
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """One synctrail topic: its suffix, record schema id and retention policy."""
+    """One synctrail topic: its suffix, record schema id, retention policy and content type."""
 
     name: str
     schema: str
     description: str
     compacted: bool = False
+    #: the ``content-type`` header of its records
+    content_type: str = "application/json"
 
     def address(self, prefix: str) -> str:
         """The full topic name for ``prefix``."""
@@ -75,6 +80,13 @@ SLACK_STATE = TopicSpec(
     "(compacted).",
     compacted=True,
 )
+CDEVENTS = TopicSpec(
+    "cdevents",
+    "cdevents/0.5.1",
+    "Each successful deployment as a CDEvent (dev.cdevents.service.deployed, upgraded, "
+    "rolledback; CDEvents 0.5.1).",
+    content_type="application/cdevents+json",
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     SYNC_EVENTS,
@@ -86,6 +98,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     POLICY,
     DEAD_LETTERS,
     SLACK_STATE,
+    CDEVENTS,
 )
 
 

@@ -67,6 +67,9 @@ def test_dead_letters_that_cannot_be_replayed_are_skipped_with_a_reason():
     # Never loop a dead letter back into the dead-letter topic.
     looped = decide(dead_letter("synctrail.dead-letters", original={"a": 1}), PREFIX)
     assert looped.outcome == "foreign_topic"
+    # Nor into cdevents, which no synctrail component reads (so none dead-letters from it).
+    cdevent = decide(dead_letter("synctrail.cdevents", original={"context": {}}), PREFIX)
+    assert cdevent.outcome == "foreign_topic"
 
 
 def test_summary_counts_sent_and_skipped_by_reason():

@@ -17,7 +17,7 @@ from tests.e2e.harness import FixtureEvent, Worker, synthetic_events
 from tests.support import produce, read_topic, wait_for
 
 APPS, EVENTS = 2000, 5000
-OUTPUTS = ("deployments", "notifications", "metrics", "violations", "remediations")
+OUTPUTS = ("deployments", "notifications", "metrics", "violations", "remediations", "cdevents")
 #: every label of the worker's ``synctrail_worker_events_total`` (one count per sync event)
 OUTCOMES = ("deployed", "duplicate", "resync", "stale", "replayed", "dead_lettered")
 POLICY = "deny:\n  - image: quay.io/acme/sidecar:*\n    reason: sidecars are not allowed\n"

@@ -3,14 +3,15 @@
 The deployments are the real ones: the example payloads (``examples/payloads/``) go through
 the bridge's record builders and the worker's ``decide`` in delivery order, and every CDEvent
 they give is validated against the CDEvents JSON Schemas vendored in ``schemas/cdevents/``
-(``$ref``s resolved from those files, never over the network).
+(``$ref``s resolved from those files, never over the network). ``decide`` builds them as the
+worker writes them, keeping the app's environments in its state (seeded for a state written
+before it kept them).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -20,7 +21,6 @@ import pytest
 from hypothesis import given, settings
 from jsonschema import Draft202012Validator, ValidationError
 from packageurl import PackageURL
-from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 
 from connectors.bridge.events import bare_event, envelope_event
@@ -34,46 +34,20 @@ from streams.domain.cdevents import (
     environment_id,
     environments_after,
     image_purl,
+    known_environments,
     service_event,
 )
 from streams.domain.cloudevents import cdevent_headers
-from streams.domain.decide import decide
+from streams.domain.decide import Context, decide
 from streams.domain.images import InvalidImageReference, parse_image
+from tests.contracts import CDEVENTS_SCHEMAS, cdevents_registry, validate_cdevent
+from tests.streams.domain.test_decide import event as decide_event
 from tests.streams.domain.test_images import references
 from tests.support import REPO, load_expected
 
 PAYLOADS = REPO / "examples" / "payloads"
-CDEVENTS_SCHEMAS = REPO / "schemas" / "cdevents" / cdevents.SPEC_VERSION
 SOURCE = "/synctrail/test"
 NOW = datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC)
-RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
-
-
-# -- the vendored schemas -------------------------------------------------------------------------
-
-
-@cache
-def _registry() -> Registry:
-    resources = []
-    for path in sorted(CDEVENTS_SCHEMAS.rglob("*.json")):
-        schema = json.loads(path.read_text())
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-    # No ``retrieve``: a $ref the files do not hold is Unresolvable, never fetched.
-    return Registry().with_resources(resources)
-
-
-def validate(event: dict[str, Any]) -> None:
-    """Validate ``event`` against its type's vendored schema; check the formats it declares."""
-    schema = json.loads(
-        (CDEVENTS_SCHEMAS / cdevents.SCHEMA_FILES[event["context"]["type"]]).read_text()
-    )
-    Draft202012Validator(schema, registry=_registry()).validate(event)
-    # jsonschema asserts no format without optional packages: check the three by hand.
-    assert RFC3339.fullmatch(event["context"]["timestamp"]), event["context"]["timestamp"]
-    datetime.fromisoformat(event["context"]["timestamp"])
-    assert " " not in event["context"]["source"]
-    purl = event["subject"]["content"]["artifactId"]
-    assert PackageURL.from_string(purl).to_string() == purl
 
 
 def test_the_vendored_schemas_are_the_specs_with_their_licence():
@@ -90,13 +64,13 @@ def test_links_are_resolved_from_the_vendored_files():
     event = _fixture_events()[0][1]
     linked = copy.deepcopy(event)
     linked["context"]["links"] = [{"linkType": "PATH", "from": {"contextId": "abc"}}]
-    validate(linked)  # the $ref chain links/embeddedlinksarray -> embeddedlinkpath resolves
+    validate_cdevent(linked)  # the $ref chain links/embeddedlinksarray -> embeddedlinkpath resolves
     linked["context"]["links"] = [{"linkType": "PATH"}]  # embeddedlinkpath needs "from"
     with pytest.raises(ValidationError, match="not valid under any of the given schemas"):
-        validate(linked)
+        validate_cdevent(linked)
     # and a reference the files do not hold is refused, not looked up on the network
     with pytest.raises(Unresolvable):
-        _registry().resolver().lookup("https://cdevents.dev/0.5.1/schema/links/nothing")
+        cdevents_registry().resolver().lookup("https://cdevents.dev/0.5.1/schema/links/nothing")
 
 
 # -- the example payloads, decided in delivery order ---------------------------------------------
@@ -146,7 +120,7 @@ def test_every_cdevent_of_the_example_payloads_validates_against_the_spec_schema
     events = _fixture_events()
     assert len(events) == 8  # guestbook 4, ingress-nginx 2, storefront 2 (see below)
     for _, event in events:
-        validate(event)
+        validate_cdevent(event)
 
 
 def test_first_deploy_into_an_environment_is_deployed_and_later_ones_upgraded():
@@ -232,7 +206,7 @@ def test_a_rollback_to_an_earlier_revision_is_rolledback():
         )
         environments = environments_after(environments, deployment)
         assert cdevent is not None
-        validate(cdevent)
+        validate_cdevent(cdevent)
         types.append(cdevent["context"]["type"])
     assert deployment["rollback"] is True
     assert types == [SERVICE_DEPLOYED, SERVICE_UPGRADED, SERVICE_ROLLEDBACK]
@@ -383,3 +357,136 @@ def test_every_valid_reference_has_a_purl_that_parses_back_to_its_parts(referenc
         "repository_url": ref.repository,
         **({"tag": ref.tag} if ref.tag else {}),
     }
+
+
+# -- decide builds them, keeping the app's environments in its state ------------------------------
+
+
+def _decided(*events: dict[str, Any], state: dict[str, Any] | None = None) -> list[Any]:
+    """Decide ``events`` in order from ``state``, with this test's event source."""
+    decisions = []
+    for e in events:
+        decision = decide(e, state, [], now=NOW, ctx=Context(event_source=SOURCE))
+        decisions.append(decision)
+        state = decision.state if decision.state is not None else state
+    return decisions
+
+
+def _types(decisions: list[Any]) -> list[str | None]:
+    return [d.cdevent["context"]["type"] if d.cdevent else None for d in decisions]
+
+
+def _at(hour: int, revision: str, image: str, **kw: Any) -> dict[str, Any]:
+    return decide_event(revision, {"web": image}, started=f"2026-07-06T{hour:02d}:00:00Z", **kw)
+
+
+def test_decide_gives_deployed_then_upgraded_then_rolledback_each_valid():
+    decisions = _decided(
+        _at(9, "a" * 40, "nginx:1.1"),
+        _at(10, "b" * 40, "nginx:1.2"),
+        _at(11, "a" * 40, "nginx:1.1"),
+    )
+    assert _types(decisions) == [SERVICE_DEPLOYED, SERVICE_UPGRADED, SERVICE_ROLLEDBACK]
+    for decision in decisions:
+        validate_cdevent(decision.cdevent)
+        assert decision.cdevent == service_event(
+            decision.deployment,
+            deployed_before=decision.cdevent["context"]["type"] != SERVICE_DEPLOYED,
+            source=SOURCE,
+        )
+        assert decision.state["environments"] == ["https://k/shop"]
+    assert decisions[0].cdevent["context"]["source"] == SOURCE
+
+
+def test_decide_gives_no_cdevent_for_a_failure_which_does_not_count_as_deployed():
+    failed = _at(9, "a" * 40, "nginx:1.1", phase="Failed")
+    decisions = _decided(failed, _at(10, "b" * 40, "nginx:1.2"))
+    assert decisions[0].deployment is not None and decisions[0].cdevent is None
+    assert decisions[0].state["environments"] == []
+    assert _types(decisions) == [None, SERVICE_DEPLOYED]
+
+
+def test_decide_gives_deployed_again_for_a_new_destination_and_keeps_both():
+    moved = _at(10, "b" * 40, "nginx:1.2")
+    moved["destination"] = {"server": "", "name": "prod-eu", "namespace": "shop"}
+    back = _at(11, "c" * 40, "nginx:1.3")
+    decisions = _decided(_at(9, "a" * 40, "nginx:1.1"), moved, back)
+    assert _types(decisions) == [SERVICE_DEPLOYED, SERVICE_DEPLOYED, SERVICE_UPGRADED]
+    assert decisions[1].cdevent["subject"]["content"]["environment"] == {"id": "prod-eu/shop"}
+    assert decisions[2].state["environments"] == ["https://k/shop", "prod-eu/shop"]
+
+
+def test_resyncs_and_duplicates_give_none_and_keep_the_environments():
+    first = _at(9, "a" * 40, "nginx:1.1")
+    resync = _at(10, "a" * 40, "nginx:1.1")
+    resync["destination"] = {"server": "", "name": "prod-eu", "namespace": "shop"}
+    copy_of_resync = {**resync, "delivery_id": "again"}
+    there = _at(11, "b" * 40, "nginx:1.2")
+    there["destination"] = resync["destination"]
+    decisions = _decided(first, resync, copy_of_resync, there)
+    assert [d.outcome for d in decisions] == ["deployed", "resync", "duplicate", "deployed"]
+    assert _types(decisions) == [SERVICE_DEPLOYED, None, None, SERVICE_DEPLOYED]
+    # the resync's new destination is not counted: the next deployment there is "deployed"
+    assert decisions[2].state["environments"] == ["https://k/shop"]
+    assert decisions[3].cdevent["subject"]["content"]["environment"] == {"id": "prod-eu/shop"}
+
+
+def test_a_state_from_before_environments_were_kept_is_seeded_from_its_destination():
+    (first,) = _decided(_at(9, "a" * 40, "nginx:1.1"))
+    old = {k: v for k, v in first.state.items() if k != "environments"}  # an older worker's
+    assert known_environments(old) == ["https://k/shop"]
+    (same_place,) = _decided(_at(10, "b" * 40, "nginx:1.2"), state=old)
+    assert _types([same_place]) == [SERVICE_UPGRADED]  # the app already ran there
+    assert same_place.state["environments"] == ["https://k/shop"]
+    elsewhere = _at(10, "b" * 40, "nginx:1.2")
+    elsewhere["destination"] = {"server": "https://other", "name": "", "namespace": "shop"}
+    (moved,) = _decided(elsewhere, state=old)
+    assert _types([moved]) == [SERVICE_DEPLOYED]
+    assert moved.state["environments"] == ["https://k/shop", "https://other/shop"]
+    # an old state of an app that never succeeded, or whose destination was never known
+    (failed,) = _decided(_at(9, "a" * 40, "nginx:1.1", phase="Failed"))
+    never = {k: v for k, v in failed.state.items() if k != "environments"}
+    assert known_environments(never) == []
+    assert _types(_decided(_at(10, "b" * 40, "nginx:1.2"), state=never)) == [SERVICE_DEPLOYED]
+    assert known_environments({**old, "destination": None}) == []
+    assert known_environments(None) == []
+
+
+def test_decide_gives_the_cdevents_the_worker_would_for_the_example_payloads():
+    entries = orjson.loads((PAYLOADS / "expected.json").read_bytes())["payloads"]
+    states: dict[str, Any] = {}
+    got = []
+    for n, entry in enumerate(entries, 1):
+        (decision,) = _decided(_sync_event(entry, n), state=states.get(entry["app"]))
+        states[entry["app"]] = decision.state or states.get(entry["app"])
+        if decision.cdevent is not None:
+            got.append(decision.cdevent)
+    assert got == [event for _, event in _fixture_events()]
+
+
+def _assert_the_purl_is_the_librarys(reference: str) -> None:
+    ref = parse_image(reference)
+    qualifiers = {"repository_url": ref.repository, **({"tag": ref.tag} if ref.tag else {})}
+    name = ref.path.rsplit("/", 1)[-1]
+    library = PackageURL(type="oci", name=name, version=ref.digest, qualifiers=qualifiers)
+    assert image_purl(reference) == library.to_string()
+
+
+@settings(max_examples=300)
+@given(references())
+def test_the_purl_is_the_one_the_packageurl_library_writes(reference: str):
+    _assert_the_purl_is_the_librarys(reference)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "app@Sha512+Custom.v2:" + "ABCDEF0123456789" * 2,  # '+', upper case: version lowered
+        "[::1]:5000/team/app:1",  # brackets percent-encoded
+        "[fe80::1]:443/app@sha256:" + "c" * 64,
+        "localhost:5000/a/b_c__d-e.f:V1.0-RC_2",
+        "REGISTRY.Example.COM/acme/app:Tag",
+    ],
+)
+def test_odd_references_have_the_purl_the_packageurl_library_writes(reference: str):
+    _assert_the_purl_is_the_librarys(reference)
