@@ -38,7 +38,7 @@ from streams.kafka.setup import (
     ensure_topics_for,
     plan_topics,
 )
-from streams.kafka.topics import SYNC_EVENTS
+from streams.kafka.topics import ALL_TOPICS, SYNC_EVENTS
 from streams.settings import CommonSettings
 from tests.apache_kafka.node import PLAIN_USERS, SCRAM_USERS, KafkaNode
 from tests.e2e.harness import Worker
@@ -213,7 +213,8 @@ async def _whole_pipeline(node: KafkaNode, env: dict[str, str], tmp_path: Path) 
     assert code == 0, out
     assert f"created {prefix}sync-events" in out and f"created {worker_id}-apps-changelog" in out
     code, out, _ = await run_cli(env, "topics", "create", "--check")
-    assert code == 0 and "all 10 topics exist as configured" in out, out
+    # every synctrail topic and the worker's changelog
+    assert code == 0 and f"all {len(ALL_TOPICS) + 1} topics exist as configured" in out, out
 
     sent = [w for w in fixture_webhooks() if w.valid]
     announced = [w for w in sent if w.announced]
