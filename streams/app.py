@@ -236,6 +236,7 @@ def declare(settings: WorkerSettings) -> Topology:
             dora_failure_window_s=settings.dora_failure_window,
             dora_history=settings.dora_history,
             event_source=settings.ce_source(),
+            cdevents=settings.cdevents,
         ),
     )
 

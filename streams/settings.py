@@ -326,6 +326,13 @@ class WorkerSettings(CommonSettings):
         "wins; field is app, project or namespace (e.g. `project:payments*=#payments`).",
     )
     argocd_url: str = Field("", description="Argo CD base URL for links in messages.")
+    cdevents: bool = Field(
+        True,
+        description="Write a CDEvent (service.deployed, upgraded or rolledback) on "
+        "<prefix>cdevents for every successful deployment (docs/standard-events.md). Off saves "
+        "the worker and the brokers one record per deployment; the app's environments are still "
+        "kept, so turning it on again names the next deployment correctly.",
+    )
     notify_health: bool = Field(
         True,
         description="Post a short Slack message when an app turns Degraded after a deploy, and "

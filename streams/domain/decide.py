@@ -79,6 +79,8 @@ class Context:
     dora_history: int = dora.DEFAULT_LIMIT
     #: the CDEvents' ``context.source`` (``SYNCTRAIL_EVENT_SOURCE``)
     event_source: str = default_source("synctrail.")
+    #: ``SYNCTRAIL_CDEVENTS``: write each successful deployment's CDEvent
+    cdevents: bool = True
 
 
 @dataclass(slots=True)
@@ -782,8 +784,11 @@ def _cdevent(
     prior: _Prior, deployment: Mapping[str, Any], ctx: Context
 ) -> tuple[JsonObject | None, list[str]]:
     """The deployment's CDEvent (``None`` when it has none) and the app's environments after
-    it (:mod:`streams.domain.cdevents`)."""
+    it (:mod:`streams.domain.cdevents`). With CDEvents off the environments are still kept, so
+    that turning them on later names the next deployment correctly."""
     known = cdevents.known_environments(prior.state)
+    if not ctx.cdevents:
+        return None, cdevents.environments_after(known, deployment)
     before = cdevents.deployed_before(known, deployment)
     event = cdevents.service_event(deployment, deployed_before=before, source=ctx.event_source)
     return event, cdevents.environments_after(known, deployment)

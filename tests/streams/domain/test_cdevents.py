@@ -398,6 +398,17 @@ def test_decide_gives_deployed_then_upgraded_then_rolledback_each_valid():
     assert decisions[0].cdevent["context"]["source"] == SOURCE
 
 
+def test_with_cdevents_off_none_is_built_but_the_environments_are_kept():
+    off = Context(event_source=SOURCE, cdevents=False)
+    first = decide(_at(9, "a" * 40, "nginx:1.1"), None, [], now=NOW, ctx=off)
+    assert first.deployment is not None and first.cdevent is None
+    assert first.state["environments"] == ["https://k/shop"]
+    # turned on again: the app already runs there, so its next deployment is an upgrade
+    on = Context(event_source=SOURCE)
+    second = decide(_at(10, "b" * 40, "nginx:1.2"), first.state, [], now=NOW, ctx=on)
+    assert _types([second]) == [SERVICE_UPGRADED]
+
+
 def test_decide_gives_no_cdevent_for_a_failure_which_does_not_count_as_deployed():
     failed = _at(9, "a" * 40, "nginx:1.1", phase="Failed")
     decisions = _decided(failed, _at(10, "b" * 40, "nginx:1.2"))
