@@ -376,8 +376,14 @@ async def test_two_workers_produce_what_one_worker_produces(
                     if k in ("initial", "previous_revision", "images")
                 },
             )
-    processed_by_second = await second.metric("synctrail_worker_events_total", outcome="deployed")
-    assert processed_by_second, "the second worker must have taken over some partitions"
+
+    async def second_took_part() -> float | None:
+        # counted once its outputs are acknowledged: a moment after a reader can see them
+        return await second.metric("synctrail_worker_events_total", outcome="deployed")
+
+    await wait_for(
+        second_took_part, timeout=30, what="the second worker taking over some partitions"
+    )
 
 
 async def test_deny_rule_added_at_runtime_flags_running_apps(
