@@ -128,3 +128,37 @@ async def start_pipeline(
         process.kill()
         # shown by pytest only when the test failed
         print(f"--- {process.log_path.name} (last lines) ---\n" + process.log()[-6000:])
+
+
+@pytest.fixture
+async def workers(prefix: str, tmp_path: Path) -> AsyncIterator[Callable[..., Worker]]:
+    """Start workers of one consumer group (``start(bootstrap, guarantee)``); all are killed at
+    the end."""
+    started: list[Worker] = []
+    group = f"w{uuid.uuid4().hex[:8]}"
+
+    def start(bootstrap: str, guarantee: str) -> Worker:
+        index = len(started)
+        env = {
+            "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
+            "SYNCTRAIL_TOPIC_PREFIX": prefix,
+            "SYNCTRAIL_WORKER_ID": group,
+            "SYNCTRAIL_PROCESSING_GUARANTEE": guarantee,
+            "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": "6",
+            "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
+            "SYNCTRAIL_WORKER_DATA_DIR": str(tmp_path / f"worker-{index}-data"),
+        }
+        worker = Worker(env, tmp_path / f"worker-{index}.log").start()
+        started.append(worker)  # type: ignore[arg-type]
+        return worker  # type: ignore[return-value]
+
+    yield start
+    for worker in started:
+        worker.kill()
+        print(f"--- {worker.log_path.name} (last lines) ---\n" + worker.log()[-4000:])
+
+
+@pytest.fixture
+def kafka_worker(apache_kafka, workers: Callable[..., Worker]) -> Callable[..., Worker]:
+    """Start workers on Apache Kafka: ``kafka_worker(guarantee)``."""
+    return lambda guarantee: workers(apache_kafka.bootstrap, guarantee)

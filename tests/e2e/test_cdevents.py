@@ -10,12 +10,8 @@ its context, and one per successful deployment that has a destination and an ima
 from __future__ import annotations
 
 import collections
-import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from streams.domain.cdevents import (
     SERVICE_DEPLOYED,
@@ -26,7 +22,7 @@ from streams.domain.cdevents import (
 from streams.domain.cloudevents import default_source
 from streams.kafka.setup import ensure_topics
 from tests.contracts import validate_cdevent, validate_record
-from tests.e2e.harness import FixtureEvent, Worker, fixture_events
+from tests.e2e.harness import FixtureEvent, fixture_events
 from tests.support import (
     assert_cloudevents_headers_on_every_record,
     produce,
@@ -80,38 +76,10 @@ async def test_the_example_payloads_give_one_valid_cdevent_per_placed_successful
     await _cdevents_of_the_example_payloads(broker.bootstrap, topics)
 
 
-@pytest.fixture
-async def kafka_worker(
-    apache_kafka, prefix: str, tmp_path: Path
-) -> AsyncIterator[Callable[[str], Worker]]:
-    """Start a worker on Apache Kafka with this test's topics: ``kafka_worker(guarantee)``."""
-    await ensure_topics(apache_kafka.bootstrap, prefix, partitions=8)
-    started: list[Worker] = []
-
-    def start(guarantee: str) -> Worker:
-        env = {
-            "SYNCTRAIL_KAFKA_BOOTSTRAP": apache_kafka.bootstrap,
-            "SYNCTRAIL_TOPIC_PREFIX": prefix,
-            "SYNCTRAIL_WORKER_ID": f"w{uuid.uuid4().hex[:8]}",
-            "SYNCTRAIL_PROCESSING_GUARANTEE": guarantee,
-            "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": "6",
-            "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
-            "SYNCTRAIL_WORKER_BATCH_WITHIN_S": "0.01",
-            "SYNCTRAIL_WORKER_DATA_DIR": str(tmp_path / f"worker-{len(started)}-data"),
-        }
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(worker)  # type: ignore[arg-type]
-        return worker  # type: ignore[return-value]
-
-    yield start
-    for worker in started:
-        worker.kill()
-        print(f"--- {worker.log_path.name} (last lines) ---\n" + worker.log()[-4000:])
-
-
 async def test_exactly_once_writes_the_cdevents_in_its_transactions(
     apache_kafka, prefix: str, kafka_worker: Callable[[str], Any]
 ):
+    await ensure_topics(apache_kafka.bootstrap, prefix, partitions=8)
     worker = kafka_worker("exactly_once")
     await worker.wait_ready()
     # read read_committed: only what the worker's transactions committed is seen

@@ -18,9 +18,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -57,40 +55,6 @@ from tests.support import (
 async def backlog(apache_kafka, prefix: str) -> list[FixtureEvent]:
     """The backlog on Apache Kafka."""
     return await produce_backlog(apache_kafka.bootstrap, prefix)
-
-
-@pytest.fixture
-async def workers(prefix: str, tmp_path: Path) -> AsyncIterator[Callable[..., Worker]]:
-    """Start workers of one consumer group (``start(bootstrap, guarantee)``); all are killed at
-    the end."""
-    started: list[Worker] = []
-    group = f"w{uuid.uuid4().hex[:8]}"
-
-    def start(bootstrap: str, guarantee: str) -> Worker:
-        index = len(started)
-        env = {
-            "SYNCTRAIL_KAFKA_BOOTSTRAP": bootstrap,
-            "SYNCTRAIL_TOPIC_PREFIX": prefix,
-            "SYNCTRAIL_WORKER_ID": group,
-            "SYNCTRAIL_PROCESSING_GUARANTEE": guarantee,
-            "SYNCTRAIL_BROKER_SESSION_TIMEOUT_S": "6",
-            "SYNCTRAIL_BROKER_REBALANCE_TIMEOUT_S": "6",
-            "SYNCTRAIL_WORKER_DATA_DIR": str(tmp_path / f"worker-{index}-data"),
-        }
-        worker = Worker(env, tmp_path / f"worker-{index}.log").start()
-        started.append(worker)  # type: ignore[arg-type]
-        return worker  # type: ignore[return-value]
-
-    yield start
-    for worker in started:
-        worker.kill()
-        print(f"--- {worker.log_path.name} (last lines) ---\n" + worker.log()[-4000:])
-
-
-@pytest.fixture
-def kafka_worker(apache_kafka, workers: Callable[..., Worker]) -> Callable[..., Worker]:
-    """Start workers on Apache Kafka: ``kafka_worker(guarantee)``."""
-    return lambda guarantee: workers(apache_kafka.bootstrap, guarantee)
 
 
 async def _assert_states_right(worker: Worker, events: list[FixtureEvent]) -> None:
